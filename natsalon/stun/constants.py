@@ -1,0 +1,105 @@
+"""STUN numbers: methods, classes and attribute types (RFC 8489, RFC 5780, RFC 3489)."""
+
+from __future__ import annotations
+
+import enum
+
+MAGIC_COOKIE = 0x2112A442
+MAGIC_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+HEADER_LENGTH = 20
+FINGERPRINT_XOR = 0x5354554E
+
+#: Largest datagram we will try to decode (RFC 8489 section 6.1: path MTU;
+#: anything over this is not a STUN message we answer).
+MAX_MESSAGE_SIZE = 1500
+
+
+class Method(enum.IntEnum):
+    BINDING = 0x001
+    #: natsalon's introducer methods, from the unassigned 0x3xx range; they
+    #: travel only between natsalon peers and the salon.
+    JOIN = 0x3A1
+    PUNCH = 0x3A2
+
+
+class Class(enum.IntEnum):
+    REQUEST = 0b00
+    INDICATION = 0b01
+    SUCCESS = 0b10
+    ERROR = 0b11
+
+
+class Attr(enum.IntEnum):
+    # comprehension-required (0x0000-0x7FFF)
+    MAPPED_ADDRESS = 0x0001
+    RESPONSE_ADDRESS = 0x0002  # RFC 3489, never honoured (abuse vector)
+    CHANGE_REQUEST = 0x0003
+    SOURCE_ADDRESS = 0x0004  # RFC 3489
+    CHANGED_ADDRESS = 0x0005  # RFC 3489
+    USERNAME = 0x0006
+    PASSWORD = 0x0007  # RFC 3489
+    MESSAGE_INTEGRITY = 0x0008
+    ERROR_CODE = 0x0009
+    UNKNOWN_ATTRIBUTES = 0x000A
+    REFLECTED_FROM = 0x000B  # RFC 3489
+    REALM = 0x0014
+    NONCE = 0x0015
+    MESSAGE_INTEGRITY_SHA256 = 0x001C
+    XOR_MAPPED_ADDRESS = 0x0020
+    PRIORITY = 0x0024  # RFC 8445 (ICE)
+    USE_CANDIDATE = 0x0025  # RFC 8445 (ICE)
+    PADDING = 0x0026
+    RESPONSE_PORT = 0x0027
+    # comprehension-optional (0x8000-0xFFFF)
+    XOR_MAPPED_ADDRESS_DRAFT = 0x8020  # pre-RFC 5389 servers (e.g. old Vovida)
+    SOFTWARE = 0x8022
+    ALTERNATE_SERVER = 0x8023
+    FINGERPRINT = 0x8028
+    ICE_CONTROLLED = 0x8029  # RFC 8445
+    ICE_CONTROLLING = 0x802A  # RFC 8445
+    RESPONSE_ORIGIN = 0x802B
+    OTHER_ADDRESS = 0x802C
+    # natsalon private attributes (comprehension-optional private range)
+    NS_ROOM = 0xC0A1
+    NS_CANDIDATES = 0xC0A2
+    NS_COOKIE = 0xC0A3
+    NS_PEER = 0xC0A4
+    NS_NONCE = 0xC0A5
+    NS_ROLE = 0xC0A6
+
+
+CHANGE_IP = 0x04
+CHANGE_PORT = 0x02
+
+
+def message_type(method: int, cls: int) -> int:
+    """Interleave a 12-bit method and a 2-bit class into the 14-bit type."""
+    return (
+        (method & 0x000F)
+        | ((method & 0x0070) << 1)
+        | ((method & 0x0F80) << 2)
+        | ((cls & 0b01) << 4)
+        | ((cls & 0b10) << 7)
+    )
+
+
+def split_type(msg_type: int) -> tuple:
+    """The inverse of :func:`message_type`: ``(method, cls)``."""
+    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+    cls = ((msg_type & 0x0010) >> 4) | ((msg_type & 0x0100) >> 7)
+    return method, cls
+
+
+REASONS = {
+    300: "Try Alternate",
+    400: "Bad Request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    420: "Unknown Attribute",
+    438: "Stale Nonce",
+    500: "Server Error",
+    # natsalon introducer
+    409: "Room Full",
+    429: "Too Many Requests",
+    503: "Server Busy",
+}

@@ -1,0 +1,218 @@
+"""The STUN message: decode bytes into a :class:`Message`, encode it back.
+
+Sans-IO: no sockets, no reactor, no clock.  :func:`decode` validates the
+whole datagram (RFC 8489 section 5 and 14: leading zero bits, length a
+multiple of 4 and equal to the datagram, magic cookie, attribute bounds and
+padding, known attribute formats, FINGERPRINT last and correct) and raises
+exactly one error type, :class:`StunDecodeError`, with a precise reason.
+Messages without the magic cookie are RFC 3489 ("classic") messages with a
+128-bit transaction id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+from .attributes import CODECS, AttributeValueError
+from .constants import (
+    FINGERPRINT_XOR,
+    HEADER_LENGTH,
+    MAGIC_COOKIE_BYTES,
+    Attr,
+    message_type,
+    split_type,
+)
+from .errors import StunDecodeError
+
+_HH = struct.Struct("!HH")
+_COMPUTED = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One STUN message.
+
+    ``attributes`` is a tuple of ``(type, value)`` pairs in wire order, with
+    values decoded by the attribute table (raw bytes for types we do not
+    know).  On decoded messages, ``unknown_required`` lists the
+    comprehension-required types we did not understand (a server answers
+    420 to those), and ``raw`` keeps the datagram so integrity can be
+    checked once the key is known.
+    """
+
+    method: int
+    cls: int
+    transaction_id: bytes
+    attributes: Tuple[Tuple[int, Any], ...] = ()
+    classic: bool = False
+    unknown_required: Tuple[int, ...] = ()
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    _mi_at: int = field(default=-1, compare=False, repr=False)
+    _mi256_at: int = field(default=-1, compare=False, repr=False)
+
+    def get(self, attr_type: int, default: Any = None) -> Any:
+        for t, v in self.attributes:
+            if t == attr_type:
+                return v
+        return default
+
+    def has(self, attr_type: int) -> bool:
+        return any(t == attr_type for t, _ in self.attributes)
+
+    @property
+    def mapped_address(self):
+        """The reflexive address: XOR-MAPPED-ADDRESS, else the draft XOR
+        attribute, else MAPPED-ADDRESS; None when none is present."""
+        for t in (Attr.XOR_MAPPED_ADDRESS, Attr.XOR_MAPPED_ADDRESS_DRAFT, Attr.MAPPED_ADDRESS):
+            v = self.get(t)
+            if v is not None:
+                return v
+        return None
+
+
+def decode(data: bytes) -> Message:
+    """Decode one datagram; raise :class:`StunDecodeError` if it is not STUN."""
+    n = len(data)
+    if n < HEADER_LENGTH:
+        raise StunDecodeError("datagram of %d bytes is shorter than a STUN header" % n)
+    msg_type, length = _HH.unpack_from(data)
+    if msg_type & 0xC000:
+        raise StunDecodeError("first two bits are not zero")
+    if length % 4:
+        raise StunDecodeError("length %d is not a multiple of 4" % length)
+    if length != n - HEADER_LENGTH:
+        raise StunDecodeError("length field %d but %d bytes follow the header" % (length, n - HEADER_LENGTH))
+    classic = data[4:8] != MAGIC_COOKIE_BYTES
+    method, cls = split_type(msg_type)
+    txid = bytes(data[4:20]) if classic else bytes(data[8:20])
+    header = (method, cls, txid, classic)
+
+    attrs = []
+    unknown = []
+    mi_at = mi256_at = -1
+    pos = HEADER_LENGTH
+    after_fingerprint = False
+    while pos < n:
+        if pos + 4 > n:
+            raise StunDecodeError("truncated attribute header at offset %d" % pos, header)
+        attr_type, alen = _HH.unpack_from(data, pos)
+        vstart = pos + 4
+        vend = vstart + alen
+        padded = vstart + ((alen + 3) & ~3)
+        if padded > n:
+            raise StunDecodeError("attribute 0x%04x of length %d overruns the message" % (attr_type, alen), header)
+        if after_fingerprint:
+            raise StunDecodeError("attribute 0x%04x after FINGERPRINT" % attr_type, header)
+        value = data[vstart:vend]
+        if attr_type == Attr.FINGERPRINT:
+            if alen != 4:
+                raise StunDecodeError("FINGERPRINT of %d bytes" % alen, header)
+            want = (zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+            got = struct.unpack("!I", value)[0]
+            if got != want:
+                raise StunDecodeError("FINGERPRINT mismatch", header)
+            attrs.append((attr_type, got))
+            after_fingerprint = True
+            pos = padded
+            continue
+        if mi256_at >= 0 or (mi_at >= 0 and attr_type != Attr.MESSAGE_INTEGRITY_SHA256):
+            # RFC 8489 section 14.5/14.6: ignore what follows the integrity
+            # attributes, except FINGERPRINT (and SHA256 after MI).
+            pos = padded
+            continue
+        codec = CODECS.get(attr_type)
+        if codec is None:
+            if attr_type < 0x8000:
+                unknown.append(attr_type)
+            attrs.append((attr_type, bytes(value)))
+        else:
+            try:
+                attrs.append((attr_type, codec[1](value, txid)))
+            except AttributeValueError as e:
+                raise StunDecodeError("attribute 0x%04x: %s" % (attr_type, e), header) from None
+            if attr_type == Attr.MESSAGE_INTEGRITY:
+                mi_at = pos
+            elif attr_type == Attr.MESSAGE_INTEGRITY_SHA256:
+                mi256_at = pos
+        pos = padded
+    return Message(
+        method, cls, txid, tuple(attrs), classic, tuple(unknown), bytes(data), mi_at, mi256_at
+    )
+
+
+def _header(msg_type: int, length: int, txid: bytes, classic: bool) -> bytes:
+    if classic:
+        return _HH.pack(msg_type, length) + txid
+    return _HH.pack(msg_type, length) + MAGIC_COOKIE_BYTES + txid
+
+
+def encode(
+    msg: Message,
+    integrity_key: Optional[bytes] = None,
+    sha256_key: Optional[bytes] = None,
+    fingerprint: bool = False,
+    pad: bytes = b"\x00",
+) -> bytes:
+    """Encode ``msg``; append MESSAGE-INTEGRITY (HMAC-SHA1 with
+    ``integrity_key``), MESSAGE-INTEGRITY-SHA256 (with ``sha256_key``) and
+    FINGERPRINT as asked, in that order.  Integrity and fingerprint
+    attributes already in ``msg.attributes`` are recomputed, not copied.
+    """
+    txid = msg.transaction_id
+    want = 16 if msg.classic else 12
+    if len(txid) != want:
+        raise ValueError("transaction id of %d bytes, want %d" % (len(txid), want))
+    parts = []
+    for attr_type, value in msg.attributes:
+        if attr_type in _COMPUTED:
+            continue
+        codec = CODECS.get(attr_type)
+        raw = codec[0](value, txid) if codec else bytes(value)
+        if len(raw) > 0xFFFF:
+            raise ValueError("attribute 0x%04x too long" % attr_type)
+        parts.append(_HH.pack(attr_type, len(raw)) + raw + pad * (-len(raw) % 4))
+    body = b"".join(parts)
+    mtype = message_type(msg.method, msg.cls)
+    if integrity_key is not None:
+        mac = hmac.new(integrity_key, _header(mtype, len(body) + 24, txid, msg.classic) + body, hashlib.sha1).digest()
+        body += _HH.pack(Attr.MESSAGE_INTEGRITY, 20) + mac
+    if sha256_key is not None:
+        mac = hmac.new(sha256_key, _header(mtype, len(body) + 36, txid, msg.classic) + body, hashlib.sha256).digest()
+        body += _HH.pack(Attr.MESSAGE_INTEGRITY_SHA256, 32) + mac
+    if fingerprint:
+        crc = zlib.crc32(_header(mtype, len(body) + 8, txid, msg.classic) + body) ^ FINGERPRINT_XOR
+        body += _HH.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc & 0xFFFFFFFF)
+    return _header(mtype, len(body), txid, msg.classic) + body
+
+
+def _mac_input(raw: bytes, at: int, value_len: int) -> bytes:
+    """The bytes an integrity attribute at offset ``at`` covers: everything
+    before it, with the header length adjusted to end just after it."""
+    return raw[:2] + struct.pack("!H", at + 4 + value_len - HEADER_LENGTH) + raw[4:at]
+
+
+def verify_integrity(msg: Message, key: bytes) -> bool:
+    """True if ``msg`` carries MESSAGE-INTEGRITY-SHA256 or MESSAGE-INTEGRITY
+    and it matches ``key`` (the SHA256 one is checked when both are
+    present).  False if it carries neither, or the check fails."""
+    raw = msg.raw
+    if msg._mi256_at >= 0:
+        got = msg.get(Attr.MESSAGE_INTEGRITY_SHA256)
+        mac = hmac.new(key, _mac_input(raw, msg._mi256_at, len(got)), hashlib.sha256).digest()
+        return hmac.compare_digest(mac[: len(got)], got)
+    if msg._mi_at >= 0:
+        got = msg.get(Attr.MESSAGE_INTEGRITY)
+        mac = hmac.new(key, _mac_input(raw, msg._mi_at, 20), hashlib.sha1).digest()
+        return hmac.compare_digest(mac, got)
+    return False
+
+
+def long_term_key(username: str, realm: str, password: str) -> bytes:
+    """RFC 8489 section 9.2.2 long-term key (MD5 algorithm).  Inputs are
+    taken as already prepared (no SASLprep/OpaqueString processing)."""
+    return hashlib.md5(("%s:%s:%s" % (username, realm, password)).encode("utf-8")).digest()
