@@ -54,8 +54,10 @@ def _pack_address(addr: Address, xor: bool, txid: bytes) -> bytes:
             family, raw = _FAMILY_V6, socket.inet_pton(socket.AF_INET6, host)
         else:
             family, raw = _FAMILY_V4, socket.inet_pton(socket.AF_INET, host)
-    except OSError:
+    except (OSError, ValueError, TypeError):
         raise AttributeValueError("not an IP address: %r" % (host,)) from None
+    if xor and family == _FAMILY_V6 and len(txid) != 12:
+        raise AttributeValueError("XOR IPv6 address in a message without magic cookie")
     if xor:
         port ^= 0x2112
         mask = MAGIC_COOKIE_BYTES + txid if family == _FAMILY_V6 else MAGIC_COOKIE_BYTES
@@ -97,7 +99,14 @@ def _address(xor: bool) -> Tuple[Callable, Callable]:
 
 def _enc_text(limit: int) -> Callable:
     def enc(value, txid):
-        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if isinstance(value, str):
+            raw = value.encode("utf-8")
+        else:
+            raw = bytes(value)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AttributeValueError("text attribute is not UTF-8") from None
         if len(raw) > limit:
             raise AttributeValueError("text attribute over %d bytes" % limit)
         return raw
@@ -139,6 +148,8 @@ def _dec_error(raw, txid):
 
 
 def _enc_unknown(value, txid):
+    if not all(0 <= t <= 0xFFFF for t in value):
+        raise AttributeValueError("UNKNOWN-ATTRIBUTES type out of range in %r" % (value,))
     return b"".join(struct.pack("!H", t) for t in value)
 
 
@@ -149,6 +160,8 @@ def _dec_unknown(raw, txid):
 
 
 def _enc_u32(value, txid):
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise AttributeValueError("32-bit attribute value %r out of range" % (value,))
     return struct.pack("!I", value)
 
 
@@ -159,6 +172,8 @@ def _dec_u32(raw, txid):
 
 
 def _enc_port(value, txid):
+    if not 0 <= value <= 0xFFFF:
+        raise AttributeValueError("RESPONSE-PORT %r out of range" % (value,))
     return struct.pack("!HH", value, 0)
 
 
@@ -177,12 +192,18 @@ def _dec_bytes(raw, txid):
 
 
 def _fixed_bytes(size: int) -> Tuple[Callable, Callable]:
+    def enc(value, txid):
+        raw = bytes(value)
+        if len(raw) != size:
+            raise AttributeValueError("attribute of %d bytes, want %d" % (len(raw), size))
+        return raw
+
     def dec(raw, txid):
         if len(raw) != size:
             raise AttributeValueError("attribute of %d bytes, want %d" % (len(raw), size))
         return bytes(raw)
 
-    return _enc_bytes, dec
+    return enc, dec
 
 
 def _dec_sha256_mac(raw, txid):

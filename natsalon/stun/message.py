@@ -77,6 +77,8 @@ class Message:
 
 def decode(data: bytes) -> Message:
     """Decode one datagram; raise :class:`StunDecodeError` if it is not STUN."""
+    if not isinstance(data, bytes):
+        data = memoryview(data).tobytes()  # bytearray/memoryview: slices need .decode()
     n = len(data)
     if n < HEADER_LENGTH:
         raise StunDecodeError("datagram of %d bytes is shorter than a STUN header" % n)
@@ -96,7 +98,6 @@ def decode(data: bytes) -> Message:
     unknown = []
     mi_at = mi256_at = -1
     pos = HEADER_LENGTH
-    after_fingerprint = False
     while pos < n:
         if pos + 4 > n:
             raise StunDecodeError("truncated attribute header at offset %d" % pos, header)
@@ -106,20 +107,20 @@ def decode(data: bytes) -> Message:
         padded = vstart + ((alen + 3) & ~3)
         if padded > n:
             raise StunDecodeError("attribute 0x%04x of length %d overruns the message" % (attr_type, alen), header)
-        if after_fingerprint:
-            raise StunDecodeError("attribute 0x%04x after FINGERPRINT" % attr_type, header)
         value = data[vstart:vend]
         if attr_type == Attr.FINGERPRINT:
             if alen != 4:
                 raise StunDecodeError("FINGERPRINT of %d bytes" % alen, header)
+            if padded < n:
+                # checked before the CRC, which would fail too, less precisely
+                after = _HH.unpack_from(data, padded)[0]
+                raise StunDecodeError("attribute 0x%04x after FINGERPRINT" % after, header)
             want = (zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
             got = struct.unpack("!I", value)[0]
             if got != want:
                 raise StunDecodeError("FINGERPRINT mismatch", header)
             attrs.append((attr_type, got))
-            after_fingerprint = True
-            pos = padded
-            continue
+            break
         if mi256_at >= 0 or (mi_at >= 0 and attr_type != Attr.MESSAGE_INTEGRITY_SHA256):
             # RFC 8489 section 14.5/14.6: ignore what follows the integrity
             # attributes, except FINGERPRINT (and SHA256 after MI).
@@ -167,6 +168,13 @@ def encode(
     want = 16 if msg.classic else 12
     if len(txid) != want:
         raise ValueError("transaction id of %d bytes, want %d" % (len(txid), want))
+    if msg.classic and txid[:4] == MAGIC_COOKIE_BYTES:
+        # decode() would take it for an RFC 5389 message with another txid
+        raise ValueError("classic transaction id starts with the magic cookie")
+    if not 0 <= msg.method <= 0xFFF or not 0 <= msg.cls <= 3:
+        raise ValueError("method 0x%x / class %r out of range" % (msg.method, msg.cls))
+    if len(pad) != 1:
+        raise ValueError("pad must be a single byte, not %r" % (pad,))
     parts = []
     for attr_type, value in msg.attributes:
         if attr_type in _COMPUTED:
@@ -177,6 +185,10 @@ def encode(
             raise ValueError("attribute 0x%04x too long" % attr_type)
         parts.append(_HH.pack(attr_type, len(raw)) + raw + pad * (-len(raw) % 4))
     body = b"".join(parts)
+    extra = (24 if integrity_key is not None else 0) + (36 if sha256_key is not None else 0)
+    extra += 8 if fingerprint else 0
+    if len(body) + extra > 0xFFFF:
+        raise ValueError("message body of %d bytes is too long" % (len(body) + extra))
     mtype = message_type(msg.method, msg.cls)
     if integrity_key is not None:
         mac = hmac.new(integrity_key, _header(mtype, len(body) + 24, txid, msg.classic) + body, hashlib.sha1).digest()
