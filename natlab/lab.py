@@ -10,6 +10,42 @@ Topology (every name starts with the per-lab prefix ``nsl<pid>-<n>-``)::
 Public addresses come only from the documentation ranges, LANs are 10.N.0.0/24;
 no namespace has a default route, every public namespace only has routes for
 the three documentation /24s, so nothing can leave the lab.
+
+Behaviours (mapping / filtering in RFC 4787 terms) and the external ports they yield:
+
+=======================  =====================================================  ==========================
+Nat                      how                                                    external port
+=======================  =====================================================  ==========================
+OPEN                     host has a public /32, router forwards (proxy ARP)     the host's own port
+FULL_CONE                masquerade + DNAT of any inbound to a live mapping     source port kept (EIM)
+                         (dynamic nft map ext port -> host ip . port)
+RESTRICTED_CONE          as FULL_CONE, DNAT only from remote addresses the      source port kept (EIM)
+                         mapping has sent to (nft set ext port . remote ip)
+PORT_RESTRICTED_CONE     plain masquerade; conntrack filters                    source port kept (EIM)
+SYMMETRIC_RANDOM         masquerade fully-random                                uniformly random per flow
+SYMMETRIC_SEQUENTIAL     snat to numgen-inc-indexed map of ports                20000, 20001, ... per new
+                                                                                flow of the site (wraps
+                                                                                after 1000)
+SYMMETRIC_UDP_FIREWALL   public /32 host, stateful forward filter (conntrack)   the host's own port
+UDP_BLOCKED              masquerade, forward drops all UDP                      -
+=======================  =====================================================  ==========================
+
+"Source port kept" is Linux's port-preserving allocation: the host's port unless
+another flow already holds it towards the same destination (then another port).
+Every router drops unsolicited WAN traffic to itself (input policy drop), so an
+early punch packet can't create a conntrack entry that steals a host's port.
+Hairpin (hairpin=True): a LAN packet to the router's public address and a live
+mapping's port is DNATed to the mapped host and SNATed to the public address, so
+the peer sees the sender's public address (its public port, when kept); with
+hairpin=False such packets end at the router.  Hairpin ignores filtering.
+Mapping lifetime: conntrack (30 s one-way, 120 s once answered; both become
+``udp_timeout`` when given); the full/restricted cone inbound map and peer set
+live ``udp_timeout`` (default 120 s) after the last outbound packet.
+Loss: nft ``numgen random`` drops on the router's WAN port (netdev ingress and
+egress), independently in each direction.  Delay: the WAN link runs through a
+"wire" namespace where delayer.py relays frames between two veths after
+``delay_ms`` (each direction, so the RTT grows by 2*delay_ms).  Lab veths use
+gso_max_segs 1 so the relay never sees frames bigger than the MTU.
 """
 from __future__ import annotations
 
@@ -48,7 +84,7 @@ class LabError(RuntimeError):
 
 
 class Nat(enum.Enum):
-    """NAT behaviours (RFC 4787 terms); see README of natlab (lab.py docstrings)."""
+    """NAT behaviours (RFC 4787 terms); the table in the natlab.lab docstring says how each is built."""
 
     OPEN = "open"                                  # public address, no NAT, no filter
     FULL_CONE = "full_cone"                        # EIM + endpoint-independent filtering
@@ -348,6 +384,13 @@ class Lab:
         self._ip(self.inet_ns,
                  "link add %s type veth peer name %s netns %s" % (port, ifname, ns),
                  "link set dev %s master br0 up" % port)
+        self._no_gso(self.inet_ns, port)
+        self._no_gso(ns, ifname)
+
+    def _no_gso(self, ns: str, ifname: str) -> None:
+        # One segment per skb: the delay line relays frames through packet sockets,
+        # which can't send a TSO/GSO super-frame bigger than the MTU.
+        self._ip(ns, "link set dev %s gso_max_segs 1" % ifname)
 
     def _public_host(self, short: str, ips: Sequence[str]) -> Host:
         ns = self._ns(short)
@@ -402,6 +445,8 @@ class Lab:
         if delay_ms and delay_ms > 0:
             wns = self._ns(name + "w")
             self._ip(rns, "link add wan0 type veth peer name wa netns %s" % wns)
+            self._no_gso(rns, "wan0")
+            self._no_gso(wns, "wa")
             self._attach_to_internet(wns, "wb")
             self._ip(wns, "link set dev wa up", "link set dev wb up")
             p = self._spawn(Host(self, name + "w", wns, ()),
@@ -420,7 +465,8 @@ class Lab:
         for j in range(1, hosts + 1):
             hns = self._ns("%s%d" % (name, j))
             self._ip(rns, "link add h%d type veth peer name eth0 netns %s" % (j, hns),
-                     "link set dev h%d master lan0 up" % j)
+                     "link set dev h%d master lan0 up" % j, "link set dev h%d gso_max_segs 1" % j)
+            self._no_gso(hns, "eth0")
             if nat.translates:
                 hip = "%s.%d" % (lan, j + 1)
                 hcmds = ["addr add %s/24 dev eth0" % hip, "link set dev eth0 up"]

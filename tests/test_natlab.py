@@ -69,7 +69,7 @@ def test_behaviour(natlab: Lab, nat: Nat) -> None:
     t.send((ext_ip, 5000), "unsolicited")
     early = datas(c.recv(0.3, max=0))
 
-    m1 = c.mapped(S1)
+    m1 = c.mapped(S1, timeout=WINDOW if nat is Nat.UDP_BLOCKED else 2.0)
     if nat is Nat.UDP_BLOCKED:
         assert m1 is None
         assert s1.count() == 0, "UDP crossed a UDP-blocking router"
@@ -181,6 +181,36 @@ def test_loss_and_delay(natlab: Lab) -> None:
         rtt[site.name] = statistics.median(rtts)
     assert 0.080 <= rtt["d"] < 0.080 + 0.060, rtt
     assert rtt["c"] < 0.020, rtt
+
+    # TCP crosses the delay line too (checksums completed, no oversized GSO frames)
+    tcp_server = natlab.server.python(TCP_SINK, spawn=True, stdout=subprocess.PIPE, text=True)
+    assert tcp_server.stdout.readline().strip() == "listening"
+    r = slow.hosts[0].python(TCP_SOURCE, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert tcp_server.stdout.readline().strip() == "got 1000000"
+
+
+TCP_SINK = """
+import socket
+l = socket.socket()
+l.bind(("203.0.113.10", 7000))
+l.listen()
+print("listening", flush=True)
+c, _ = l.accept()
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+print("got", n, flush=True)
+"""
+TCP_SOURCE = """
+import socket
+c = socket.create_connection(("203.0.113.10", 7000), timeout=10)
+c.sendall(b"x" * 1000000)
+c.close()
+"""
 
 
 @pytest.mark.nat
