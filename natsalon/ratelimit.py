@@ -1,0 +1,43 @@
+"""A per-source-IP request limit with bounded memory.
+
+A fixed window: each source may send ``limit`` requests per window; the
+owner calls :meth:`SourceLimiter.new_window` once a window (a timer in the
+protocol), which forgets every count.  At most ``max_sources`` sources are
+tracked in a window; sources beyond that share one overflow budget of
+``overflow_limit`` requests, so a flood from many (spoofed) addresses costs
+bounded memory and cannot exhaust the answers for sources already seen.
+"""
+
+from __future__ import annotations
+
+
+class SourceLimiter:
+    def __init__(self, limit: int, max_sources: int = 65536, overflow_limit: int = 0) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive (use no limiter to disable)")
+        self.limit = limit
+        self.max_sources = max_sources
+        self.overflow_limit = overflow_limit or limit * 10
+        self._counts: dict = {}
+        self._overflow = 0
+
+    def allow(self, source: str) -> bool:
+        counts = self._counts
+        n = counts.get(source)
+        if n is None:
+            if len(counts) >= self.max_sources:
+                self._overflow += 1
+                return self._overflow <= self.overflow_limit
+            counts[source] = 1
+            return True
+        if n >= self.limit:
+            return False
+        counts[source] = n + 1
+        return True
+
+    def new_window(self) -> None:
+        self._counts.clear()
+        self._overflow = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)

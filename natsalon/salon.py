@@ -1,0 +1,97 @@
+"""The salon server: the reflector sockets and their housekeeping, wired
+into one MultiService.  The tap module builds a :class:`SalonConfig` from
+the command line and calls :func:`make_salon`; tests call it directly with
+a :class:`twisted.internet.task.Clock`-driven reactor or a real one."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional
+
+from twisted.application import internet, service
+from twisted.logger import Logger
+
+from .layout import Layout
+from .ratelimit import SourceLimiter
+from .reflector import ReflectorProtocol, ServerState
+from .udpservice import DatagramService
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class SalonConfig:
+    interface: str = "0.0.0.0"
+    port: int = 3478
+    alt_port: int = 3479
+    alt_ip: Optional[str] = None
+    advertise: Optional[str] = None
+    advertise_alt: Optional[str] = None
+    rate_limit: int = 200  # requests per second per source IP; 0 disables
+    max_sources: int = 65536
+    rcvbuf: int = 4 << 20
+    stats_interval: float = 60.0
+
+
+def _is_wildcard(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+class SalonService(service.MultiService):
+    """The running salon.  ``state.layout`` holds the advertised socket
+    addresses once the service has started."""
+
+    def __init__(self, reactor, config: SalonConfig) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        limiter = SourceLimiter(config.rate_limit, config.max_sources) if config.rate_limit else None
+        self.state = ServerState(limiter=limiter)
+        self.protocols = []
+        self.sockets = {}
+        bind_ips = (config.interface, config.alt_ip)
+        ports = (config.port, config.alt_port)
+        keys = [(i, p) for i in ((0, 1) if config.alt_ip else (0,)) for p in (0, 1)]
+        for key in keys:
+            proto = ReflectorProtocol(key, self.state, rcvbuf=config.rcvbuf)
+            svc = DatagramService(reactor, ports[key[1]], proto, bind_ips[key[0]])
+            svc.setServiceParent(self)
+            self.protocols.append(proto)
+            self.sockets[key] = svc
+        tick = internet.TimerService(1.0, self._tick)
+        tick.clock = reactor
+        tick.setServiceParent(self)
+        self._since_report = 0.0
+
+    def startService(self) -> None:
+        super().startService()
+        cfg = self.config
+        ports = (self.sockets[(0, 0)].bound_port, self.sockets[(0, 1)].bound_port)
+        ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
+        ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
+        self.state.layout = Layout((ip0, ip1), ports)
+        log.info(
+            "natsalon serving STUN on {sockets}; advertised {layout}; rate limit {rate}/s per source",
+            sockets=", ".join("%s:%d" % (s.interface or "*", s.bound_port) for s in self.sockets.values()),
+            layout=self.state.layout,
+            rate=cfg.rate_limit or "off",
+        )
+
+    def _tick(self) -> None:
+        if self.state.limiter is not None:
+            self.state.limiter.new_window()
+        for proto in self.protocols:
+            proto.flush_stats()
+        self._since_report += 1.0
+        if self._since_report >= self.config.stats_interval:
+            self._since_report = 0.0
+            log.info("stats: {summary}", summary=self.state.stats.summary())
+
+    @property
+    def layout(self) -> Layout:
+        return self.state.layout
+
+
+def make_salon(reactor, config: SalonConfig) -> SalonService:
+    return SalonService(reactor, config)

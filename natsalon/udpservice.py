@@ -1,0 +1,34 @@
+"""A service that keeps one UDP socket open while it runs.
+
+Like ``twisted.application.internet.UDPServer``, but takes the reactor as an
+argument and exposes the listening port, so the owner can learn the port
+the kernel chose when asked for port 0.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+
+
+class DatagramService(service.Service):
+    def __init__(self, reactor, port: int, protocol, interface: str = "") -> None:
+        self.reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self.listening = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            return listening.stopListening()
+        return None
+
+    @property
+    def bound_port(self) -> int:
+        return self.listening.getHost().port
