@@ -9,9 +9,10 @@ MAGIC_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 HEADER_LENGTH = 20
 FINGERPRINT_XOR = 0x5354554E
 
-#: Largest datagram we will try to decode (RFC 8489 section 6.1: path MTU;
-#: anything over this is not a STUN message we answer).
-MAX_MESSAGE_SIZE = 1500
+#: Largest datagram we will try to decode.  RFC 5780 clients pad requests
+#: to an MTU of 1500 bytes plus STUN overhead (turnutils_stunclient sends
+#: 1532); anything larger is not a STUN request we answer.
+MAX_MESSAGE_SIZE = 2048
 
 
 class Method(enum.IntEnum):
