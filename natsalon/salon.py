@@ -12,9 +12,12 @@ from typing import Optional
 from twisted.application import internet, service
 from twisted.logger import Logger
 
-from .layout import Layout
+from .introducer import Introducer
+from .layout import PRIMARY, Layout
 from .ratelimit import SourceLimiter
 from .reflector import ReflectorProtocol, ServerState
+from .rooms import MemoryRooms
+from .stun import Method
 from .udpservice import DatagramService
 
 log = Logger()
@@ -32,6 +35,10 @@ class SalonConfig:
     max_sources: int = 65536
     rcvbuf: int = 4 << 20
     stats_interval: float = 60.0
+    introducer: bool = True  # answer JOIN (rooms, introductions)
+    max_rooms: int = 10000
+    room_timeout: float = 60.0  # seconds a member waits for its peer
+    max_waiting_per_ip: int = 16
 
 
 def _is_wildcard(ip: str) -> bool:
@@ -48,6 +55,11 @@ class SalonService(service.MultiService):
         self.config = config
         limiter = SourceLimiter(config.rate_limit, config.max_sources) if config.rate_limit else None
         self.state = ServerState(limiter=limiter)
+        self.introducer = None
+        if config.introducer:
+            rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
+            self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
+            self.state.handlers[Method.JOIN] = self.introducer.handle
         self.protocols = []
         self.sockets = {}
         bind_ips = (config.interface, config.alt_ip)
@@ -78,7 +90,14 @@ class SalonService(service.MultiService):
             rate=cfg.rate_limit or "off",
         )
 
+    def _push(self, reply) -> None:
+        transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
+        if transport is not None:
+            transport.write(reply.data, reply.to)
+
     def _tick(self) -> None:
+        if self.introducer is not None:
+            self.introducer.prune()
         if self.state.limiter is not None:
             self.state.limiter.new_window()
         for proto in self.protocols:

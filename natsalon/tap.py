@@ -45,6 +45,12 @@ class Options(usage.Options):
         ["max-sources", None, "65536", "Source IPs tracked by the rate limiter at once (bounds memory)."],
         ["rcvbuf", None, str(4 << 20), "Socket receive buffer in bytes."],
         ["stats-interval", None, "60", "Seconds between statistics log lines."],
+        ["max-rooms", None, "10000", "Rooms the introducer holds at once."],
+        ["room-timeout", None, "60", "Seconds a room member waits for its peer."],
+        ["max-waiting-per-ip", None, "16", "Members one source IP may have waiting at once."],
+    ]
+    optFlags = [
+        ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
     ]
 
     def postOptions(self) -> None:
@@ -77,6 +83,10 @@ class Options(usage.Options):
             max_sources=_int(o["max-sources"], "--max-sources", 1, 10 ** 8),
             rcvbuf=_int(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
             stats_interval=float(_int(o["stats-interval"], "--stats-interval", 1, 86400)),
+            introducer=not o["no-introducer"],
+            max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
+            room_timeout=float(_int(o["room-timeout"], "--room-timeout", 1, 86400)),
+            max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
         )
 
 

@@ -250,6 +250,8 @@ CODECS: Dict[int, Tuple[Callable, Callable]] = {
     Attr.NS_PEER: (_enc_bytes, _dec_bytes),
     Attr.NS_NONCE: (_enc_bytes, _dec_bytes),
     Attr.NS_ROLE: (_enc_u32, _dec_u32),
+    Attr.NS_STATUS: (_enc_u32, _dec_u32),
+    Attr.NS_PEER_ADDRESS: _XADDR,
 }
 
 

@@ -1,0 +1,119 @@
+"""The introducer: the salon's JOIN handler.
+
+``Introducer.handle(msg, source, received_on)`` is registered in
+``ServerState.handlers[Method.JOIN]`` and returns a
+:class:`natsalon.binding.Reply` (or None).  It
+
+1. checks the JOIN's shape (:func:`natsalon.salonwire.parse_join_request`);
+2. checks the return-routability cookie: without a valid one it answers
+   401 with a fresh cookie, ``HMAC(server secret, time bucket, source IP,
+   source port, room id)``, an answer smaller than the request (no
+   amplification), so a spoofed source never gets registered nor makes the
+   salon send more than that small answer to a victim;
+3. passes the member to the room registry and answers waiting /
+   introduced / 409 / 429 / 503;
+4. on the join that pairs a room, pushes the introduction to the waiting
+   member as a JOIN indication (its poll, the next join, gets it again).
+
+The salon never sees the secret: it cannot check the JOIN's
+MESSAGE-INTEGRITY-SHA256; it hands the JOIN to the peer, which does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+
+from . import salonwire as wire
+from .binding import Reply
+from .rooms import IRoomRegistry, Member, MemoryRooms, Outcome
+from .stats import Stats
+from .stun import Address, Class, Message
+
+COOKIE_SIZE = 16
+
+_ERRORS = {
+    Outcome.FULL: 409,
+    Outcome.TOO_MANY_FROM_SOURCE: 429,
+    Outcome.TOO_MANY_ROOMS: 503,
+}
+
+
+class CookieJar:
+    """Stateless cookies bound to source address, room and time bucket; a
+    cookie is valid in its bucket and the next one (``lifetime`` to
+    ``2 * lifetime`` seconds)."""
+
+    def __init__(self, secret: Optional[bytes] = None, lifetime: float = 30.0) -> None:
+        self.secret = secret or os.urandom(32)
+        self.lifetime = lifetime
+
+    def _make(self, bucket: int, source: Address, room_id: bytes) -> bytes:
+        fam = socket.AF_INET6 if ":" in source.host else socket.AF_INET
+        data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, source.host) + room_id
+        return hmac.new(self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
+
+    def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
+        return self._make(int(now // self.lifetime), source, room_id)
+
+    def check(self, cookie: Optional[bytes], source: Address, room_id: bytes, now: float) -> bool:
+        if not cookie or len(cookie) != COOKIE_SIZE:
+            return False
+        bucket = int(now // self.lifetime)
+        return any(hmac.compare_digest(cookie, self._make(b, source, room_id)) for b in (bucket, bucket - 1))
+
+
+class Introducer:
+    log = Logger()
+
+    def __init__(self, clock, rooms: Optional[IRoomRegistry] = None, cookies: Optional[CookieJar] = None,
+                 push: Optional[Callable[[Reply], None]] = None, stats: Optional[Stats] = None) -> None:
+        self.clock = clock
+        self.rooms = rooms if rooms is not None else MemoryRooms()
+        self.cookies = cookies or CookieJar()
+        self.push = push
+        self.stats = stats if stats is not None else Stats()
+
+    def prune(self) -> None:
+        n = self.rooms.prune(self.clock.seconds())
+        if n:
+            self.stats["rooms_expired"] += n
+
+    def handle(self, msg: Message, source: Address, received_on) -> Optional[Reply]:
+        if msg.cls != Class.REQUEST:
+            self.stats["join_not_request"] += 1
+            return None
+        to = (source.host, source.port)
+        txid = msg.transaction_id
+        try:
+            req = wire.parse_join_request(msg)
+        except wire.WireError as e:
+            self.stats["join_bad"] += 1
+            self.log.debug("bad JOIN: {reason}", reason=e)
+            return Reply(received_on, to, wire.join_error(txid, 400))
+        now = self.clock.seconds()
+        if not self.cookies.check(req.cookie, source, req.room_id, now):
+            self.stats["join_cookie_sent"] += 1
+            return Reply(received_on, to, wire.cookie_response(txid, self.cookies.issue(source, req.room_id, now)))
+        member = Member(req.nonce, source, msg.raw, received_on)
+        result = self.rooms.join(req.room_id, member, now)
+        outcome = result.outcome
+        self.stats["join_" + outcome.value] += 1
+        if outcome is Outcome.WAITING:
+            return Reply(received_on, to, wire.waiting_response(txid, source))
+        if outcome is Outcome.INTRODUCED:
+            peer = result.peer
+            if result.newly_paired and self.push is not None:
+                self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
+                    os.urandom(12), peer.address, peer.nonce, req.room_id, member.blob, source, indication=True)))
+                self.stats["introductions_pushed"] += 1
+                self.log.info("room paired")
+            return Reply(received_on, to, wire.introduction(
+                txid, source, req.nonce, req.room_id, peer.blob, peer.address))
+        return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
