@@ -185,6 +185,7 @@ class ProbeSocket(StunClientProtocol):
         self.send_errors: List[OSError] = []
         self.expect: Dict[bytes, Callable[[Message, tuple], None]] = {}
         self.port = None  #: the IListeningPort
+        self.closing = False  #: set when the prober closes it
 
     def _send(self, data: bytes, addr) -> None:
         try:
@@ -195,6 +196,13 @@ class ProbeSocket(StunClientProtocol):
 
     def connectionRefused(self) -> None:
         self.on_refused(self)
+
+    def stopProtocol(self) -> None:
+        # The epoll reactor closes a connected UDP socket on the EPOLLERR an
+        # ICMP port unreachable raises, without calling connectionRefused.
+        if not self.closing:
+            self.on_refused(self)
+        StunClientProtocol.stopProtocol(self)
 
     def _unsolicited(self, data: bytes, addr) -> None:
         if len(data) < 20:
@@ -245,7 +253,6 @@ class _Run:
         self.rtt: Optional[float] = None
         self.rfc5780_off = False
         self.other: Optional[Address] = None
-        self.alt_port = defer.Deferred()  # fires with P2 (int) or None
         self.results: Dict[str, object] = {}
 
     # -- plumbing ------------------------------------------------------------
@@ -259,6 +266,7 @@ class _Run:
 
     def _refused(self, sock: ProbeSocket) -> None:
         self.abort(ServerUnreachable("nothing listens on UDP %s (ICMP port unreachable)" % (self.primary,)))
+        sock.closing = True
 
     def sleep(self, seconds: float) -> defer.Deferred:
         d = task.deferLater(self.clock, max(0.0, seconds), lambda: None)
@@ -280,6 +288,7 @@ class _Run:
             if not d.called:
                 d.cancel()
         for s in self.socks:
+            s.closing = True
             s.client.cancel_all()
             if s.port is not None:
                 s.port.stopListening()
@@ -287,8 +296,8 @@ class _Run:
 
     def abort(self, exc: Exception) -> None:
         if not self.done.called:
+            self.done.errback(exc)  # first: the cancellations close() causes are then ignored
             self.close()
-            self.done.errback(exc)
 
     def _note_rtt(self, rtt: float) -> None:
         if rtt >= 0 and (self.rtt is None or rtt < self.rtt):
@@ -390,12 +399,11 @@ class _Run:
         if self.has_alt_ip():
             targets["m2"] = Address(o.host, p.port)
             targets["m3"] = o
-        if o is not None and o.port != p.port:
-            alt_port = o.port
-        else:
-            alt_port = yield self.alt_port
-        if alt_port is not None:
-            targets["m4"] = Address(p.host, alt_port)
+        # IP1:P2; without OTHER-ADDRESS, try the customary alternate port P1+1
+        # (natsalon's and coturn's default): any other port of the server
+        # that answers is as good a destination for this test.
+        alt_port = o.port if o is not None and o.port != p.port else p.port % 65535 + 1
+        targets["m4"] = Address(p.host, alt_port)
         names = list(targets)
         answers = yield defer.gatherResults(
             [self.ask(sock, targets[n], () if self.rfc5780_off else (_change(0),)) for n in names])
@@ -416,30 +424,25 @@ class _Run:
     def test_filter(self, name: str, flags: int):
         label = "change-IP+port" if flags & CHANGE_IP else "change-port"
         sock = self.sock(name)
-        try:
-            bound = yield self.bind(sock)
-            if bound is None:
+        bound = yield self.bind(sock)
+        if bound is None:
+            return
+        p, o = self.primary, self.other
+        if flags & CHANGE_IP:
+            if not self.has_alt_ip():
+                self.cannot("filtering " + label, "the server has no alternate IP (no OTHER-ADDRESS"
+                            " with another IP)")
                 return
-            p, o = self.primary, self.other
-            if flags & CHANGE_IP:
-                if not self.has_alt_ip():
-                    self.cannot("filtering " + label, "the server has no alternate IP (no OTHER-ADDRESS"
-                                " with another IP)")
-                    return
-                expect = o
-            elif o is not None and o.port != p.port:
-                expect = Address(p.host, o.port)
-            else:
-                expect = None  # one-IP server: any other port of the primary IP
-            if self.rfc5780_off:
-                self.cannot("filtering " + label, "the server does not support CHANGE-REQUEST")
-                return
-            resp = yield self.ask(sock, p, (_change(flags),))
-            self.results[name] = self.filter_outcome(label, resp, expect)
-        finally:
-            if not flags & CHANGE_IP and not self.alt_port.called:
-                src = self.results.get(name + "_from")
-                self.alt_port.callback(src)
+            expect = o
+        elif o is not None and o.port != p.port:
+            expect = Address(p.host, o.port)
+        else:
+            expect = None  # one-IP server: any other port of the primary IP
+        if self.rfc5780_off:
+            self.cannot("filtering " + label, "the server does not support CHANGE-REQUEST")
+            return
+        resp = yield self.ask(sock, p, (_change(flags),))
+        self.results[name] = self.filter_outcome(label, resp, expect)
 
     def filter_outcome(self, label: str, resp, expect: Optional[Address]) -> Optional[bool]:
         if resp is None:
@@ -458,8 +461,6 @@ class _Run:
             self.cannot("filtering " + label, "the server answered from the wrong address")
             return None
         self.check_response(label, msg, resp.source, expect)
-        if label == "change-port":
-            self.results["F2_from"] = resp.source.port
         self.tested.append("filtering " + label)
         return True
 
@@ -555,7 +556,7 @@ class _Run:
 
     def failed(self, failure) -> None:
         exc = failure.value.subFailure.value if isinstance(failure.value, defer.FirstError) else failure.value
-        if isinstance(exc, defer.CancelledError) and self.done.called:
+        if self.done.called:  # already aborted: these are the cancellations
             return None
         if not isinstance(exc, ProbeError):
             log.failure("probe failed", failure.value.subFailure
