@@ -1,0 +1,56 @@
+"""Local UDP port forwarding over a :class:`natsalon.peer.Connection`.
+
+A local UDP socket (``--forward [HOST:]PORT``, default host 127.0.0.1):
+every datagram an application sends to it goes to the peer; every datagram
+from the peer goes to ``deliver`` (``--deliver HOST:PORT``) or, without it,
+to the last local sender.  For example WireGuard on both hosts, each with
+its peer ``Endpoint`` set to the local forward port.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from twisted.internet.protocol import DatagramProtocol
+
+
+def parse_hostport(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
+    """``PORT`` or ``HOST:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = default_host
+    host = host.strip("[]") or default_host
+    p = int(port)
+    if not 0 <= p < 65536:
+        raise ValueError("port %d out of range" % p)
+    return host, p
+
+
+class Forwarder(DatagramProtocol):
+    noisy = False
+
+    def __init__(self, conn, deliver: Optional[Tuple[str, int]] = None) -> None:
+        self.conn = conn
+        self.deliver = deliver
+        self.last_sender: Optional[tuple] = None
+        self.to_peer = self.from_peer = self.dropped = 0
+        conn.set_receiver(self.peer_datagram)
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if self.deliver is None:
+            self.last_sender = addr
+        if self.conn.send(data):
+            self.to_peer += 1
+        else:
+            self.dropped += 1
+
+    def peer_datagram(self, payload: bytes) -> None:
+        to = self.deliver or self.last_sender
+        if to is None or self.transport is None:
+            self.dropped += 1
+            return
+        try:
+            self.transport.write(payload, to)
+            self.from_peer += 1
+        except OSError:
+            self.dropped += 1

@@ -1,0 +1,241 @@
+"""Hole punching: probe every candidate of the peer, keep the paths that
+verify in both directions, pick the best.
+
+:class:`Puncher` holds no socket: it is given ``send(data, addr)`` and a
+clock, and is fed every datagram that looks like STUN through
+:meth:`Puncher.datagram`.  Rules:
+
+- every ``interval`` seconds, a PUNCH request (MESSAGE-INTEGRITY-SHA256 with
+  the session's k_punch) goes to every candidate whose path is not verified
+  yet, all at once, until ``timeout``;
+- a valid request from the peer is answered at once from the same socket
+  (that answer is what opens the path for the peer) and, when it comes from
+  an address we did not know (the peer's NAT gave that flow a new port: a
+  peer-reflexive candidate), that address becomes a candidate; a valid
+  request also triggers a probe back to its source, so each side ends up
+  with both halves even when the other stopped its schedule;
+- a path (a remote address) is *verified* when we got a valid response to a
+  probe sent to it from it, **and** a valid probe from the peer came from it;
+- a verified LAN path wins at once; a verified public path waits up to
+  ``lan_grace`` seconds for a LAN path while LAN candidates are pending;
+  among equals the lowest RTT wins.
+
+Once a path is chosen, the puncher keeps answering and verifying probes (the
+connection's keepalives use :meth:`Puncher.probe`), and its probes carry
+:data:`~natsalon.salonwire.FLAG_CONNECTED` so the peer knows we are done.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import salonwire as wire
+from .secret import SessionKeys
+from .stun import Address
+
+LAN = "lan"
+DIRECT = "direct"
+_MAX_PENDING = 512
+
+
+class PunchFailed(Exception):
+    """No path verified in both directions before the punch timeout."""
+
+
+@dataclass
+class PathState:
+    address: Address
+    kind: str
+    outbound: bool = False  #: a valid response to our probe came from it
+    inbound: bool = False  #: a valid probe from the peer came from it
+    rtt: Optional[float] = None
+    last_heard: float = -1.0  #: last valid message from the peer on it
+    last_probe: float = -1.0
+
+    @property
+    def verified(self) -> bool:
+        return self.outbound and self.inbound
+
+
+@dataclass(frozen=True)
+class Path:
+    address: Address
+    kind: str  #: "lan" or "direct"
+    rtt: float  #: seconds
+
+
+_RANK = {LAN: 0, DIRECT: 1}
+
+
+class Puncher:
+    log = Logger()
+
+    def __init__(self, clock, send: Callable[[bytes, tuple], None], session: SessionKeys,
+                 my_nonce: bytes, peer_nonce: bytes, peer_public: Optional[Address],
+                 peer_lan: Iterable[Address] = (), interval: float = 0.1, timeout: float = 10.0,
+                 lan_grace: float = 0.5) -> None:
+        self.clock = clock
+        self.send = send
+        self.session = session
+        self.my_nonce = my_nonce
+        self.peer_nonce = peer_nonce
+        self.interval = interval
+        self.timeout = timeout
+        self.lan_grace = lan_grace
+        self.paths: Dict[Address, PathState] = {}
+        self._pending: "OrderedDict[bytes, Tuple[Address, float]]" = OrderedDict()
+        for addr in peer_lan:
+            addr = Address(*addr)
+            if addr != peer_public:
+                self.paths.setdefault(addr, PathState(addr, LAN))
+        if peer_public is not None:
+            self.paths.setdefault(Address(*peer_public), PathState(Address(*peer_public), DIRECT))
+        self.selected: Optional[Path] = None
+        self.peer_connected = False
+        self.probes_sent = 0
+        self.on_heard: Optional[Callable[[Address], None]] = None
+        self._deferred: Optional[defer.Deferred] = None
+        self._tick_call = None
+        self._timeout_call = None
+        self._grace_call = None
+        self._started = 0.0
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> defer.Deferred:
+        """Start probing; the Deferred fires with the chosen :class:`Path`
+        or fails with :class:`PunchFailed`."""
+        self._deferred = defer.Deferred(lambda _: self.stop())
+        self._started = self.clock.seconds()
+        self._timeout_call = self.clock.callLater(self.timeout, self._give_up)
+        self._tick()
+        return self._deferred
+
+    def stop(self) -> None:
+        for name in ("_tick_call", "_timeout_call", "_grace_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+    def _tick(self) -> None:
+        self._tick_call = None
+        if self.selected is not None:
+            return
+        for p in list(self.paths.values()):
+            if not p.verified:
+                self.probe(p.address)
+        self._tick_call = self.clock.callLater(self.interval, self._tick)
+
+    def _give_up(self) -> None:
+        self._timeout_call = None
+        self.stop()
+        d, self._deferred = self._deferred, None
+        if d is not None and self.selected is None:
+            half = [p for p in self.paths.values() if p.outbound or p.inbound]
+            reason = "no path verified in both directions within %gs (%d candidates tried, %d half-open)" % (
+                self.timeout, len(self.paths), len(half))
+            d.errback(PunchFailed(reason))
+
+    # -- sending ---------------------------------------------------------
+    @property
+    def flags(self) -> int:
+        return wire.FLAG_CONNECTED if self.selected is not None else 0
+
+    def probe(self, addr: Address) -> None:
+        txid, data = wire.punch_request(self.my_nonce, self.session.k_punch, self.flags)
+        now = self.clock.seconds()
+        self._pending[txid] = (Address(*addr), now)
+        while len(self._pending) > _MAX_PENDING:
+            self._pending.popitem(last=False)
+        p = self.paths.get(addr)
+        if p is not None:
+            p.last_probe = now
+        self.probes_sent += 1
+        try:
+            self.send(data, tuple(addr))
+        except OSError:
+            pass  # unreachable candidate (e.g. a LAN address of another site)
+
+    # -- receiving ---------------------------------------------------------
+    def datagram(self, data: bytes, addr) -> bool:
+        """Offer a datagram; True if it was a valid probe or response of the peer."""
+        try:
+            punch = wire.parse_punch(data, self.session.k_punch, self.peer_nonce)
+        except wire.WireError:
+            return False
+        src = Address(addr[0], addr[1])
+        now = self.clock.seconds()
+        if punch.flags & wire.FLAG_CONNECTED:
+            self.peer_connected = True
+        if punch.is_request:
+            try:
+                self.send(wire.punch_response(punch.txid, self.my_nonce, src, self.session.k_punch, self.flags),
+                          tuple(addr))
+            except OSError:
+                pass
+            p = self.paths.get(src)
+            if p is None:
+                p = self.paths[src] = PathState(src, DIRECT)  # peer-reflexive
+            p.inbound = True
+            p.last_heard = now
+            if not p.outbound or self.selected is not None:
+                if now - p.last_probe >= self.interval / 2:
+                    self.probe(src)  # triggered check
+        else:
+            sent = self._pending.pop(punch.txid, None)
+            if sent is None or sent[0] != src:
+                return True  # ours, but stale or from elsewhere: not a proof
+            p = self.paths.get(src)
+            if p is None:
+                p = self.paths[src] = PathState(src, DIRECT)
+            p.outbound = True
+            p.last_heard = now
+            rtt = now - sent[1]
+            p.rtt = rtt if p.rtt is None else 0.8 * p.rtt + 0.2 * rtt
+        if self.on_heard is not None:
+            self.on_heard(src)
+        self._consider()
+        return True
+
+    # -- choosing ----------------------------------------------------------
+    def best(self) -> Optional[PathState]:
+        verified = [p for p in self.paths.values() if p.verified]
+        if not verified:
+            return None
+        return min(verified, key=lambda p: (_RANK[p.kind], p.rtt if p.rtt is not None else 1e9))
+
+    def _consider(self) -> None:
+        if self.selected is not None or self._deferred is None:
+            return
+        best = self.best()
+        if best is None:
+            return
+        lan_pending = any(p.kind == LAN and not p.verified for p in self.paths.values())
+        if best.kind == LAN or not lan_pending:
+            self._select(best)
+        elif self._grace_call is None:
+            self._grace_call = self.clock.callLater(self.lan_grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace_call = None
+        best = self.best()
+        if best is not None and self.selected is None:
+            self._select(best)
+
+    def _select(self, p: PathState) -> None:
+        self.selected = Path(p.address, p.kind, p.rtt or 0.0)
+        self.stop()
+        d, self._deferred = self._deferred, None
+        # tell the peer at once that we are done (and give it a probe to answer)
+        self.probe(p.address)
+        if d is not None:
+            d.callback(self.selected)
+
+    def last_heard(self, addr: Address) -> float:
+        p = self.paths.get(addr)
+        return p.last_heard if p is not None else -1.0

@@ -1,0 +1,181 @@
+"""The punching machine and the connection's keepalives, on a Clock."""
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from natsalon import salonwire as wire
+from natsalon.peer import Connection
+from natsalon.punch import DIRECT, LAN, PunchFailed, Puncher
+from natsalon.secret import derive, new_nonce, session_keys
+from natsalon.stun import Address, decode
+
+A_PUB = Address("192.0.2.10", 40000)
+B_PUB = Address("192.0.2.20", 50000)
+A_LAN = Address("10.1.0.2", 40000)
+B_LAN = Address("10.2.0.2", 50000)
+
+
+class Net:
+    """Two punchers wired through a configurable fake network: ``routes``
+    maps (sender, destination) to the source address the receiver sees, or
+    None to drop."""
+
+    def __init__(self, routes, lan_a=(), lan_b=(), peer_pub_a=B_PUB, peer_pub_b=A_PUB, **kw):
+        self.clock = Clock()
+        keys = derive("room", "s")
+        self.na, self.nb = new_nonce(), new_nonce()
+        self.routes = routes
+        self.log = []
+        self.a = Puncher(self.clock, lambda d, to: self.deliver("a", d, to), session_keys(keys, self.na, self.nb),
+                         self.na, self.nb, peer_pub_a, lan_b, **kw)
+        self.b = Puncher(self.clock, lambda d, to: self.deliver("b", d, to), session_keys(keys, self.nb, self.na),
+                         self.nb, self.na, peer_pub_b, lan_a, **kw)
+
+    def deliver(self, who, data, to):
+        seen_from = self.routes.get((who, Address(*to)))
+        self.log.append((who, Address(*to), seen_from is not None))
+        if seen_from is not None:
+            target = self.b if who == "a" else self.a
+            self.clock.callLater(0.01, target.datagram, data, tuple(seen_from))
+
+
+def open_routes():
+    return {("a", B_PUB): A_PUB, ("b", A_PUB): B_PUB}
+
+
+def run(net, until=20.0):
+    results = {}
+    for name in ("a", "b"):
+        d = getattr(net, name).start()
+        d.addBoth(lambda r, name=name: results.__setitem__(name, r))
+    t = 0.0
+    while t < until and len(results) < 2:
+        net.clock.advance(0.01)
+        t += 0.01
+    return results
+
+
+def test_direct_path_verified_both_ways():
+    net = Net(open_routes())
+    r = run(net)
+    assert r["a"].address == B_PUB and r["a"].kind == DIRECT
+    assert r["b"].address == A_PUB
+    assert r["a"].rtt == pytest.approx(0.02, abs=0.011)
+
+
+def test_lan_preferred_over_public():
+    routes = open_routes()
+    routes[("a", B_LAN)] = A_LAN
+    routes[("b", A_LAN)] = B_LAN
+    net = Net(routes, lan_a=[A_LAN], lan_b=[B_LAN])
+    r = run(net)
+    assert r["a"].kind == LAN and r["a"].address == B_LAN
+    assert r["b"].kind == LAN and r["b"].address == A_LAN
+
+
+def test_public_wins_after_grace_when_lan_unreachable():
+    net = Net(open_routes(), lan_a=[A_LAN], lan_b=[B_LAN], lan_grace=0.5)
+    r = run(net)
+    assert r["a"].kind == DIRECT and r["b"].kind == DIRECT
+
+
+def test_one_way_is_not_a_path():
+    # a's probes reach b, nothing comes back: neither side may declare a path
+    net = Net({("a", B_PUB): A_PUB}, timeout=2.0)
+    r = run(net)
+    assert r["a"].check(PunchFailed) and r["b"].check(PunchFailed)
+    assert "no path verified in both directions" in str(r["a"].value)
+
+
+def test_peer_reflexive_symmetric_peer():
+    # b is behind a symmetric NAT: its flow to a gets port 61000, not B_PUB;
+    # a (full cone) accepts anything.  a learns b's real port from b's probe.
+    B_SYM = Address(B_PUB.host, 61000)
+    routes = {("b", A_PUB): B_SYM, ("a", B_SYM): A_PUB}
+    net = Net(routes)
+    r = run(net)
+    assert r["a"].address == B_SYM and r["b"].address == A_PUB
+
+
+def test_forged_probes_ignored():
+    net = Net(open_routes())
+    other = session_keys(derive("room", "other"), net.nb, net.na)
+    _, probe = wire.punch_request(net.nb, other.k_punch)
+    assert not net.a.datagram(probe, tuple(B_PUB))
+    assert not net.a.paths[B_PUB].inbound
+
+
+def test_schedule_paced_and_bounded():
+    net = Net({}, lan_b=[B_LAN], interval=0.1, timeout=1.0)
+    d = net.a.start()
+    failures = []
+    d.addErrback(failures.append)
+    net.clock.advance(0.05)
+    assert len(net.log) == 2  # all candidates at once
+    for _ in range(200):
+        net.clock.advance(0.01)
+    assert failures
+    assert len(net.log) == 20  # 10 rounds of 2 in 1 s, then silence
+
+
+class FakeSock:
+    def __init__(self):
+        self.written = []
+
+    def write(self, data, addr):
+        self.written.append((data, addr))
+
+
+def test_keepalive_and_dead_path_repunch():
+    net = Net(open_routes())
+    r = run(net)
+    repunches = []
+    events = []
+    conn = Connection(net.clock, FakeSock(), lambda: repunches.append(1) or defer.Deferred(),
+                      keepalive=15, dead_after=3)
+    conn.on_event = events.append
+    conn.attach(net.a, session_keys(derive("room", "s"), net.na, net.nb), r["a"])
+    conn_b = Connection(net.clock, FakeSock(), defer.Deferred, keepalive=15)
+    conn_b.attach(net.b, session_keys(derive("room", "s"), net.nb, net.na), r["b"])
+    # keepalives hold the path for minutes
+    for _ in range(300 * 10):
+        net.clock.advance(0.1)
+    assert conn.connected and not repunches
+    sent_before = sum(1 for who, to, ok in net.log if who == "a")
+    assert sent_before > 300 / 15  # about one probe per interval (plus answers)
+    # the path dies: detected within dead_after + 1 keepalive intervals
+    net.routes.clear()
+    t = 0.0
+    while not repunches and t < 100:
+        net.clock.advance(0.1)
+        t += 0.1
+    assert repunches and t <= 4 * 15 + 0.2
+    assert events[0]["event"] == "path-lost" and not conn.connected
+    conn.close()
+    conn_b.close()
+
+
+def test_connection_frames_and_tamper_counted():
+    net = Net(open_routes())
+    r = run(net)
+    keys = derive("room", "s")
+    sa, sb = FakeSock(), FakeSock()
+    ca = Connection(net.clock, sa, lambda: None)
+    cb = Connection(net.clock, sb, lambda: None)
+    ca.attach(net.a, session_keys(keys, net.na, net.nb), r["a"])
+    cb.attach(net.b, session_keys(keys, net.nb, net.na), r["b"])
+    got = []
+    cb.set_receiver(got.append)
+    for i in range(10):
+        assert ca.send(b"m%d" % i)
+    for data, addr in sa.written:
+        cb.frame_received(data, tuple(A_PUB))
+    bad = bytearray(sa.written[0][0])
+    bad[-1] ^= 1
+    cb.frame_received(bytes(bad), tuple(A_PUB))
+    cb.frame_received(sa.written[1][0], tuple(A_PUB))  # replay
+    assert got == [b"m%d" % i for i in range(10)]
+    assert cb.rejected == 2
+    ca.close()
+    cb.close()
