@@ -1,0 +1,199 @@
+"""Acceptance in the NAT lab: real ``twistd -n natsalon`` on the lab server,
+real ``natsalon connect`` processes in the site hosts, JSON lines parsed.
+
+One lab holds every site; all pairs run at once, each in its own room."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from natlab import Lab, Nat
+from natlab.salon import start_salon
+
+SERVER = "203.0.113.10:3478"
+SECRET = "correct horse battery staple"
+
+O, F, R, P, W, S = (Nat.OPEN, Nat.FULL_CONE, Nat.RESTRICTED_CONE, Nat.PORT_RESTRICTED_CONE,
+                    Nat.SYMMETRIC_UDP_FIREWALL, Nat.SYMMETRIC_RANDOM)
+SHORT = {O: "o", F: "f", R: "r", P: "p", W: "w", S: "s"}
+CONE_LIKE = [O, F, R, P, W]
+CONNECTABLE = [(a, b) for i, a in enumerate(CONE_LIKE) for b in CONE_LIKE[i:]] + [(S, O), (S, F), (S, R)]
+UNPUNCHABLE = [(S, P), (S, S)]
+IMPAIRED = [(P, P), (S, F), (R, W), (O, P)]
+IMPAIRED_FAIL = [(S, P)]
+
+
+def _client(host, room: str, timeout: float, extra=()) -> subprocess.Popen:
+    argv = [Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", room, "--secret", SECRET,
+            "--json", "--timeout", str(timeout), "--punch-timeout", "10"] + list(extra)
+    return host.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _events(proc: subprocess.Popen, timeout: float) -> Tuple[int, List[dict], str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return -9, [], err
+    events = []
+    for line in out.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return proc.returncode, events, err
+
+
+def _site_hosts(lab: Lab, pairs, tag: str, **site_kw) -> Dict[Tuple[Nat, int], object]:
+    """Two sites per behaviour used (so same-behaviour pairs cross two NATs)."""
+    hosts = {}
+    for nat in {n for pair in pairs for n in pair}:
+        for k in (1, 2):
+            site = lab.add_site("%s%s%d" % (tag, SHORT[nat], k), nat, **site_kw)
+            hosts[(nat, k)] = site.hosts[0]
+    return hosts
+
+
+def _run_pairs(lab, jobs, timeout):
+    """jobs: [(label, host_a, host_b)] -> {label: ((rc, events, err), (rc, events, err), seconds)}"""
+    procs = []
+    t0 = time.monotonic()
+    for i, (label, ha, hb) in enumerate(jobs):
+        room = "room-%d-%s" % (i, label)
+        procs.append((label, _client(ha, room, timeout)))
+    time.sleep(0.5)
+    for i, (label, ha, hb) in enumerate(jobs):
+        room = "room-%d-%s" % (i, label)
+        procs.append((label, _client(hb, room, timeout)))
+    results: Dict[str, list] = {}
+    for label, proc in procs:
+        results.setdefault(label, []).append(_events(proc, timeout + 15))
+    return results, time.monotonic() - t0
+
+
+def _last(events, name) -> Optional[dict]:
+    found = [e for e in events if e.get("event") == name]
+    return found[-1] if found else None
+
+
+@pytest.mark.nat
+def test_connect_matrix(natlab: Lab) -> None:
+    lab = natlab
+    pairs = CONNECTABLE + UNPUNCHABLE
+    hosts = _site_hosts(lab, pairs, "")
+    ipairs = IMPAIRED + IMPAIRED_FAIL
+    ihosts = _site_hosts(lab, ipairs, "d", delay_ms=25, loss=0.025)
+    same = lab.add_site("lan", P, hosts=2)
+    start_salon(lab)
+
+    jobs = []
+    for a, b in pairs:
+        jobs.append(("%s-%s" % (a.name, b.name), hosts[(a, 1)], hosts[(b, 2)]))
+    for a, b in ipairs:
+        jobs.append(("impaired-%s-%s" % (a.name, b.name), ihosts[(a, 1)], ihosts[(b, 2)]))
+    jobs.append(("same-nat", same.hosts[0], same.hosts[1]))
+    timeout = 25.0
+    results, took = _run_pairs(lab, jobs, timeout)
+
+    problems = []
+    summary = []
+    for label, sides in sorted(results.items()):
+        failing = any(label.endswith("%s-%s" % (a.name, b.name)) for a, b in UNPUNCHABLE + IMPAIRED_FAIL)
+        for rc, events, err in sides:
+            conn, fail = _last(events, "connected"), _last(events, "failed")
+            summary.append("%s: rc=%s %s" % (label, rc, conn or fail))
+            if failing:
+                if rc == 0 or fail is None or not fail.get("reason"):
+                    problems.append("%s should fail with a reason: rc=%s %s %s" % (label, rc, events, err[-500:]))
+            elif rc != 0 or conn is None:
+                problems.append("%s did not connect: rc=%s %s %s" % (label, rc, events, err[-500:]))
+            elif label == "same-nat" and conn["path"] != "lan":
+                problems.append("same-nat pair took path %s, not lan" % conn["path"])
+            elif label != "same-nat" and conn["path"] != "direct":
+                problems.append("%s took path %s" % (label, conn["path"]))
+    print("\n".join(summary))
+    print("all pairs took %.1fs" % took)
+    assert not problems, "\n".join(problems)
+
+
+RECEIVER = r"""
+import hashlib, socket, sys, time, json
+port, expect, idle = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind(("127.0.0.1", port))
+print("ready", flush=True)
+s.settimeout(idle)
+got, bad, seen = 0, 0, set()
+try:
+    while len(seen) < expect:
+        data = s.recv(4096)
+        n, digest, body = int(data[:8]), data[8:40], data[40:]
+        if hashlib.sha256(body).digest() != digest:
+            bad += 1
+            continue
+        seen.add(n)
+except socket.timeout:
+    pass
+print(json.dumps({"received": len(seen), "bad": bad}), flush=True)
+"""
+
+SENDER = r"""
+import hashlib, os, socket, sys, time
+to_port, count, rate, src_port = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", src_port))
+for n in range(count):
+    body = os.urandom(100 + n % 1000)
+    s.sendto(b"%08d" % n + hashlib.sha256(body).digest() + body, ("127.0.0.1", to_port))
+    time.sleep(1.0 / rate)
+print("sent", count, flush=True)
+"""
+
+
+@pytest.mark.nat
+def test_forwarding(natlab: Lab) -> None:
+    lab = natlab
+    ha = lab.add_site("a", P).hosts[0]
+    hb = lab.add_site("b", F).hosts[0]
+    start_salon(lab)
+    count = 3000
+    # each side: natsalon forwards 127.0.0.1:7000 <-> peer, delivering to the
+    # local receiver on 127.0.0.1:7001; the local sender sends from 7002.
+    fwd = []
+    for h in (ha, hb):
+        fwd.append(h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "fwd",
+                            "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",
+                            "--deliver", "127.0.0.1:7001"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in fwd:
+        for _ in range(3):
+            ev = json.loads(p.stdout.readline())
+            if ev["event"] == "forwarding":
+                break
+            assert ev["event"] == "connected", ev
+    recv = [h.spawn([sys.executable, "-c", RECEIVER, "7001", str(count), "5"], stdout=subprocess.PIPE,
+                    text=True) for h in (ha, hb)]
+    for r in recv:
+        assert r.stdout.readline().strip() == "ready"
+    send = [h.spawn([sys.executable, "-c", SENDER, "7000", str(count), "1500", "7002"], stdout=subprocess.PIPE,
+                    text=True) for h in (ha, hb)]
+    for s in send:
+        s.communicate(timeout=60)
+    results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in recv]
+    for p in fwd:
+        p.terminate()
+    closed = [_events(p, 10)[1] for p in fwd]
+    assert results == [{"received": count, "bad": 0}] * 2, (results, closed)
+    for events in closed:
+        c = _last(events, "closed")
+        assert c is not None and c["to_peer"] == count and c["from_peer"] == count and c["rejected"] == 0, events
