@@ -16,8 +16,9 @@ clock, and is fed every datagram that looks like STUN through
   with both halves even when the other stopped its schedule;
 - a path (a remote address) is *verified* when we got a valid response to a
   probe sent to it from it, **and** a valid probe from the peer came from it;
-- a verified LAN path wins at once; a verified public path waits up to
-  ``lan_grace`` seconds for a LAN path while LAN candidates are pending;
+- a verified LAN path wins at once; a verified public path waits for a LAN
+  path while LAN candidates are pending (and routable), twice its RTT (at
+  least 50 ms, at most ``lan_grace``);
   among equals the lowest RTT wins.
 
 Once a path is chosen, the puncher keeps answering and verifying probes (the
@@ -56,6 +57,7 @@ class PathState:
     rtt: Optional[float] = None
     last_heard: float = -1.0  #: last valid message from the peer on it
     last_probe: float = -1.0
+    unreachable: bool = False  #: sending to it failed at once (no route)
 
     @property
     def verified(self) -> bool:
@@ -127,7 +129,7 @@ class Puncher:
         if self.selected is not None:
             return
         for p in list(self.paths.values()):
-            if not p.verified:
+            if not p.verified and not p.unreachable:
                 self.probe(p.address)
         self._tick_call = self.clock.callLater(self.interval, self._tick)
 
@@ -159,7 +161,9 @@ class Puncher:
         try:
             self.send(data, tuple(addr))
         except OSError:
-            pass  # unreachable candidate (e.g. a LAN address of another site)
+            # no route (e.g. a LAN address of another site): stop waiting for it
+            if p is not None:
+                p.unreachable = True
 
     # -- receiving ---------------------------------------------------------
     def datagram(self, data: bytes, addr) -> bool:
@@ -215,11 +219,13 @@ class Puncher:
         best = self.best()
         if best is None:
             return
-        lan_pending = any(p.kind == LAN and not p.verified for p in self.paths.values())
+        lan_pending = any(p.kind == LAN and not p.verified and not p.unreachable for p in self.paths.values())
         if best.kind == LAN or not lan_pending:
             self._select(best)
         elif self._grace_call is None:
-            self._grace_call = self.clock.callLater(self.lan_grace, self._grace_over)
+            # a LAN path, if there is one, answers faster than the public one
+            grace = min(self.lan_grace, max(0.05, 2 * (best.rtt or 0.0)))
+            self._grace_call = self.clock.callLater(grace, self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace_call = None

@@ -179,3 +179,19 @@ def test_connection_frames_and_tamper_counted():
     assert cb.rejected == 2
     ca.close()
     cb.close()
+
+
+def test_unroutable_lan_candidate_does_not_delay():
+    net = Net(open_routes(), lan_a=[A_LAN], lan_b=[B_LAN], lan_grace=5.0)
+    deliver = net.deliver
+
+    def send(who, data, to):
+        if Address(*to) in (A_LAN, B_LAN):
+            raise OSError(101, "Network is unreachable")
+        deliver(who, data, to)
+
+    net.a.send = lambda d, to: send("a", d, to)
+    net.b.send = lambda d, to: send("b", d, to)
+    r = run(net)
+    assert r["a"].kind == DIRECT
+    assert net.clock.seconds() < 0.2
