@@ -197,3 +197,53 @@ def test_forwarding(natlab: Lab) -> None:
     for events in closed:
         c = _last(events, "closed")
         assert c is not None and c["to_peer"] == count and c["from_peer"] == count and c["rejected"] == 0, events
+
+
+BLOCK = """
+table inet natsalon_test_block {
+    chain cut { type filter hook forward priority -10; policy drop; }
+}
+"""
+
+
+@pytest.mark.nat
+def test_dead_path_repunched(natlab: Lab) -> None:
+    """Cut site a's router for a while: both sides notice within a few
+    keepalive intervals and re-punch through the salon once it heals."""
+    lab = natlab
+    site_a = lab.add_site("a", P)
+    hb = lab.add_site("b", F).hosts[0]
+    start_salon(lab)
+    procs = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "rp", "--secret", SECRET,
+                      "--json", "--timeout", "20", "--forward", "7000", "--keepalive", "1", "--dead-after", "3"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for h in (site_a.hosts[0], hb)]
+    for p in procs:
+        assert json.loads(p.stdout.readline())["event"] == "connected"
+    time.sleep(2)
+    lab_router = site_a.router
+    lab_router.run(["nft", "-f", "-"], input=BLOCK, check=True)
+    t_cut = time.monotonic()
+    time.sleep(6)
+    lab_router.run(["nft", "delete", "table", "inet", "natsalon_test_block"], check=True)
+    seen = {}
+    for i, p in enumerate(procs):
+        evs = []
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                break
+            ev = json.loads(line)
+            evs.append((ev, time.monotonic() - t_cut))
+            if ev["event"] == "connected" and ev.get("repunched"):
+                break
+            assert time.monotonic() - t_cut < 60, evs
+        seen[i] = evs
+    for p in procs:
+        p.terminate()
+        p.communicate(timeout=10)
+    for i, evs in seen.items():
+        lost = [ev for ev, t in evs if ev["event"] == "path-lost"]
+        again = [ev for ev, t in evs if ev["event"] == "connected" and ev.get("repunched")]
+        assert lost and lost[0]["silent_s"] <= 4.5, evs  # noticed within a few 1 s keepalive intervals
+        assert again and again[0]["path"] == "direct", evs
