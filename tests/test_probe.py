@@ -236,7 +236,7 @@ def test_twice_in_a_row(kind):
     second = run_probe(net)
     check(first, kind)
     check(second, kind)
-    assert {s[0] for s in first.port_samples}.isdisjoint({s[0] for s in second.port_samples}) or True
+    assert second.mapped != first.mapped  # fresh sockets, not the first run's
 
 
 def test_udp_blocked_is_a_classification_bounded_by_timeout():
