@@ -77,7 +77,17 @@ class SalonService(service.MultiService):
         self._since_report = 0.0
 
     def startService(self) -> None:
-        super().startService()
+        # Bind the primary-IP sockets first: when asked for port 0, the
+        # alternate-IP sockets must use the same two ports (RFC 5780 grid).
+        for p in (0, 1):
+            self.sockets[(0, p)].startService()
+        for p in (0, 1):
+            if (1, p) in self.sockets:
+                self.sockets[(1, p)].port = self.sockets[(0, p)].bound_port
+        service.Service.startService(self)
+        for child in self:
+            if not child.running:
+                child.startService()
         cfg = self.config
         ports = (self.sockets[(0, 0)].bound_port, self.sockets[(0, 1)].bound_port)
         ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)

@@ -1,0 +1,77 @@
+"""`twistd natsalon` options: good ones build the service, bad ones are one
+clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from twisted.python import usage
+
+from natsalon import tap
+from natsalon.salon import SalonService
+from natsalon.udpservice import DatagramService
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def parse(*argv):
+    opts = tap.Options()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+def test_defaults():
+    cfg = parse().config
+    assert (cfg.interface, cfg.port, cfg.alt_port, cfg.alt_ip) == ("0.0.0.0", 3478, 3479, None)
+    assert cfg.rate_limit > 0
+
+
+def test_two_ip_service_has_four_sockets():
+    opts = parse("--interface", "192.0.2.1", "--alt-ip", "192.0.2.2", "--advertise", "203.0.113.1")
+    svc = tap.makeService(opts)
+    assert isinstance(svc, SalonService)
+    sockets = [s for s in svc if isinstance(s, DatagramService)]
+    assert sorted((s.interface, s.port) for s in sockets) == [
+        ("192.0.2.1", 3478), ("192.0.2.1", 3479), ("192.0.2.2", 3478), ("192.0.2.2", 3479)]
+    assert not svc.running  # makeService only wires
+
+
+def test_one_ip_service_has_two_sockets():
+    svc = tap.makeService(parse("--port", "5000", "--alt-port", "5001"))
+    assert sorted(s.port for s in svc if isinstance(s, DatagramService)) == [5000, 5001]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--interface", "nope"], "--interface"),
+    (["--port", "70000"], "--port"),
+    (["--port", "x"], "whole number"),
+    (["--port", "4000", "--alt-port", "4000"], "must differ"),
+    (["--alt-ip", "192.0.2.2"], "needs --interface set to a specific"),
+    (["--interface", "192.0.2.1", "--alt-ip", "2001:db8::1"], "IP versions"),
+    (["--interface", "192.0.2.1", "--alt-ip", "192.0.2.1"], "must differ"),
+    (["--advertise-alt", "192.0.2.9"], "needs --alt-ip"),
+    (["--rate-limit", "-1"], "--rate-limit"),
+])
+def test_bad_options_are_usage_errors(argv, words):
+    with pytest.raises(usage.UsageError, match=re.escape(words)):
+        parse(*argv)
+
+
+def test_twistd_rejects_bad_option_with_one_clear_line(tmp_path):
+    r = subprocess.run([TWISTD, "-n", "--pidfile=", "natsalon", "--port", "99999"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "--port: 99999 is out of range" in out
+    assert "Traceback" not in out
+
+
+def test_twistd_help_lists_every_option():
+    r = subprocess.run([TWISTD, "natsalon", "--help"], capture_output=True, text=True, timeout=60)
+    for opt in ("--interface", "--port", "--alt-port", "--alt-ip", "--advertise", "--advertise-alt",
+                "--rate-limit", "--max-sources"):
+        assert opt in r.stdout
