@@ -30,9 +30,9 @@ from .stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, REASONS
 
 #: the first 8 bytes of an attribute-less RFC 5389 Binding request
 PLAIN_REQUEST_PREFIX = b"\x00\x01\x00\x00" + MAGIC_COOKIE_BYTES
-_RESPONSE_HEAD = b"\x01\x01\x00\x0c" + MAGIC_COOKIE_BYTES
+#: the first 8 bytes of its success response (length 12: one attribute)
+RESPONSE_HEAD = b"\x01\x01\x00\x0c" + MAGIC_COOKIE_BYTES
 _XMA_HEAD = b"\x00\x20\x00\x08\x00\x01"
-_PORT = struct.Struct("!H")
 
 
 class Reply(NamedTuple):
@@ -41,15 +41,17 @@ class Reply(NamedTuple):
     data: bytes
 
 
-def xor_ipv4(host: str) -> bytes:
-    """The 4 address bytes of XOR-MAPPED-ADDRESS for an IPv4 ``host``."""
-    return (int.from_bytes(socket.inet_aton(host), "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
+def xor_mapped_tail(host: str, port: int) -> bytes:
+    """The 12-byte XOR-MAPPED-ADDRESS attribute for an IPv4 source; it does
+    not depend on the transaction id, so it can be cached per source."""
+    xhost = (int.from_bytes(socket.inet_aton(host), "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
+    return _XMA_HEAD + struct.pack("!H", port ^ 0x2112) + xhost
 
 
-def fast_response(request: bytes, xhost: bytes, port: int) -> bytes:
-    """The success response to a plain 20-byte Binding ``request``, given
-    the XOR-ed source address bytes (:func:`xor_ipv4`) and source port."""
-    return _RESPONSE_HEAD + request[8:20] + _XMA_HEAD + _PORT.pack(port ^ 0x2112) + xhost
+def fast_response(request: bytes, tail: bytes) -> bytes:
+    """The success response to a plain 20-byte Binding ``request`` from the
+    source whose :func:`xor_mapped_tail` is ``tail``."""
+    return RESPONSE_HEAD + request[8:20] + tail
 
 
 def error_response(method: int, txid: bytes, classic: bool, code: int, unknown=()) -> bytes:

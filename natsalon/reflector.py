@@ -23,7 +23,7 @@ from .stun import Address, Class, Method, StunDecodeError, decode
 from .stun.constants import MAX_MESSAGE_SIZE
 
 _PLAIN = binding.PLAIN_REQUEST_PREFIX
-_XCACHE_SIZE = 4096
+_TAIL_CACHE_SIZE = 4096
 
 #: handler(message, source, received_on_key) -> Optional[binding.Reply]
 Handler = Callable
@@ -54,7 +54,7 @@ class ReflectorProtocol(DatagramProtocol):
         self.state = state
         self.rcvbuf = rcvbuf
         self.fast_answers = 0  # folded into state.stats by flush_stats()
-        self._xcache: Dict[str, Optional[bytes]] = {}
+        self._tails: Dict[tuple, bytes] = {}
 
     def startProtocol(self) -> None:
         self.state.transports[self.key] = self.transport
@@ -81,11 +81,11 @@ class ReflectorProtocol(DatagramProtocol):
                 self.state.stats["rate_limited"] += 1
                 return
             if len(data) == 20 and data[:8] == _PLAIN:
-                xhost = self._xcache.get(host)
-                if xhost is None:
-                    xhost = self._xhost(host)
-                if xhost:
-                    self.transport.write(binding.fast_response(data, xhost, addr[1]), addr)
+                tail = self._tails.get(addr)
+                if tail is None:
+                    tail = self.fast_tail(addr)
+                if tail:
+                    self.transport.write(binding.fast_response(data, tail), addr)
                     self.fast_answers += 1
                     return
             self._full(data, addr)
@@ -93,14 +93,16 @@ class ReflectorProtocol(DatagramProtocol):
             self.state.stats["internal_error"] += 1
             self.log.failure("unexpected error answering {n}-byte datagram from {addr}", n=len(data), addr=addr)
 
-    def _xhost(self, host: str) -> bytes:
-        """XOR-ed IPv4 address bytes, or b"" for IPv6 (served by the full
-        path); cached, the cache bounded."""
-        xhost = b"" if ":" in host else binding.xor_ipv4(host)
-        if len(self._xcache) >= _XCACHE_SIZE:
-            self._xcache.clear()
-        self._xcache[host] = xhost
-        return xhost
+    def fast_tail(self, addr) -> bytes:
+        """The cached XOR-MAPPED-ADDRESS attribute for an IPv4 source, or
+        b"" for IPv6 (whose XOR depends on the transaction id: full path).
+        The cache is bounded."""
+        host, port = addr[0], addr[1]
+        tail = b"" if ":" in host else binding.xor_mapped_tail(host, port)
+        if len(self._tails) >= _TAIL_CACHE_SIZE:
+            self._tails.clear()
+        self._tails[(host, port)] = tail
+        return tail
 
     def _full(self, data: bytes, addr) -> None:
         stats = self.state.stats

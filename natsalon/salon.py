@@ -18,6 +18,7 @@ from .ratelimit import SourceLimiter
 from .reflector import ReflectorProtocol, ServerState
 from .rooms import MemoryRooms
 from .stun import Method
+from .fastport import listen_reflector
 from .udpservice import DatagramService
 
 log = Logger()
@@ -67,7 +68,7 @@ class SalonService(service.MultiService):
         keys = [(i, p) for i in ((0, 1) if config.alt_ip else (0,)) for p in (0, 1)]
         for key in keys:
             proto = ReflectorProtocol(key, self.state, rcvbuf=config.rcvbuf)
-            svc = DatagramService(reactor, ports[key[1]], proto, bind_ips[key[0]])
+            svc = DatagramService(reactor, ports[key[1]], proto, bind_ips[key[0]], listen=listen_reflector)
             svc.setServiceParent(self)
             self.protocols.append(proto)
             self.sockets[key] = svc

@@ -11,8 +11,10 @@ from twisted.application import service
 
 
 class DatagramService(service.Service):
-    def __init__(self, reactor, port: int, protocol, interface: str = "") -> None:
+    def __init__(self, reactor, port: int, protocol, interface: str = "", listen=None) -> None:
         self.reactor = reactor
+        #: listen(reactor, port, protocol, interface) -> IListeningPort
+        self.listen = listen
         self.port = port
         self.protocol = protocol
         self.interface = interface
@@ -20,7 +22,10 @@ class DatagramService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
+        if self.listen is not None:
+            self.listening = self.listen(self.reactor, self.port, self.protocol, self.interface)
+        else:
+            self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
 
     def stopService(self):
         service.Service.stopService(self)

@@ -70,8 +70,7 @@ def test_plain_binding_fast_path_is_32_bytes():
 
 def test_fast_path_matches_full_encoder():
     req = request()
-    xhost = binding.xor_ipv4(CLIENT[0])
-    fast = binding.fast_response(req, xhost, CLIENT[1])
+    fast = binding.fast_response(req, binding.xor_mapped_tail(*CLIENT))
     full = encode(Message(Method.BINDING, Class.SUCCESS, req[8:20], ((Attr.XOR_MAPPED_ADDRESS, Address(*CLIENT)),)))
     assert fast == full
 
