@@ -74,8 +74,7 @@ def test_every_behaviour_with_and_without_loss_twice_in_a_row(natlab):
         for (nat, loss), report in reports.items():
             check(report, nat, "loss=%s run %d" % (loss, n + 1))
             assert report["server"]["inconsistencies"] == [] and report["server"]["untested"] == [], report
-            if loss == 0 and nat is not Nat.UDP_BLOCKED:
-                assert report["elapsed_ms"] < 1000, report  # the schedule itself is about 0.76 s
+            # (speed is measured by bench/probe_bench.py, not asserted here)
     elapsed = {nat.name: rounds[0][nat, 0.0]["elapsed_ms"] for nat in Nat}
     print("elapsed_ms per behaviour (no loss):", elapsed)
 

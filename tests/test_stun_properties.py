@@ -63,6 +63,7 @@ ADDRESS_TYPES = [
     Attr.ALTERNATE_SERVER,
     Attr.RESPONSE_ORIGIN,
     Attr.OTHER_ADDRESS,
+    Attr.NS_PEER_ADDRESS,
 ]
 
 VALUE_STRATEGIES = {
@@ -86,6 +87,7 @@ VALUE_STRATEGIES = {
     Attr.NS_PEER: small_bytes,
     Attr.NS_NONCE: small_bytes,
     Attr.NS_ROLE: u32,
+    Attr.NS_STATUS: u32,
 }
 for _t in ADDRESS_TYPES:
     VALUE_STRATEGIES[_t] = addresses
