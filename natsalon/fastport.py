@@ -42,7 +42,7 @@ class ReflectorPort(udp.Port):
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
         v6 = self.addressFamily == socket.AF_INET6
-        plain = PLAIN_REQUEST_PREFIX
+        plain = PLAIN_REQUEST_PREFIX if proto.state.fast_plain else None
         head = RESPONSE_HEAD
         size = self.maxPacketSize
         answered = 0

@@ -40,6 +40,9 @@ class ServerState:
         self.handlers: Dict[int, Handler] = {}
         self.stats = stats if stats is not None else Stats()
         self.limiter = limiter
+        #: answer plain Binding requests with XOR-MAPPED-ADDRESS only
+        #: (False: with the RFC 5780 attributes, through the full path)
+        self.fast_plain = True
 
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
@@ -80,7 +83,7 @@ class ReflectorProtocol(DatagramProtocol):
             if limiter is not None and not limiter.allow(host):
                 self.state.stats["rate_limited"] += 1
                 return
-            if len(data) == 20 and data[:8] == _PLAIN:
+            if len(data) == 20 and data[:8] == _PLAIN and self.state.fast_plain:
                 tail = self._tails.get(addr)
                 if tail is None:
                     tail = self.fast_tail(addr)

@@ -35,6 +35,11 @@ class SalonConfig:
     rate_limit: int = 200  # requests per second per source IP; 0 disables
     max_sources: int = 65536
     rcvbuf: int = 4 << 20
+    #: answer attribute-less Binding requests with RESPONSE-ORIGIN and
+    #: OTHER-ADDRESS too (for RFC 5780 clients such as
+    #: turnutils_natdiscovery that send such a request first); costs the
+    #: 1.6 reply/request byte ratio (2.8 with it, coturn's default)
+    full_plain_answers: bool = False
     stats_interval: float = 60.0
     introducer: bool = True  # answer JOIN (rooms, introductions)
     max_rooms: int = 10000
@@ -56,6 +61,7 @@ class SalonService(service.MultiService):
         self.config = config
         limiter = SourceLimiter(config.rate_limit, config.max_sources) if config.rate_limit else None
         self.state = ServerState(limiter=limiter)
+        self.state.fast_plain = not config.full_plain_answers
         self.introducer = None
         if config.introducer:
             rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)

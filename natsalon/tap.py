@@ -51,6 +51,9 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
+        ["full-plain-answers", None, "Answer attribute-less Binding requests with RESPONSE-ORIGIN and "
+                                     "OTHER-ADDRESS too, for RFC 5780 clients such as turnutils_natdiscovery "
+                                     "(reply/request byte ratio 2.8 instead of 1.6)."],
     ]
 
     def postOptions(self) -> None:
@@ -84,6 +87,7 @@ class Options(usage.Options):
             rcvbuf=_int(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
             stats_interval=float(_int(o["stats-interval"], "--stats-interval", 1, 86400)),
             introducer=not o["no-introducer"],
+            full_plain_answers=bool(o["full-plain-answers"]),
             max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
             room_timeout=float(_int(o["room-timeout"], "--room-timeout", 1, 86400)),
             max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),

@@ -144,3 +144,17 @@ def test_independent_clients_behind_real_nats(natlab):
     assert "Response origin: : 203.0.113.11:3479" in r.stdout
     assert "Other addr: : 203.0.113.10:3478" in r.stdout
     assert "RFC 5780 response 2" in r.stdout
+
+
+@pytest.mark.nat
+def test_turnutils_natdiscovery_with_full_plain_answers(natlab):
+    """turnutils_natdiscovery's first request carries no attribute, so it
+    needs --full-plain-answers to learn OTHER-ADDRESS from natsalon."""
+    need("turnutils_natdiscovery")
+    start_salon(natlab, ["--full-plain-answers"])
+    site = natlab.add_site("pr", Nat.PORT_RESTRICTED_CONE)
+    r = site.hosts[0].run(["turnutils_natdiscovery", "-m", "-f", "-p", "3478", "203.0.113.10"],
+                          capture_output=True, text=True, timeout=60)
+    out = r.stdout
+    assert "NAT with Endpoint Independent Mapping" in out, out
+    assert "NAT with Address and Port Dependent Filtering" in out, out

@@ -256,3 +256,13 @@ def test_fuzzed_datagrams_never_raise_and_replies_go_to_source_ip():
     assert sent, "some mutated requests must still be answered"
     assert all(addr[0] == CLIENT[0] for addr in sent)
     assert state.stats["internal_error"] == 0
+
+
+def test_full_plain_answers_mode_adds_rfc5780_attributes():
+    state, protos, transports = make_server()
+    state.fast_plain = False
+    protos[(0, 0)].datagramReceived(request(), CLIENT)
+    _, msg, _, data = only_reply(transports)
+    assert msg.get(Attr.RESPONSE_ORIGIN) == Address(IP1, 3478)
+    assert msg.get(Attr.OTHER_ADDRESS) == Address(IP2, 3479)
+    assert len(data) == 56
