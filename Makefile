@@ -48,6 +48,12 @@ bench: $(STAMP) sysdeps
 	mkdir -p bench/build bench/results
 	cc -O2 -Wall -o bench/build/stunload bench/stunload.c
 	$(PY) bench/reflector_bench.py
+	$(PY) bench/probe_bench.py
+	$(PY) bench/connect_bench.py
+	$(PY) bench/introducer_bench.py
+
+demo: $(STAMP) sysdeps
+	$(PY) demo/demo.py
 
 clean:
 	rm -rf $(VENV) .venv-pypy build dist *.egg-info bench/build
