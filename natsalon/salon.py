@@ -55,7 +55,9 @@ class SalonService(service.MultiService):
     """The running salon.  ``state.layout`` holds the advertised socket
     addresses once the service has started."""
 
-    def __init__(self, reactor, config: SalonConfig) -> None:
+    def __init__(self, reactor, config: SalonConfig, rooms=None) -> None:
+        """``rooms``: an ``IRoomRegistry`` (e.g. one shared through Redis by
+        several salons); the default is an in-memory registry."""
         super().__init__()
         self.reactor = reactor
         self.config = config
@@ -64,7 +66,8 @@ class SalonService(service.MultiService):
         self.state.fast_plain = not config.full_plain_answers
         self.introducer = None
         if config.introducer:
-            rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
+            if rooms is None:
+                rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
             self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
             self.state.handlers[Method.JOIN] = self.introducer.handle
         self.protocols = []
@@ -129,5 +132,5 @@ class SalonService(service.MultiService):
         return self.state.layout
 
 
-def make_salon(reactor, config: SalonConfig) -> SalonService:
-    return SalonService(reactor, config)
+def make_salon(reactor, config: SalonConfig, rooms=None) -> SalonService:
+    return SalonService(reactor, config, rooms)
