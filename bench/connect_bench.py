@@ -382,8 +382,10 @@ def main() -> int:
     from natlab.salon import start_salon
     reason = unavailable_reason()
     if reason:
-        log("cannot run the NAT lab here: " + reason)
-        return 2
+        # `make bench` goes on with the other benchmarks; the previous results stay
+        log("connect benchmark SKIPPED, %s unchanged: cannot run the NAT lab here: %s"
+            % (os.path.relpath(args.output), reason))
+        return 0
     # a SIGTERM ends the run through SystemExit: the Lab context tears everything down
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
