@@ -401,12 +401,12 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
             f"| {fmt_int(r['lp50'])} | {fmt_int(r['lp99'])} | {r['invalid']} | {'; '.join(flags)} |"
         )
 
-    per_round = ["| server | " + " | ".join(f"round {i + 1}" for i in range(args.rounds)) + " |"]
-    per_round.append("|" + "---|" * (args.rounds + 1))
+    per_round = ["| server | runtime | " + " | ".join(f"round {i + 1}" for i in range(args.rounds)) + " |"]
+    per_round.append("|" + "---|" * (args.rounds + 2))
     for k in kinds:
         runs = results.get(k.name, [])
         if runs:
-            per_round.append(f"| {k.label} | " + " | ".join(fmt_int(r["sat"]["rate"]) for r in runs) + " |")
+            per_round.append(f"| {k.label} | {k.runtime} | " + " | ".join(fmt_int(r["sat"]["rate"]) for r in runs) + " |")
 
     text = [
         "# STUN reflector benchmark",
