@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .introducer import Introducer
@@ -86,28 +87,44 @@ class SalonService(service.MultiService):
         tick.setServiceParent(self)
         self._since_report = 0.0
 
-    def startService(self) -> None:
+    def _bind(self) -> None:
         # Bind the primary-IP sockets first: when asked for port 0, the
         # alternate-IP sockets must use the same two ports (RFC 5780 grid).
         for p in (0, 1):
-            self.sockets[(0, p)].startService()
+            if self.sockets[(0, p)].listening is None:
+                self.sockets[(0, p)]._listen()
         for p in (0, 1):
-            if (1, p) in self.sockets:
-                self.sockets[(1, p)].port = self.sockets[(0, p)].bound_port
-        service.Service.startService(self)
-        for child in self:
-            if not child.running:
-                child.startService()
+            alt = self.sockets.get((1, p))
+            if alt is not None and alt.listening is None:
+                alt.port = self.sockets[(0, p)].bound_port
+                alt._listen()
         cfg = self.config
         ports = (self.sockets[(0, 0)].bound_port, self.sockets[(0, 1)].bound_port)
         ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
         ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
         self.state.layout = Layout((ip0, ip1), ports)
+
+    def privilegedStartService(self) -> None:
+        """Under twistd: bind every socket before privileges are dropped; a
+        socket that cannot be bound ends start-up with one clear line."""
+        try:
+            self._bind()
+        except CannotListenError as e:
+            for svc in self.sockets.values():
+                if svc.listening is not None:
+                    svc.listening.stopListening()
+                    svc.listening = None
+            raise SystemExit("natsalon: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
+        service.MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        self._bind()
+        service.MultiService.startService(self)
         log.info(
             "natsalon serving STUN on {sockets}; advertised {layout}; rate limit {rate}/s per source",
             sockets=", ".join("%s:%d" % (s.interface or "*", s.bound_port) for s in self.sockets.values()),
             layout=self.state.layout,
-            rate=cfg.rate_limit or "off",
+            rate=self.config.rate_limit or "off",
         )
 
     def _push(self, reply) -> None:

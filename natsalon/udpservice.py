@@ -20,8 +20,19 @@ class DatagramService(service.Service):
         self.interface = interface
         self.listening = None
 
+    def privilegedStartService(self) -> None:
+        # bind here, like twisted.application.internet's servers: before
+        # twistd drops privileges, and so a bind error stops start-up early
+        service.Service.privilegedStartService(self)
+        if self.listening is None:
+            self._listen()
+
     def startService(self) -> None:
         service.Service.startService(self)
+        if self.listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
         if self.listen is not None:
             self.listening = self.listen(self.reactor, self.port, self.protocol, self.interface)
         else:

@@ -75,3 +75,21 @@ def test_twistd_help_lists_every_option():
     for opt in ("--interface", "--port", "--alt-port", "--alt-ip", "--advertise", "--advertise-alt",
                 "--rate-limit", "--max-sources"):
         assert opt in r.stdout
+
+
+def test_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run([TWISTD, "-n", "--pidfile=", "natsalon", "--interface", "127.0.0.1",
+                            "--port", "0", "--alt-port", str(port)],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    finally:
+        busy.close()
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "natsalon: cannot listen on 127.0.0.1:%d" % port in out
+    assert "Traceback" not in out
