@@ -58,3 +58,29 @@ def test_plain_request_and_stats(salon, client):
     assert resp.message.attributes == ((Attr.XOR_MAPPED_ADDRESS, Address("127.0.0.1", local_port)),)
     salon._tick()
     assert salon.state.stats["answered"] >= 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_ipv6_loopback():
+    import socket
+
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind(("::1", 0))
+        s.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    svc = SalonService(reactor, SalonConfig(interface="::1", port=0, alt_port=0, rcvbuf=0))
+    svc.startService()
+    proto = StunClientProtocol(reactor, FAST)
+    port = reactor.listenUDP(0, proto, interface="::1")
+    try:
+        local = port.getHost().port
+        for attrs in ((), ((Attr.CHANGE_REQUEST, CHANGE_PORT),)):
+            msg = Message(Method.BINDING, Class.REQUEST, os.urandom(12), attrs)
+            resp = yield proto.request(msg, ("::1", svc.layout.ports[0]))
+            assert resp.message.get(Attr.XOR_MAPPED_ADDRESS) == Address("::1", local)
+        assert resp.source == Address("::1", svc.layout.ports[1])
+    finally:
+        yield port.stopListening()
+        yield svc.stopService()
