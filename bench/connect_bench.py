@@ -152,6 +152,9 @@ asyncio.run(main())
 """
 
 
+LOAD_AT_START = " / ".join("%.2f" % x for x in os.getloadavg())
+
+
 def log(msg: str) -> None:
     print("[bench] " + msg, file=sys.stderr, flush=True)
 
@@ -305,6 +308,7 @@ def report(pairs, delays, results, args, notes) -> str:
         "",
         "- date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "- machine: %s, nproc %s, %s, Linux %s" % (platform.node(), os.cpu_count(), cpu, platform.release()),
+        "- load average when the run started: %s (anything else running shares the cores)" % LOAD_AT_START,
         "- Python %s, Twisted %s, aioice %s" % (platform.python_version(), twisted.__version__, aioice_version),
         "- %d repetitions per pair and tool, pairs one at a time, tools alternating which goes first; "
         "B starts %.1f s after A" % (args.reps, args.head_start),
@@ -372,6 +376,8 @@ def main() -> int:
         ap.error("--reps must be at least 1")
     if args.from_raw:
         saved = json.loads(args.raw.read_text())
+        global LOAD_AT_START
+        LOAD_AT_START = saved.get("load", "not recorded")
         results = {(label, d): v for label, d, v in saved["results"]}
         args.reps, args.head_start = saved["reps"], saved["head_start"]
         sys.argv = saved["argv"]
@@ -427,7 +433,7 @@ def main() -> int:
     args.raw.parent.mkdir(parents=True, exist_ok=True)
     args.raw.write_text(json.dumps({"results": [[label, d, v] for (label, d), v in results.items()],
                                     "delays": delays, "reps": args.reps, "head_start": args.head_start,
-                                    "argv": sys.argv, "notes": notes}))
+                                    "argv": sys.argv, "notes": notes, "load": LOAD_AT_START}))
     write(report(PAIRS, delays, results, args, notes), args.output)
     log("took %.0f s" % (time.monotonic() - t0))
     return 0
