@@ -54,11 +54,31 @@ def fast_response(request: bytes, tail: bytes) -> bytes:
     return RESPONSE_HEAD + request[8:20] + tail
 
 
-def error_response(method: int, txid: bytes, classic: bool, code: int, unknown=()) -> bytes:
-    attrs = [(Attr.ERROR_CODE, ErrorCode(code, REASONS.get(code, "Error")))]
-    if unknown:
-        attrs.append((Attr.UNKNOWN_ATTRIBUTES, tuple(unknown)))
-    return encode(Message(method, Class.ERROR, txid, tuple(attrs), classic))
+#: an error answer is at most this many times the size of its request: the
+#: sender has not proved it owns its source address, so the answer must not
+#: amplify (the same ratio as the plain Binding answer's 32/20)
+MAX_ERROR_RATIO = 1.6
+
+
+def error_response(method: int, txid: bytes, classic: bool, code: int, unknown=(),
+                   request_size: Optional[int] = None) -> Optional[bytes]:
+    """An error answer; with ``request_size``, the reason phrase is dropped
+    when needed to stay within :data:`MAX_ERROR_RATIO`, and None is
+    returned when even that is too large (the request then gets no
+    answer)."""
+    for reason in (REASONS.get(code, "Error"), ""):
+        attrs = [(Attr.ERROR_CODE, ErrorCode(code, reason))]
+        if unknown:
+            attrs.append((Attr.UNKNOWN_ATTRIBUTES, tuple(unknown)))
+        data = encode(Message(method, Class.ERROR, txid, tuple(attrs), classic))
+        if request_size is None or len(data) <= request_size * MAX_ERROR_RATIO:
+            return data
+    return None
+
+
+def _error_reply(msg: Message, via: Key, to: tuple, code: int, unknown=()) -> Optional[Reply]:
+    data = error_response(msg.method, msg.transaction_id, msg.classic, code, unknown, len(msg.raw) or None)
+    return Reply(via, to, data) if data is not None else None
 
 
 def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> Optional[Reply]:
@@ -68,10 +88,9 @@ def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> O
         return None
     src = (source.host, source.port)
     if msg.unknown_required:
-        return Reply(received_on, src, error_response(
-            msg.method, msg.transaction_id, msg.classic, 420, msg.unknown_required))
+        return _error_reply(msg, received_on, src, 420, msg.unknown_required)
     if msg.method != Method.BINDING:
-        return Reply(received_on, src, error_response(msg.method, msg.transaction_id, msg.classic, 400))
+        return _error_reply(msg, received_on, src, 400)
 
     flags = msg.get(Attr.CHANGE_REQUEST, 0)
     change_ip = bool(flags & CHANGE_IP)
@@ -79,8 +98,7 @@ def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> O
     if change_ip and not layout.has_alt_ip:
         # RFC 5780 section 6.1: no alternate address, so CHANGE-REQUEST with
         # change-IP cannot be honoured.
-        return Reply(received_on, src, error_response(
-            msg.method, msg.transaction_id, msg.classic, 420, (Attr.CHANGE_REQUEST,)))
+        return _error_reply(msg, received_on, src, 420, (Attr.CHANGE_REQUEST,))
     via = (received_on[0] ^ change_ip, received_on[1] ^ change_port)
     response_port = msg.get(Attr.RESPONSE_PORT)
     to = (source.host, response_port if response_port else source.port)

@@ -31,10 +31,10 @@ from typing import Callable, Optional
 from twisted.logger import Logger
 
 from . import salonwire as wire
-from .binding import Reply
+from .binding import Reply, error_response
 from .rooms import IRoomRegistry, Member, MemoryRooms, Outcome
 from .stats import Stats
-from .stun import Address, Class, Message
+from .stun import Address, Class, Message, Method
 
 COOKIE_SIZE = 16
 
@@ -55,8 +55,9 @@ class CookieJar:
         self.lifetime = lifetime
 
     def _make(self, bucket: int, source: Address, room_id: bytes) -> bytes:
-        fam = socket.AF_INET6 if ":" in source.host else socket.AF_INET
-        data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, source.host) + room_id
+        host = source.host.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, host) + room_id
         return hmac.new(self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
 
     def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
@@ -96,7 +97,9 @@ class Introducer:
         except wire.WireError as e:
             self.stats["join_bad"] += 1
             self.log.debug("bad JOIN: {reason}", reason=e)
-            return Reply(received_on, to, wire.join_error(txid, 400))
+            # the source is not verified yet: no answer larger than the request
+            data = error_response(Method.JOIN, txid, False, 400, request_size=len(msg.raw))
+            return Reply(received_on, to, data) if data is not None else None
         now = self.clock.seconds()
         if not self.cookies.check(req.cookie, source, req.room_id, now):
             self.stats["join_cookie_sent"] += 1

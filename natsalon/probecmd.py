@@ -38,6 +38,8 @@ def parse_server(text: str) -> Tuple[str, int]:
         raise argparse.ArgumentTypeError("bad port in %r" % text) from None
     if not host or not 0 < port < 65536:
         raise argparse.ArgumentTypeError("bad server address %r" % text)
+    if ":" in host:
+        raise argparse.ArgumentTypeError("IPv6 servers are not supported by the probe yet: %r" % text)
     return host, port
 
 

@@ -107,6 +107,13 @@ class ReflectorProtocol(DatagramProtocol):
         self._tails[(host, port)] = tail
         return tail
 
+    def _answer_error(self, data: Optional[bytes], addr) -> None:
+        if data is None:
+            self.state.stats["not_answered_too_large"] += 1
+        else:
+            self.transport.write(data, addr)
+            self.state.stats["answered_400"] += 1
+
     def _full(self, data: bytes, addr) -> None:
         stats = self.state.stats
         if len(data) > MAX_MESSAGE_SIZE:
@@ -119,8 +126,7 @@ class ReflectorProtocol(DatagramProtocol):
             header = e.header
             if header is not None and header[1] == Class.REQUEST:
                 method, _, txid, classic = header
-                self.transport.write(binding.error_response(method, txid, classic, 400), addr)
-                stats["answered_400"] += 1
+                self._answer_error(binding.error_response(method, txid, classic, 400, request_size=len(data)), addr)
             return
         source = Address(addr[0], addr[1])
         if msg.method == Method.BINDING:
@@ -129,8 +135,8 @@ class ReflectorProtocol(DatagramProtocol):
             handler = self.state.handlers.get(msg.method)
             if handler is None:
                 if msg.cls == Class.REQUEST:
-                    self.transport.write(binding.error_response(msg.method, msg.transaction_id, msg.classic, 400), addr)
-                    stats["answered_400"] += 1
+                    self._answer_error(binding.error_response(
+                        msg.method, msg.transaction_id, msg.classic, 400, request_size=len(data)), addr)
                 else:
                     stats["dropped_unknown_method"] += 1
                 return

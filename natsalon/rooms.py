@@ -16,6 +16,8 @@ its last join.
 
 from __future__ import annotations
 
+import ipaddress
+
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
@@ -69,6 +71,15 @@ class IRoomRegistry(Interface):
 
 
 @implementer(IRoomRegistry)
+def source_key(host: str) -> str:
+    """What the per-source limit counts: an IPv4 address, or an IPv6
+    address's /64 (one host usually holds a whole /64)."""
+    if ":" not in host:
+        return host
+    net = ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False)
+    return str(net.network_address) + "/64"
+
+
 class MemoryRooms:
     def __init__(self, max_rooms: int = 10000, timeout: float = 60.0, linger: float = 15.0,
                  max_per_source: int = 16) -> None:
@@ -85,7 +96,8 @@ class MemoryRooms:
     def waiting(self) -> int:
         return sum(1 for r in self._rooms.values() if r.second is None)
 
-    def _unwait(self, ip: str) -> None:
+    def _unwait(self, host: str) -> None:
+        ip = source_key(host)
         n = self._waiting_per_ip.get(ip, 0) - 1
         if n > 0:
             self._waiting_per_ip[ip] = n
@@ -100,7 +112,7 @@ class MemoryRooms:
         if room is None:
             if len(self._rooms) >= self.max_rooms:
                 return JoinResult(Outcome.TOO_MANY_ROOMS)
-            ip = member.address.host
+            ip = source_key(member.address.host)
             if self._waiting_per_ip.get(ip, 0) >= self.max_per_source:
                 return JoinResult(Outcome.TOO_MANY_FROM_SOURCE)
             self._waiting_per_ip[ip] = self._waiting_per_ip.get(ip, 0) + 1
@@ -112,7 +124,8 @@ class MemoryRooms:
                 # the same member again (retransmission or poll): refresh only
                 if first.address != member.address:
                     self._unwait(first.address.host)
-                    self._waiting_per_ip[member.address.host] = self._waiting_per_ip.get(member.address.host, 0) + 1
+                    key = source_key(member.address.host)
+                    self._waiting_per_ip[key] = self._waiting_per_ip.get(key, 0) + 1
                 first.address, first.via = member.address, member.via
                 room.expires = now + self.timeout
                 return JoinResult(Outcome.WAITING, member=first)

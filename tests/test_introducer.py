@@ -150,6 +150,21 @@ def test_malformed_join_400():
     raw = encode(Message(Method.JOIN, Class.REQUEST, b"x" * 12, ((Attr.NS_ROOM, b"r" * 16),)))
     reply = intro.handle(decode(raw), A, KEY)
     assert decode(reply.data).get(Attr.ERROR_CODE).code == 400
+    assert len(reply.data) <= 1.6 * len(raw)  # the source is unverified: no amplification
+    # a bare 20-byte JOIN header would need a 28-byte 400 at least: 1.4x, still answered
+    bare = encode(Message(Method.JOIN, Class.REQUEST, b"y" * 12))
+    reply = intro.handle(decode(bare), A, KEY)
+    assert reply is not None and len(reply.data) <= 1.6 * len(bare)
+
+
+def test_cookie_for_scoped_ipv6_source():
+    clock, intro, pushed = make()
+    from natsalon.introducer import CookieJar
+    jar = CookieJar(b"k" * 32)
+    src = Address("fe80::1%eth0", 5000)
+    cookie = jar.issue(src, b"r" * 16, 100.0)
+    assert jar.check(cookie, src, b"r" * 16, 100.0)
+    assert not jar.check(cookie, Address("fe80::2%eth0", 5000), b"r" * 16, 100.0)
 
 
 def test_salon_wires_introducer_and_pushes():

@@ -266,3 +266,20 @@ def test_full_plain_answers_mode_adds_rfc5780_attributes():
     assert msg.get(Attr.RESPONSE_ORIGIN) == Address(IP1, 3478)
     assert msg.get(Attr.OTHER_ADDRESS) == Address(IP2, 3479)
     assert len(data) == 56
+
+
+@pytest.mark.parametrize("req", [
+    request(method=0x0ABC),                                   # unknown method, 20 bytes
+    request((0x7777, b"abcd")),                               # unknown attribute, 28 bytes
+])
+def test_error_answers_never_exceed_1_6x_the_request(req):
+    state, protos, transports = make_server(two_ips=False)
+    protos[(0, 0)].datagramReceived(req, CLIENT)
+    _, msg, _, data = only_reply(transports)
+    assert msg.cls == Class.ERROR
+    assert len(data) <= 1.6 * len(req)
+
+
+def test_error_too_large_to_send_is_dropped():
+    assert binding.error_response(1, b"x" * 12, False, 420, unknown=tuple(range(40)), request_size=20) is None
+    assert binding.error_response(1, b"x" * 12, False, 400, request_size=20) is not None

@@ -85,3 +85,16 @@ def test_per_source_cap_counts_waiting_only():
     assert rooms.join(b"3", Member(b"z" * 16, a2, b""), 0).outcome is Outcome.WAITING
     rooms.prune(10 ** 6)
     assert rooms._waiting_per_ip == {}
+
+
+def test_ipv6_sources_count_per_64():
+    from natsalon.rooms import MemoryRooms, Member, Outcome, source_key
+    from natsalon.stun import Address
+
+    assert source_key("2001:db8:1:2::5") == source_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::5") != source_key("2001:db8:1:2::5")
+    assert source_key("192.0.2.1") == "192.0.2.1"
+    rooms = MemoryRooms(max_rooms=100, timeout=60, max_per_source=2)
+    outcomes = [rooms.join(bytes([i]) * 16, Member(bytes([i]) * 16, Address("2001:db8::%x" % (i + 1), 1000), b"", (0, 0)), 0.0).outcome
+                for i in range(3)]
+    assert outcomes == [Outcome.WAITING, Outcome.WAITING, Outcome.TOO_MANY_FROM_SOURCE]
