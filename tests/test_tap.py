@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import twisted
 from twisted.python import usage
 
 from natsalon import tap
@@ -16,6 +17,9 @@ from natsalon.salon import SalonService
 from natsalon.udpservice import DatagramService
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+# twistd before Twisted 26.10 (the newest on PyPy 3.9 is 26.4) prints a
+# usage error and exits 0; later versions exit 1
+TWISTD_EXITS_ON_USAGE_ERROR = tuple(int(x) for x in twisted.__version__.split(".")[:2]) >= (26, 10)
 
 
 def parse(*argv):
@@ -64,8 +68,9 @@ def test_bad_options_are_usage_errors(argv, words):
 def test_twistd_rejects_bad_option_with_one_clear_line(tmp_path):
     r = subprocess.run([TWISTD, "-n", "--pidfile=", "natsalon", "--port", "99999"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert r.returncode != 0
     out = r.stdout + r.stderr
+    if TWISTD_EXITS_ON_USAGE_ERROR:
+        assert r.returncode != 0
     assert "--port: 99999 is out of range" in out
     assert "Traceback" not in out
 

@@ -49,6 +49,9 @@ def _pack_address(addr: Address, xor: bool, txid: bytes) -> bytes:
     host, port = addr
     if not 0 <= port <= 0xFFFF:
         raise AttributeValueError("port %r out of range" % (port,))
+    if not isinstance(host, str) or "\x00" in host:
+        # (PyPy's inet_pton stops at a NUL where CPython's refuses it)
+        raise AttributeValueError("not an IP address: %r" % (host,))
     try:
         if ":" in host:
             family, raw = _FAMILY_V6, socket.inet_pton(socket.AF_INET6, host)
