@@ -107,6 +107,8 @@ class ClientService(service.Service):
             timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout), keepalive=o.keepalive,
             dead_after=o.dead_after, encrypt=not o["no-encrypt"], lan=not o["no-lan"], on_event=self._event)
         d.addCallbacks(self._connected, self._failed)
+        # _connected handles its own errors; anything else is a bug: log it
+        d.addErrback(lambda f: self.log.failure("unexpected error after connecting", f))
 
     def _event(self, event: dict) -> None:
         # peer addresses only at debug level
@@ -115,18 +117,32 @@ class ClientService(service.Service):
 
     def _connected(self, conn) -> None:
         self._attempt = None
-        self.conn = conn
+        if not self.running:
+            conn.close()
+            return
         self.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=conn.path.kind, rtt=conn.path.rtt * 1000)
         if self.o.forward is not None:
             host, port = self.o.forward
-            self.forward_port = self.reactor.listenUDP(port, Forwarder(conn, self.o.deliver), interface=host)
+            try:
+                self.forward_port = self.reactor.listenUDP(port, Forwarder(conn, self.o.deliver), interface=host)
+            except Exception as e:  # CannotListenError: port taken, address not ours, ...
+                conn.close()
+                self.log.error("cannot listen on the forward port {host}:{port} ({reason}); "
+                               "connection closed, retry in {retry}s",
+                               host=host, port=port, reason=e, retry=self.o.retry)
+                self._retry_later()
+                return
             self.log.info("forwarding {host}:{port}", host=host, port=self.forward_port.getHost().port)
+        self.conn = conn
 
     def _failed(self, f) -> None:
         self._attempt = None
         if not self.running or f.check(defer.CancelledError):
             return
         self.log.warn("connect failed ({reason}); retry in {retry}s", reason=f.getErrorMessage(), retry=self.o.retry)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
         self._retry_call = self.reactor.callLater(self.o.retry, self._start)
 
     def stopService(self):

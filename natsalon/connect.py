@@ -220,6 +220,9 @@ class Joiner:
             self.cookie = ans.cookie
             self._attempt()
         elif ans.status == "waiting":
+            # the cookie worked: a later refusal (the salon's secret rolled
+            # over while we waited) starts a new count
+            self._cookies = 0
             self.waiting = True
             self.observed = ans.observed
             self._poll_call = self.clock.callLater(self.poll, self._attempt)
@@ -321,7 +324,8 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     except ValueError:
         host = yield reactor.resolve(host)
     server_addr = (host, sport)
-    keys = derive(room, secret)
+    # scrypt takes tens of milliseconds of CPU: keep it off the reactor thread
+    keys = yield threads.deferToThread(derive, room, secret)
     sock = ClientSocket(reactor)
     listening = reactor.listenUDP(port, sock, interface=interface)
     local_port = listening.getHost().port

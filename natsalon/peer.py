@@ -174,7 +174,9 @@ class Connection:
     def frame_received(self, data: bytes, addr) -> None:
         if not self.connected:
             return
-        if not self.encrypt and Address(addr[0], addr[1]) not in self.puncher.paths:
+        # without encryption the source address is all that tells the peer
+        # apart: only the verified, selected path counts (not mere candidates)
+        if not self.encrypt and Address(addr[0], addr[1]) != self.path.address:
             self.rejected += 1
             return
         try:

@@ -6,14 +6,23 @@ clock, and is fed every datagram that looks like STUN through
 :meth:`Puncher.datagram`.  Rules:
 
 - every ``interval`` seconds, a PUNCH request (MESSAGE-INTEGRITY-SHA256 with
-  the session's k_punch) goes to every candidate whose path is not verified
-  yet, all at once, until ``timeout``;
+  the session's k_punch) goes to every candidate the salon gave us whose
+  path is not verified yet, all at once, until ``timeout``;
+- a request carries no timestamp, so the same bytes verify from any source:
+  the transaction ids of the last :data:`_SEEN_REQUESTS` requests are kept
+  and a request seen before is dropped before anything else (a replay gets
+  no answer and no probe);
 - a valid request from the peer is answered at once from the same socket
   (that answer is what opens the path for the peer) and, when it comes from
   an address we did not know (the peer's NAT gave that flow a new port: a
-  peer-reflexive candidate), that address becomes a candidate; a valid
-  request also triggers a probe back to its source, so each side ends up
-  with both halves even when the other stopped its schedule;
+  peer-reflexive candidate), that address becomes a candidate, at most
+  :data:`_MAX_PEER_REFLEXIVE` of them and none once a path is selected
+  (requests from other unknown sources are dropped); a valid request also
+  triggers a probe back to its source, so each side ends up with both
+  halves even when the other stopped its schedule.  Peer-reflexive
+  candidates are probed only that way (one triggered probe per new request
+  of the peer), never by the schedule, so every packet we send them answers
+  a fresh request of the peer;
 - a path (a remote address) is *verified* when we got a valid response to a
   probe sent to it from it, **and** a valid probe from the peer came from it;
 - a verified LAN path wins at once; a verified public path waits for a LAN
@@ -42,6 +51,8 @@ from .stun import Address
 LAN = "lan"
 DIRECT = "direct"
 _MAX_PENDING = 512
+_SEEN_REQUESTS = 256  #: request transaction ids remembered against replays
+_MAX_PEER_REFLEXIVE = 4  #: candidates learnt from the source of a probe
 
 
 class PunchFailed(Exception):
@@ -58,6 +69,7 @@ class PathState:
     last_heard: float = -1.0  #: last valid message from the peer on it
     last_probe: float = -1.0
     unreachable: bool = False  #: sending to it failed at once (no route)
+    reflexive: bool = False  #: learnt from the source of a probe, not from the salon
 
     @property
     def verified(self) -> bool:
@@ -91,6 +103,9 @@ class Puncher:
         self.lan_grace = lan_grace
         self.paths: Dict[Address, PathState] = {}
         self._pending: "OrderedDict[bytes, Tuple[Address, float]]" = OrderedDict()
+        self._seen: "OrderedDict[bytes, None]" = OrderedDict()
+        self.replays = 0  #: requests dropped because their transaction id was seen before
+        self.refused = 0  #: requests dropped from unknown sources (peer-reflexive limit)
         for addr in peer_lan:
             addr = Address(*addr)
             if addr != peer_public:
@@ -129,7 +144,7 @@ class Puncher:
         if self.selected is not None:
             return
         for p in list(self.paths.values()):
-            if not p.verified and not p.unreachable:
+            if not p.verified and not p.unreachable and not p.reflexive:
                 self.probe(p.address)
         self._tick_call = self.clock.callLater(self.interval, self._tick)
 
@@ -174,6 +189,20 @@ class Puncher:
             return False
         src = Address(addr[0], addr[1])
         now = self.clock.seconds()
+        p = self.paths.get(src)
+        if punch.is_request:
+            # a replay (the same request again, from anywhere): nothing at all
+            if punch.txid in self._seen:
+                self.replays += 1
+                return True
+            self._seen[punch.txid] = None
+            while len(self._seen) > _SEEN_REQUESTS:
+                self._seen.popitem(last=False)
+            if p is None and not self._may_learn():
+                self.refused += 1
+                self.log.debug("probe from an unknown source refused ({n} peer-reflexive candidates, {state})",
+                               n=self._reflexive_count(), state="selected" if self.selected else "punching")
+                return True
         if punch.flags & wire.FLAG_CONNECTED:
             self.peer_connected = True
         if punch.is_request:
@@ -182,9 +211,8 @@ class Puncher:
                           tuple(addr))
             except OSError:
                 pass
-            p = self.paths.get(src)
             if p is None:
-                p = self.paths[src] = PathState(src, DIRECT)  # peer-reflexive
+                p = self.paths[src] = PathState(src, DIRECT, reflexive=True)
             p.inbound = True
             p.last_heard = now
             if not p.outbound or self.selected is not None:
@@ -194,9 +222,9 @@ class Puncher:
             sent = self._pending.pop(punch.txid, None)
             if sent is None or sent[0] != src:
                 return True  # ours, but stale or from elsewhere: not a proof
-            p = self.paths.get(src)
             if p is None:
-                p = self.paths[src] = PathState(src, DIRECT)
+                # we probed it, so it was a path (only paths are probed)
+                p = self.paths[src] = PathState(src, DIRECT, reflexive=True)
             p.outbound = True
             p.last_heard = now
             rtt = now - sent[1]
@@ -205,6 +233,13 @@ class Puncher:
             self.on_heard(src)
         self._consider()
         return True
+
+    def _reflexive_count(self) -> int:
+        return sum(1 for p in self.paths.values() if p.reflexive)
+
+    def _may_learn(self) -> bool:
+        """May a probe from an unknown source become a candidate?"""
+        return self.selected is None and self._reflexive_count() < _MAX_PEER_REFLEXIVE
 
     # -- choosing ----------------------------------------------------------
     def best(self) -> Optional[PathState]:

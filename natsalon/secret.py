@@ -1,7 +1,12 @@
-"""Keys from the room secret (HKDF-SHA256).
+"""Keys from the room secret (scrypt, then HKDF-SHA256).
 
-Two users share a room name and a secret out of band.  From them each client
-derives, with HKDF-SHA256 (salt ``natsalon-v1``, the room name in ``info``):
+Two users share a room name and a secret out of band.  The room id and the
+JOIN MAC are visible to the salon and on the wire, so they allow offline
+guessing of the secret; to make each guess expensive, the secret is first
+stretched with scrypt (salt ``natsalon-v1`` followed by the room name,
+n=2**14, r=8, p=1, 32 bytes: tens of milliseconds and 16 MiB per guess).
+From the stretched secret each client derives, with HKDF-SHA256 (salt
+``natsalon-v1``, the room name in ``info``):
 
 - ``room_id`` (16 bytes): the only thing the salon sees; it names the room;
 - ``k_join``: MESSAGE-INTEGRITY-SHA256 key of JOIN requests; the salon cannot
@@ -21,8 +26,11 @@ from typing import NamedTuple, Union
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 SALT = b"natsalon-v1"
+#: scrypt cost of stretching the secret; both sides must use the same values
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 NONCE_SIZE = 16
 
 
@@ -47,12 +55,22 @@ def _bytes(value: Union[str, bytes]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
+def stretch(room: bytes, secret: bytes) -> bytes:
+    """scrypt of the secret, salted with ``natsalon-v1`` and the room name."""
+    return Scrypt(salt=SALT + room, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(secret)
+
+
 def derive(room: Union[str, bytes], secret: Union[str, bytes]) -> RoomKeys:
-    """The room id and keys for ``room`` and ``secret`` (str or bytes)."""
+    """The room id and keys for ``room`` and ``secret`` (str or bytes).
+
+    CPU-bound for some tens of milliseconds (scrypt): from the reactor
+    thread, call it through ``deferToThread`` (as :func:`natsalon.connect`
+    does)."""
+    r = _bytes(room)
     s = _bytes(secret)
     if not s:
         raise ValueError("the secret is empty")
-    r = _bytes(room)
+    s = stretch(r, s)
     return RoomKeys(
         _hkdf(s, SALT, b"room-id\x00" + r, 16),
         _hkdf(s, SALT, b"join\x00" + r),

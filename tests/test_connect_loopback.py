@@ -62,3 +62,81 @@ def test_client_tap_options():
         ClientOptions().parseOptions(["--server", "192.0.2.1", "--room", "r"])
     with pytest.raises(usage.UsageError, match="required"):
         ClientOptions().parseOptions(["--room", "r", "--secret", "s"])
+
+
+class FakeStun:
+    """The salon side of Joiner's transactions: each request gets the next
+    scripted answer (a decoded STUN message) after ``rtt``."""
+
+    def __init__(self, clock, answers, rtt=0.05):
+        self.clock = clock
+        self.answers = answers
+        self.rtt = rtt
+        self.requests = []
+
+    def request(self, msg, addr, policy=None, sha256_key=None):
+        from collections import namedtuple
+
+        self.requests.append((self.clock.seconds(), msg))
+        d = defer.Deferred()
+        answer = self.answers(msg)
+        self.clock.callLater(self.rtt, d.callback, namedtuple("Response", "message")(answer))
+        return d
+
+
+def test_joiner_survives_cookie_rollovers_while_waiting():
+    # a long wait: the salon's cookie secret rolls over every 30 s, so a poll
+    # now and then is refused with a fresh cookie; 12 rollovers, more than the
+    # 5 refusals in a row that mean "the salon keeps refusing our cookie"
+    from natsalon import salonwire as wire
+    from natsalon.connect import ClientSocket, Joiner
+    from natsalon.secret import derive, new_nonce
+    from natsalon.stun import Address, Attr, decode
+
+    clock = task.Clock()
+    me = Address("192.0.2.1", 40000)
+    state = {"cookie": b"c0", "n": 0}
+
+    def answers(msg):
+        if msg.get(Attr.NS_COOKIE) != state["cookie"]:
+            return decode(wire.cookie_response(msg.transaction_id, state["cookie"]))
+        return decode(wire.waiting_response(msg.transaction_id, me))
+
+    def rollover():
+        state["n"] += 1
+        state["cookie"] = b"c%d" % state["n"]
+
+    sock = ClientSocket(clock)
+    sock.stun = FakeStun(clock, answers)
+    keys = derive("room", "s")
+    joiner = Joiner(clock, sock, ("192.0.2.9", 3478), keys, new_nonce(), (), poll=1.0)
+    failures = []
+    d = joiner.start()
+    d.addErrback(failures.append)
+    for _ in range(12):
+        clock.pump([1.0] * 30)
+        rollover()
+    clock.pump([1.0] * 5)
+    assert not failures, failures[0] if failures else None
+    assert joiner.waiting and joiner.observed == me
+    assert state["n"] == 12 and joiner.cookie == b"c12"
+    d.cancel()
+    d.addErrback(lambda f: None)
+
+
+def test_joiner_gives_up_when_cookie_always_refused():
+    from natsalon import salonwire as wire
+    from natsalon.connect import ClientSocket, ConnectFailed, Joiner
+    from natsalon.secret import derive, new_nonce
+    from natsalon.stun import decode
+
+    clock = task.Clock()
+    sock = ClientSocket(clock)
+    sock.stun = FakeStun(clock, lambda msg: decode(wire.cookie_response(msg.transaction_id, new_nonce())))
+    joiner = Joiner(clock, sock, ("192.0.2.9", 3478), derive("room", "s"), new_nonce(), ())
+    failures = []
+    joiner.start().addErrback(failures.append)
+    clock.pump([0.05] * 20)
+    assert failures and failures[0].check(ConnectFailed)
+    assert "keeps refusing our cookie" in str(failures[0].value)
+    assert len(sock.stun.requests) == 6

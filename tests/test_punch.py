@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from natsalon import salonwire as wire
 from natsalon.peer import Connection
-from natsalon.punch import DIRECT, LAN, PunchFailed, Puncher
+from natsalon.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, PunchFailed, Puncher
 from natsalon.secret import derive, new_nonce, session_keys
 from natsalon.stun import Address, decode
 
@@ -21,8 +21,9 @@ class Net:
     maps (sender, destination) to the source address the receiver sees, or
     None to drop."""
 
-    def __init__(self, routes, lan_a=(), lan_b=(), peer_pub_a=B_PUB, peer_pub_b=A_PUB, **kw):
+    def __init__(self, routes, lan_a=(), lan_b=(), peer_pub_a=B_PUB, peer_pub_b=A_PUB, delay=0.01, **kw):
         self.clock = Clock()
+        self.delay = delay
         keys = derive("room", "s")
         self.na, self.nb = new_nonce(), new_nonce()
         self.routes = routes
@@ -37,18 +38,20 @@ class Net:
         self.log.append((who, Address(*to), seen_from is not None))
         if seen_from is not None:
             target = self.b if who == "a" else self.a
-            self.clock.callLater(0.01, target.datagram, data, tuple(seen_from))
+            self.clock.callLater(self.delay, target.datagram, data, tuple(seen_from))
 
 
 def open_routes():
     return {("a", B_PUB): A_PUB, ("b", A_PUB): B_PUB}
 
 
-def run(net, until=20.0):
+def run(net, until=20.0, times=None):
     results = {}
     for name in ("a", "b"):
         d = getattr(net, name).start()
         d.addBoth(lambda r, name=name: results.__setitem__(name, r))
+        if times is not None:
+            d.addBoth(lambda r, name=name: times.__setitem__(name, net.clock.seconds()))
     t = 0.0
     while t < until and len(results) < 2:
         net.clock.advance(0.01)
@@ -75,9 +78,18 @@ def test_lan_preferred_over_public():
 
 
 def test_public_wins_after_grace_when_lan_unreachable():
-    net = Net(open_routes(), lan_a=[A_LAN], lan_b=[B_LAN], lan_grace=0.5)
-    r = run(net)
+    # 100 ms one way: 2 x RTT (0.4 s) is above lan_grace, so the grace is lan_grace
+    grace = 0.25
+    verified = {}
+    run(Net(open_routes(), delay=0.1, lan_grace=grace), times=verified)  # no LAN candidates: no grace
+    net = Net(open_routes(), lan_a=[A_LAN], lan_b=[B_LAN], lan_grace=grace, delay=0.1)
+    chosen = {}
+    r = run(net, times=chosen)
     assert r["a"].kind == DIRECT and r["b"].kind == DIRECT
+    assert net.clock.seconds() >= grace
+    for side in ("a", "b"):
+        assert chosen[side] >= verified[side] + grace - 1e-9
+        assert chosen[side] <= verified[side] + grace + 0.011
 
 
 def test_one_way_is_not_a_path():
@@ -195,3 +207,93 @@ def test_unroutable_lan_candidate_does_not_delay():
     r = run(net)
     assert r["a"].kind == DIRECT
     assert net.clock.seconds() < 0.2
+
+
+def a_alone(**kw):
+    """a punching towards b, who never answers; returns (net, sent) where
+    sent lists a's datagrams as (destination, data)."""
+    net = Net({}, lan_b=[B_LAN], **kw)
+    sent = []
+    net.a.send = lambda data, to: sent.append((Address(*to), data))
+    net.a.start().addErrback(lambda f: f.trap(PunchFailed))
+    return net, sent
+
+
+def spoofed(i):
+    return ("198.51.100.%d" % (i % 250 + 1), 20000 + i)
+
+
+def test_replayed_probe_from_many_sources_is_bounded():
+    # baseline: the schedule alone, 2 candidates every 0.1 s for 3 s
+    net, baseline = a_alone(timeout=3.0)
+    net.clock.pump([0.01] * 400)
+    # an attacker captured one valid probe of b and replays it from 200 spoofed sources
+    net, sent = a_alone(timeout=3.0)
+    _, probe = wire.punch_request(net.nb, net.b.session.k_punch)
+    for i in range(200):
+        assert net.a.datagram(probe, spoofed(i))
+        net.clock.advance(0.01)
+    net.clock.pump([0.01] * 200)
+    assert len(net.a.paths) <= 3  # B_PUB, B_LAN and at most the first source
+    assert net.a.replays == 199
+    to_spoofed = [to for to, _ in sent if to not in (B_PUB, B_LAN)]
+    assert len(to_spoofed) <= 2  # one answer, one triggered probe: no schedule for it
+    assert len(sent) <= len(baseline) + 2
+
+
+def test_many_captured_probes_bounded_peer_reflexive():
+    # 200 different valid probes (all b ever sent), each from a new source
+    net, baseline = a_alone(timeout=3.0)
+    net.clock.pump([0.01] * 400)
+    net, sent = a_alone(timeout=3.0)
+    for i in range(200):
+        _, probe = wire.punch_request(net.nb, net.b.session.k_punch)
+        net.a.datagram(probe, spoofed(i))
+        net.clock.advance(0.01)
+    net.clock.pump([0.01] * 200)
+    reflexive = [p for p in net.a.paths.values() if p.reflexive]
+    assert len(reflexive) == _MAX_PEER_REFLEXIVE and len(net.a.paths) == 2 + _MAX_PEER_REFLEXIVE
+    assert net.a.refused == 200 - _MAX_PEER_REFLEXIVE
+    to_spoofed = [to for to, _ in sent if to not in (B_PUB, B_LAN)]
+    assert len(to_spoofed) <= 2 * _MAX_PEER_REFLEXIVE
+    assert len(sent) <= len(baseline) + 2 * _MAX_PEER_REFLEXIVE
+
+
+def test_no_new_peer_reflexive_once_selected():
+    net = Net(open_routes())
+    r = run(net)
+    assert r["a"].address == B_PUB
+    sent = []
+    net.a.send = lambda data, to: sent.append(Address(*to))
+    _, probe = wire.punch_request(net.nb, net.b.session.k_punch)
+    assert net.a.datagram(probe, ("198.51.100.1", 1234))
+    assert Address("198.51.100.1", 1234) not in net.a.paths and not sent
+    # the peer's own fresh probes on the path are still answered (keepalives)
+    _, probe = wire.punch_request(net.nb, net.b.session.k_punch)
+    assert net.a.datagram(probe, tuple(B_PUB))
+    assert sent and set(sent) == {B_PUB}
+
+
+def test_plain_frames_only_from_the_selected_path():
+    # --no-encrypt: the source address is the only check; a mere candidate
+    # (here b's unverified LAN address) is not the peer
+    net = Net(open_routes(), lan_a=[A_LAN], lan_b=[B_LAN], lan_grace=0.05)
+    r = run(net)
+    assert r["b"].address == A_PUB and A_LAN in net.b.paths
+    sa, sb = FakeSock(), FakeSock()
+    ca = Connection(net.clock, sa, lambda: None, encrypt=False)
+    cb = Connection(net.clock, sb, lambda: None, encrypt=False)
+    keys = derive("room", "s")
+    ca.attach(net.a, session_keys(keys, net.na, net.nb), r["a"])
+    cb.attach(net.b, session_keys(keys, net.nb, net.na), r["b"])
+    got = []
+    cb.set_receiver(got.append)
+    assert ca.send(b"hello")
+    frame = sa.written[0][0]
+    cb.frame_received(frame, tuple(A_LAN))
+    cb.frame_received(frame, ("203.0.113.9", 4000))
+    assert got == [] and cb.rejected == 2
+    cb.frame_received(frame, tuple(A_PUB))
+    assert got == [b"hello"]
+    ca.close()
+    cb.close()
