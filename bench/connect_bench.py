@@ -38,6 +38,7 @@ lab's teardown; nothing is asserted on timing.
 """
 from __future__ import annotations
 
+from benchinfo import cpu_model
 import argparse
 import datetime
 import json
@@ -268,12 +269,7 @@ def report(pairs, delays, results, args, notes) -> str:
         aioice_version = getattr(aioice, "__version__", None) or _dist_version("aioice")
     except ImportError:
         pass
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     rows = ["| pair | delay/site | natsalon ok | natsalon: 2nd join → verified, ms | path RTT ms | "
             "natsalon in RTTs | B's connect() → verified, ms | aioice ok | aioice: remote candidates → "
             "connected, ms | aioice in RTTs | aioice gather ms | aioice data RTT ms | aioice ÷ natsalon |",

@@ -38,6 +38,7 @@ Writes bench/results/introducer.md; asserts nothing about speed.
 """
 from __future__ import annotations
 
+from benchinfo import cpu_model
 import argparse
 import datetime
 import gc
@@ -234,12 +235,7 @@ def med(values):
 
 def report(args, rates: list, mem: dict) -> str:
     import twisted
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     labels = {
         "cookie": "JOIN without cookie → 401 + cookie",
         "register": "JOIN with cookie, new room → waiting",

@@ -17,6 +17,7 @@ non-zero only when an answer was invalid or a server did not start.
 
 from __future__ import annotations
 
+from benchinfo import cpu_model
 import argparse
 import atexit
 import datetime
@@ -323,14 +324,7 @@ def fmt_int(v) -> str:
 
 
 def machine_info(kinds, venvs) -> list[str]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {platform.node()}, nproc {os.cpu_count()}, {cpu}, Linux {platform.release()}",
