@@ -215,9 +215,14 @@ class Puncher:
                 p = self.paths[src] = PathState(src, DIRECT, reflexive=True)
             p.inbound = True
             p.last_heard = now
-            if not p.outbound or self.selected is not None:
-                if now - p.last_probe >= self.interval / 2:
-                    self.probe(src)  # triggered check
+            if not p.outbound:
+                # triggered check: each fresh request of the peer earns one
+                # probe back at once (replays were dropped above), so a path
+                # whose first probe met the peer's filter opens in one RTT,
+                # not at the next scheduled round
+                self.probe(src)
+            elif self.selected is not None and now - p.last_probe >= self.interval / 2:
+                self.probe(src)
         else:
             sent = self._pending.pop(punch.txid, None)
             if sent is None or sent[0] != src:

@@ -297,3 +297,31 @@ def test_plain_frames_only_from_the_selected_path():
     assert got == [b"hello"]
     ca.close()
     cb.close()
+
+
+class FilteredNet(Net):
+    """A sits behind a filtering NAT: B's packets reach A only once A has
+    sent to B (as a restricted-cone NAT does)."""
+
+    def deliver(self, who, data, to):
+        if who == "b" and not any(w == "a" and dst == B_PUB for w, dst, _ in self.log):
+            self.log.append((who, Address(*to), False))
+            return
+        Net.deliver(self, who, data, to)
+
+
+def test_first_probe_filtered_opens_in_one_round_trip_not_one_interval():
+    net = FilteredNet(open_routes(), delay=0.01)
+    results, times = {}, {}
+    d = net.b.start()  # B's first probe is dropped by A's filter
+    d.addBoth(lambda r: (results.__setitem__("b", r), times.__setitem__("b", net.clock.seconds())))
+    net.clock.advance(0.005)
+    d = net.a.start()  # A's first probe opens its filter and reaches B
+    d.addBoth(lambda r: (results.__setitem__("a", r), times.__setitem__("a", net.clock.seconds())))
+    while len(results) < 2 and net.clock.seconds() < 1.0:
+        net.clock.advance(0.001)
+    assert results["a"].address == B_PUB and results["b"].address == A_PUB
+    # B answers A's probe and probes back at once (triggered check); without
+    # it B would wait for its next scheduled probe, 100 ms after the first
+    assert max(times.values()) < 0.005 + 4 * 0.01 + 0.003, times
+    assert net.b.interval == 0.1
