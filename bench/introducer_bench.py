@@ -168,12 +168,13 @@ def one_repeat(n: int) -> dict:
     return rates
 
 
-def fill(salon: Salon, n: int) -> None:
+def fill(salon: Salon, n: int, start: int = 0) -> None:
     """n members join n rooms and wait; the JOINs are built here (their bytes
-    are kept by the registry, so they count)."""
+    are kept by the registry, so they count).  ``start`` numbers the first
+    member's source address, so later fills use new sources."""
     receive = salon.proto.datagramReceived
     written = salon.transport.written
-    for i in range(n):
+    for i in range(start, start + n):
         m = Member(os.urandom(16), os.urandom(32), source(i, 0))
         m.with_cookie(salon)
         receive(m.joined, m.src)
@@ -207,15 +208,7 @@ def memory_rss_child(n: int) -> None:
     fill(salon, 1000)  # warm up: first allocations of every type
     gc.collect()
     before = rss_bytes()
-    receive = salon.proto.datagramReceived
-    written = salon.transport.written
-    for i in range(1000, n + 1000):
-        m = Member(os.urandom(16), os.urandom(32), source(i, 0))
-        m.with_cookie(salon)
-        receive(m.joined, m.src)
-        if i % 1024 == 0:
-            written.clear()
-    written.clear()
+    fill(salon, n, start=1000)
     gc.collect()
     used = rss_bytes() - before
     print(json.dumps({"bytes": used, "per_member": used / n, "waiting": salon.svc.introducer.rooms.waiting()}))
