@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Introducer benchmark: JOINs handled per second, and memory per waiting member.
 
-In-process, no sockets: a :class:`natsalon.salon.SalonService` built on a
+In-process, no sockets: a :class:`natsalon.server.service.SalonService` built on a
 ``twisted.internet.task.Clock`` (time does not move during a run), its
-primary :class:`natsalon.reflector.ReflectorProtocol` connected to the
+primary :class:`natsalon.server.reflector.ReflectorProtocol` connected to the
 in-memory :class:`natsalon.testing.FakeDatagramTransport`.  Each JOIN is
 fed as bytes to ``datagramReceived``, so a figure covers what the salon does
 per datagram after the kernel: STUN decode, dispatch, the introducer's
@@ -59,8 +59,8 @@ RESULTS = BENCH / "results" / "introducer.md"
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from natsalon import salonwire as wire  # noqa: E402
-from natsalon.salon import SalonConfig, SalonService  # noqa: E402
+from natsalon import wire  # noqa: E402
+from natsalon.server.service import SalonConfig, SalonService  # noqa: E402
 from natsalon.stun import Address, decode  # noqa: E402
 from natsalon.testing import FakeDatagramTransport  # noqa: E402
 

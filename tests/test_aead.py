@@ -5,8 +5,8 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from natsalon.aead import FrameRejected, Opener, PlainCodec, ReplayWindow, Sealer, is_frame
-from natsalon.secret import derive, new_nonce, session_keys
+from natsalon.crypto.aead import FrameRejected, Opener, PlainCodec, ReplayWindow, Sealer, is_frame
+from natsalon.crypto.secret import derive, new_nonce, session_keys
 
 
 def pair():

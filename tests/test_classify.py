@@ -1,4 +1,4 @@
-"""natsalon.classify: every row of every table."""
+"""natsalon.client.probe.classify: every row of every table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from natsalon.classify import (
+from natsalon.client.probe.classify import (
     ADF,
     ADM,
     APDF,

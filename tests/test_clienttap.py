@@ -5,8 +5,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, Logger
 
-from natsalon.clienttap import ClientService, Options
-from natsalon.punch import DIRECT, Path
+from natsalon.client.tap import ClientService, Options
+from natsalon.client.punch import DIRECT, Path
 from natsalon.stun import Address
 
 

@@ -4,9 +4,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from natsalon.clienttap import Options as ClientOptions
-from natsalon.connect import ConnectTimeout, connect
-from natsalon.salon import SalonConfig, SalonService
+from natsalon.client.tap import Options as ClientOptions
+from natsalon.client.api import ConnectTimeout, connect
+from natsalon.server.service import SalonConfig, SalonService
 from twisted.python import usage
 
 
@@ -88,9 +88,10 @@ def test_joiner_survives_cookie_rollovers_while_waiting():
     # a long wait: the salon's cookie secret rolls over every 30 s, so a poll
     # now and then is refused with a fresh cookie; 12 rollovers, more than the
     # 5 refusals in a row that mean "the salon keeps refusing our cookie"
-    from natsalon import salonwire as wire
-    from natsalon.connect import ClientSocket, Joiner
-    from natsalon.secret import derive, new_nonce
+    from natsalon import wire
+    from natsalon.client.demux import ClientSocket
+    from natsalon.client.join import Joiner
+    from natsalon.crypto.secret import derive, new_nonce
     from natsalon.stun import Address, Attr, decode
 
     clock = task.Clock()
@@ -125,9 +126,11 @@ def test_joiner_survives_cookie_rollovers_while_waiting():
 
 
 def test_joiner_gives_up_when_cookie_always_refused():
-    from natsalon import salonwire as wire
-    from natsalon.connect import ClientSocket, ConnectFailed, Joiner
-    from natsalon.secret import derive, new_nonce
+    from natsalon import wire
+    from natsalon.client.demux import ClientSocket
+    from natsalon.client.errors import ConnectFailed
+    from natsalon.client.join import Joiner
+    from natsalon.crypto.secret import derive, new_nonce
     from natsalon.stun import decode
 
     clock = task.Clock()

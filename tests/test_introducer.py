@@ -3,11 +3,12 @@
 import pytest
 from twisted.internet.task import Clock
 
-from natsalon import salonwire as wire
-from natsalon.introducer import CookieJar, Introducer
-from natsalon.rooms import MemoryRooms
-from natsalon.salon import SalonConfig, SalonService
-from natsalon.secret import derive, new_nonce
+from natsalon import wire
+from natsalon.server.introducer.cookies import CookieJar
+from natsalon.server.introducer.handler import Introducer
+from natsalon.server.introducer.rooms import MemoryRooms
+from natsalon.server.service import SalonConfig, SalonService
+from natsalon.crypto.secret import derive, new_nonce
 from natsalon.stun import Address, Class, Method, decode
 from natsalon.testing import FakeDatagramTransport
 
@@ -159,7 +160,7 @@ def test_malformed_join_400():
 
 def test_cookie_for_scoped_ipv6_source():
     clock, intro, pushed = make()
-    from natsalon.introducer import CookieJar
+    from natsalon.server.introducer.cookies import CookieJar
     jar = CookieJar(b"k" * 32)
     src = Address("fe80::1%eth0", 5000)
     cookie = jar.issue(src, b"r" * 16, 100.0)

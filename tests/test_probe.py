@@ -1,5 +1,5 @@
-"""natsalon.probe on a task.Clock, against an in-memory NAT and the real
-sans-IO answer code of the salon (natsalon.binding)."""
+"""natsalon.client.probe.measure on a task.Clock, against an in-memory NAT and the real
+sans-IO answer code of the salon (natsalon.server.binding)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
 
-from natsalon import binding
-from natsalon.classify import Allocation, Behaviour, Classic
-from natsalon.layout import Layout
-from natsalon.probe import ProbeConfig, ProbeReport, ServerUnreachable, ServerUnusable, probe
-from natsalon.probecmd import format_table, parse_server
+from natsalon.server import binding
+from natsalon.client.probe.classify import Allocation, Behaviour, Classic
+from natsalon.server.layout import Layout
+from natsalon.client.probe.measure import ProbeConfig, ProbeReport, ServerUnreachable, ServerUnusable, probe
+from natsalon.cli.probe import format_table, parse_server
 from natsalon.stun import Address, Attr, Class, Message, StunDecodeError, decode, encode
 from natsalon.testing import FakeDatagramTransport
 

@@ -4,10 +4,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from natsalon import salonwire as wire
-from natsalon.peer import Connection
-from natsalon.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, PunchFailed, Puncher
-from natsalon.secret import derive, new_nonce, session_keys
+from natsalon import wire
+from natsalon.client.connection import Connection
+from natsalon.client.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, PunchFailed, Puncher
+from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.stun import Address, decode
 
 A_PUB = Address("192.0.2.10", 40000)

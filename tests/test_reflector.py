@@ -9,10 +9,10 @@ import struct
 
 import pytest
 
-from natsalon import binding
-from natsalon.layout import Layout
-from natsalon.ratelimit import SourceLimiter
-from natsalon.reflector import ReflectorProtocol, ServerState
+from natsalon.server import binding
+from natsalon.server.layout import Layout
+from natsalon.server.ratelimit import SourceLimiter
+from natsalon.server.reflector import ReflectorProtocol, ServerState
 from natsalon.stun import (
     CHANGE_IP,
     CHANGE_PORT,

@@ -1,6 +1,6 @@
 """The room registry: pure functions of ``now``."""
 
-from natsalon.rooms import Member, MemoryRooms, Outcome
+from natsalon.server.introducer.rooms import Member, MemoryRooms, Outcome
 from natsalon.stun import Address
 
 A = Address("192.0.2.1", 1000)
@@ -88,7 +88,7 @@ def test_per_source_cap_counts_waiting_only():
 
 
 def test_ipv6_sources_count_per_64():
-    from natsalon.rooms import MemoryRooms, Member, Outcome, source_key
+    from natsalon.server.introducer.rooms import MemoryRooms, Member, Outcome, source_key
     from natsalon.stun import Address
 
     assert source_key("2001:db8:1:2::5") == source_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"

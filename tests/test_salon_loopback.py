@@ -9,9 +9,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from natsalon.salon import SalonConfig, SalonService
+from natsalon.server.service import SalonConfig, SalonService
 from natsalon.stun import CHANGE_IP, CHANGE_PORT, Address, Attr, Class, Message, Method
-from natsalon.transaction import RetransmitPolicy, StunClientProtocol
+from natsalon.client.stunsocket import StunClientProtocol
+from natsalon.stun.client import RetransmitPolicy
 
 FAST = RetransmitPolicy(rto=0.1, sends=4, last_wait=4)
 

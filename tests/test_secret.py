@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from natsalon import secret
-from natsalon.secret import derive, new_nonce, session_keys
+from natsalon.crypto import secret
+from natsalon.crypto.secret import derive, new_nonce, session_keys
 
 
 def test_deterministic_and_str_equals_bytes():

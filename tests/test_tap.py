@@ -12,9 +12,9 @@ import pytest
 import twisted
 from twisted.python import usage
 
-from natsalon import tap
-from natsalon.salon import SalonService
-from natsalon.udpservice import DatagramService
+from natsalon.server import tap
+from natsalon.server.service import SalonService
+from natsalon.server.udpservice import DatagramService
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 # twistd before Twisted 26.10 (the newest on PyPy 3.9 is 26.4) prints a

@@ -1,7 +1,7 @@
 """A sans-IO STUN codec (RFC 8489, RFC 5780, RFC 3489 classic messages)."""
 
-from .attributes import Address, ErrorCode
-from .constants import (
+from natsalon.stun.attributes import Address, ErrorCode
+from natsalon.stun.constants import (
     CHANGE_IP,
     CHANGE_PORT,
     MAGIC_COOKIE,
@@ -11,8 +11,8 @@ from .constants import (
     message_type,
     split_type,
 )
-from .errors import StunDecodeError
-from .message import Message, decode, encode, long_term_key, verify_integrity
+from natsalon.stun.errors import StunDecodeError
+from natsalon.stun.message import Message, decode, encode, long_term_key, verify_integrity
 
 __all__ = [
     "Address", "ErrorCode", "CHANGE_IP", "CHANGE_PORT", "MAGIC_COOKIE", "Attr", "Class",

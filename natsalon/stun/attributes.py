@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Callable, Dict, NamedTuple, Tuple
 
-from .constants import MAGIC_COOKIE_BYTES, Attr
+from natsalon.stun.constants import MAGIC_COOKIE_BYTES, Attr
 
 
 class AttributeValueError(ValueError):

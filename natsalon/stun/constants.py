@@ -67,7 +67,7 @@ class Attr(enum.IntEnum):
     NS_PEER = 0xC0A4
     NS_NONCE = 0xC0A5
     NS_ROLE = 0xC0A6
-    NS_STATUS = 0xC0A7  #: u32: introducer status / punch flags (see natsalon.salonwire)
+    NS_STATUS = 0xC0A7  #: u32: introducer status / punch flags (see natsalon.wire)
     NS_PEER_ADDRESS = 0xC0A8  #: XOR-encoded: the peer's public endpoint as the salon saw it
 
 

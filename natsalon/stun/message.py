@@ -18,8 +18,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-from .attributes import CODECS, AttributeValueError
-from .constants import (
+from natsalon.stun.attributes import CODECS, AttributeValueError
+from natsalon.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     MAGIC_COOKIE_BYTES,
@@ -27,7 +27,7 @@ from .constants import (
     message_type,
     split_type,
 )
-from .errors import StunDecodeError
+from natsalon.stun.errors import StunDecodeError
 
 _HH = struct.Struct("!HH")
 _COMPUTED = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)

@@ -2,14 +2,14 @@ from twisted.application.service import ServiceMaker
 
 natsalon = ServiceMaker(
     "natsalon",
-    "natsalon.tap",
+    "natsalon.server.tap",
     "A STUN (RFC 8489/5780) reflector and introducer for NAT traversal",
     "natsalon",
 )
 
 natclient = ServiceMaker(
     "natclient",
-    "natsalon.clienttap",
+    "natsalon.client.tap",
     "A natsalon endpoint: probe the NAT, meet a peer in a room, punch and forward UDP",
     "natclient",
 )

@@ -1,0 +1,5 @@
+import sys
+
+from natsalon.cli import main
+
+sys.exit(main())

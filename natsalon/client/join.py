@@ -1,0 +1,134 @@
+"""Joining a room: :class:`Joiner` fetches the salon's cookie, joins,
+polls while it waits, and finishes on the introduction (the answer to a
+poll, or an indication the salon pushes), verified end to end with the
+room's k_join."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+from twisted.internet import defer
+
+from natsalon import wire
+from natsalon.client.demux import JOIN_POLICY, ClientSocket
+from natsalon.client.errors import ConnectFailed, IntroductionRefused, PeerNotVerified, SalonUnreachable
+from natsalon.crypto.secret import RoomKeys
+from natsalon.stun import Address
+from natsalon.stun.client import RetransmitPolicy, StunTimeout
+
+
+class Introduction(NamedTuple):
+    observed: Optional[Address]  #: our public endpoint, as the salon saw it
+    peer_address: Address  #: the peer's public endpoint, as the salon saw it
+    peer: wire.PeerJoin  #: the peer's nonce and LAN candidates, verified with k_join
+
+
+class Joiner:
+    """Join a room: fetch the cookie, join, poll while waiting, and finish
+    on the introduction (a response to a poll, or a pushed indication)."""
+
+    def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
+                 candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY) -> None:
+        self.clock = clock
+        self.sock = sock
+        self.server = server
+        self.keys = keys
+        self.nonce = nonce
+        self.candidates = tuple(candidates)
+        self.poll = poll
+        self.policy = policy
+        self.cookie: Optional[bytes] = None
+        self.observed: Optional[Address] = None
+        self.waiting = False
+        self._cookies = 0
+        self._d: Optional[defer.Deferred] = None
+        self._req: Optional[defer.Deferred] = None
+        self._poll_call = None
+
+    def start(self) -> defer.Deferred:
+        self._d = defer.Deferred(lambda _: self._stop())
+        self.sock.on_salon = self._indication
+        self._attempt()
+        return self._d
+
+    def _stop(self) -> None:
+        if self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+        self._poll_call = None
+        req, self._req = self._req, None
+        if req is not None and not req.called:
+            req.cancel()
+
+    def _finish(self, result) -> None:
+        d, self._d = self._d, None
+        self._stop()
+        if d is not None:
+            if isinstance(result, Exception):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _attempt(self) -> None:
+        self._poll_call = None
+        if self._d is None:
+            return
+        msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie)
+        req = self._req = self.sock.stun.request(msg, self.server, policy=self.policy, sha256_key=self.keys.k_join)
+        req.addCallbacks(self._answer, self._no_answer)
+
+    def _no_answer(self, f) -> None:
+        if f.check(defer.CancelledError):
+            return
+        if f.check(StunTimeout):
+            self._finish(SalonUnreachable("no answer from the salon at %s:%d" % self.server))
+        else:
+            self._finish(ConnectFailed(str(f.value)))
+
+    def _answer(self, response) -> None:
+        self._req = None
+        if self._d is None:
+            return
+        try:
+            ans = wire.parse_join_answer(response.message)
+        except wire.WireError as e:
+            self._finish(ConnectFailed("bad answer from the salon: %s" % e))
+            return
+        if ans.status == "cookie":
+            self._cookies += 1
+            if self._cookies > 5:
+                self._finish(ConnectFailed("the salon keeps refusing our cookie"))
+                return
+            self.cookie = ans.cookie
+            self._attempt()
+        elif ans.status == "waiting":
+            # the cookie worked: a later refusal (the salon's secret rolled
+            # over while we waited) starts a new count
+            self._cookies = 0
+            self.waiting = True
+            self.observed = ans.observed
+            self._poll_call = self.clock.callLater(self.poll, self._attempt)
+        elif ans.status == "introduced":
+            self._introduced(ans)
+        else:
+            self._finish(IntroductionRefused(ans.error.code, ans.error.reason))
+
+    def _indication(self, msg, addr) -> None:
+        if self._d is None or (addr[0], addr[1]) != tuple(self.server):
+            return
+        try:
+            ans = wire.parse_join_answer(msg)
+        except wire.WireError:
+            return
+        if ans.status == "introduced" and ans.nonce == self.nonce and ans.room_id == self.keys.room_id:
+            self._introduced(ans)
+
+    def _introduced(self, ans: wire.JoinAnswer) -> None:
+        try:
+            peer = wire.verify_peer_join(ans.peer_raw, self.keys.k_join, self.keys.room_id)
+        except wire.WireError as e:
+            self._finish(PeerNotVerified(str(e)))
+            return
+        if peer.nonce == self.nonce:
+            self._finish(PeerNotVerified("the salon introduced us to ourselves"))
+            return
+        self._finish(Introduction(ans.observed or self.observed, ans.peer_address, peer))

@@ -1,0 +1,2 @@
+"""The NAT prober: measurement (:mod:`.measure`) and the pure verdict tables
+(:mod:`.classify`)."""

@@ -1,0 +1,1 @@
+"""Shared by client and server: ``HOST:PORT`` parsing and the interface scan."""

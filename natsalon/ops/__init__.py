@@ -1,0 +1,1 @@
+"""Operating the daemons: counters (:mod:`natsalon.ops.stats`)."""

@@ -1,0 +1,40 @@
+"""Return-routability cookies: stateless, bound to the source address, the
+room and a time bucket, so a JOIN from a spoofed source never registers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from typing import Optional
+
+from natsalon.stun import Address
+
+COOKIE_SIZE = 16
+
+
+class CookieJar:
+    """Stateless cookies bound to source address, room and time bucket; a
+    cookie is valid in its bucket and the next one (``lifetime`` to
+    ``2 * lifetime`` seconds)."""
+
+    def __init__(self, secret: Optional[bytes] = None, lifetime: float = 30.0) -> None:
+        self.secret = secret or os.urandom(32)
+        self.lifetime = lifetime
+
+    def _make(self, bucket: int, source: Address, room_id: bytes) -> bytes:
+        host = source.host.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, host) + room_id
+        return hmac.new(self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
+
+    def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
+        return self._make(int(now // self.lifetime), source, room_id)
+
+    def check(self, cookie: Optional[bytes], source: Address, room_id: bytes, now: float) -> bool:
+        if not cookie or len(cookie) != COOKIE_SIZE:
+            return False
+        bucket = int(now // self.lifetime)
+        return any(hmac.compare_digest(cookie, self._make(b, source, room_id)) for b in (bucket, bucket - 1))

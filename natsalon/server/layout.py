@@ -1,0 +1,48 @@
+"""Where the salon's sockets are, as clients see them.
+
+The server listens on up to four sockets, the RFC 5780 grid of two IP
+addresses by two ports.  A socket is named by its *key* ``(ip_index,
+port_index)``: ``(0, 0)`` is the primary address and port, ``(0, 1)`` the
+alternate port, ``(1, 0)`` and ``(1, 1)`` the alternate IP.  The layout maps
+keys to the addresses advertised to clients (which differ from the bound
+ones on a server behind 1:1 NAT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from natsalon.stun import Address
+
+Key = Tuple[int, int]
+PRIMARY: Key = (0, 0)
+
+
+@dataclass(frozen=True)
+class Layout:
+    #: advertised IPs; ``ips[0]`` may be None when the server binds the
+    #: wildcard address and was not told its public address.
+    ips: Tuple[Optional[str], Optional[str]]
+    ports: Tuple[int, int]
+
+    @property
+    def has_alt_ip(self) -> bool:
+        return self.ips[1] is not None
+
+    def keys(self):
+        ip_indexes = (0, 1) if self.has_alt_ip else (0,)
+        return [(i, p) for i in ip_indexes for p in (0, 1)]
+
+    def address(self, key: Key) -> Optional[Address]:
+        ip = self.ips[key[0]]
+        if ip is None:
+            return None
+        return Address(ip, self.ports[key[1]])
+
+    def other(self, key: Key) -> Optional[Address]:
+        """RFC 5780 OTHER-ADDRESS seen from ``key``: the socket that differs
+        in both IP and port; None on a one-IP server."""
+        if not self.has_alt_ip:
+            return None
+        return self.address((1 - key[0], 1 - key[1]))

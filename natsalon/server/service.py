@@ -1,0 +1,153 @@
+"""The salon server: the reflector sockets and their housekeeping, wired
+into one MultiService.  The tap module builds a :class:`SalonConfig` from
+the command line and calls :func:`make_salon`; tests call it directly with
+a :class:`twisted.internet.task.Clock`-driven reactor or a real one."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional
+
+from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from natsalon.server.introducer.handler import Introducer
+from natsalon.server.layout import PRIMARY, Layout
+from natsalon.server.ratelimit import SourceLimiter
+from natsalon.server.reflector import ReflectorProtocol, ServerState
+from natsalon.server.introducer.rooms import MemoryRooms
+from natsalon.stun import Method
+from natsalon.server.fastport import listen_reflector
+from natsalon.server.udpservice import DatagramService
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class SalonConfig:
+    interface: str = "0.0.0.0"
+    port: int = 3478
+    alt_port: int = 3479
+    alt_ip: Optional[str] = None
+    advertise: Optional[str] = None
+    advertise_alt: Optional[str] = None
+    rate_limit: int = 200  # requests per second per source IP; 0 disables
+    max_sources: int = 65536
+    rcvbuf: int = 4 << 20
+    #: answer attribute-less Binding requests with RESPONSE-ORIGIN and
+    #: OTHER-ADDRESS too (for RFC 5780 clients such as
+    #: turnutils_natdiscovery that send such a request first); costs the
+    #: 1.6 reply/request byte ratio (2.8 with it, coturn's default)
+    full_plain_answers: bool = False
+    stats_interval: float = 60.0
+    introducer: bool = True  # answer JOIN (rooms, introductions)
+    max_rooms: int = 10000
+    room_timeout: float = 60.0  # seconds a member waits for its peer
+    max_waiting_per_ip: int = 16
+
+
+def _is_wildcard(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+class SalonService(service.MultiService):
+    """The running salon.  ``state.layout`` holds the advertised socket
+    addresses once the service has started."""
+
+    def __init__(self, reactor, config: SalonConfig, rooms=None) -> None:
+        """``rooms``: an ``IRoomRegistry`` (e.g. one shared through Redis by
+        several salons); the default is an in-memory registry."""
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        limiter = SourceLimiter(config.rate_limit, config.max_sources) if config.rate_limit else None
+        self.state = ServerState(limiter=limiter)
+        self.state.fast_plain = not config.full_plain_answers
+        self.introducer = None
+        if config.introducer:
+            if rooms is None:
+                rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
+            self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
+            self.state.handlers[Method.JOIN] = self.introducer.handle
+        self.protocols = []
+        self.sockets = {}
+        bind_ips = (config.interface, config.alt_ip)
+        ports = (config.port, config.alt_port)
+        keys = [(i, p) for i in ((0, 1) if config.alt_ip else (0,)) for p in (0, 1)]
+        for key in keys:
+            proto = ReflectorProtocol(key, self.state, rcvbuf=config.rcvbuf)
+            svc = DatagramService(reactor, ports[key[1]], proto, bind_ips[key[0]], listen=listen_reflector)
+            svc.setServiceParent(self)
+            self.protocols.append(proto)
+            self.sockets[key] = svc
+        tick = internet.TimerService(1.0, self._tick)
+        tick.clock = reactor
+        tick.setServiceParent(self)
+        self._since_report = 0.0
+
+    def _bind(self) -> None:
+        # Bind the primary-IP sockets first: when asked for port 0, the
+        # alternate-IP sockets must use the same two ports (RFC 5780 grid).
+        for p in (0, 1):
+            if self.sockets[(0, p)].listening is None:
+                self.sockets[(0, p)]._listen()
+        for p in (0, 1):
+            alt = self.sockets.get((1, p))
+            if alt is not None and alt.listening is None:
+                alt.port = self.sockets[(0, p)].bound_port
+                alt._listen()
+        cfg = self.config
+        ports = (self.sockets[(0, 0)].bound_port, self.sockets[(0, 1)].bound_port)
+        ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
+        ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
+        self.state.layout = Layout((ip0, ip1), ports)
+
+    def privilegedStartService(self) -> None:
+        """Under twistd: bind every socket before privileges are dropped; a
+        socket that cannot be bound ends start-up with one clear line."""
+        try:
+            self._bind()
+        except CannotListenError as e:
+            for svc in self.sockets.values():
+                if svc.listening is not None:
+                    svc.listening.stopListening()
+                    svc.listening = None
+            raise SystemExit("natsalon: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
+        service.MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        self._bind()
+        service.MultiService.startService(self)
+        log.info(
+            "natsalon serving STUN on {sockets}; advertised {layout}; rate limit {rate}/s per source",
+            sockets=", ".join("%s:%d" % (s.interface or "*", s.bound_port) for s in self.sockets.values()),
+            layout=self.state.layout,
+            rate=self.config.rate_limit or "off",
+        )
+
+    def _push(self, reply) -> None:
+        transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
+        if transport is not None:
+            transport.write(reply.data, reply.to)
+
+    def _tick(self) -> None:
+        if self.introducer is not None:
+            self.introducer.prune()
+        if self.state.limiter is not None:
+            self.state.limiter.new_window()
+        for proto in self.protocols:
+            proto.flush_stats()
+        self._since_report += 1.0
+        if self._since_report >= self.config.stats_interval:
+            self._since_report = 0.0
+            log.info("stats: {summary}", summary=self.state.stats.summary())
+
+    @property
+    def layout(self) -> Layout:
+        return self.state.layout
+
+
+def make_salon(reactor, config: SalonConfig, rooms=None) -> SalonService:
+    return SalonService(reactor, config, rooms)

@@ -1,0 +1,100 @@
+"""``twistd natsalon``: command-line options and the service maker."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.python import usage
+
+from natsalon.server.service import SalonConfig, make_salon
+
+
+def _ip(value: str, name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise usage.UsageError("%s: %r is not an IP address" % (name, value)) from None
+
+
+def _int(value, name: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError("%s: %r is not a whole number" % (name, value)) from None
+    if not low <= n <= high:
+        raise usage.UsageError("%s: %d is out of range (%d to %d)" % (name, n, low, high))
+    return n
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the natsalon server: a STUN reflector (RFC 8489) with RFC 5780 "
+        "alternate-port and alternate-IP responders. Clients only need this "
+        "server's host and --port."
+    )
+    optParameters = [
+        ["interface", "i", "0.0.0.0", "IP address to listen on (the primary address; '::' for IPv6)."],
+        ["port", "p", "3478", "Primary STUN port (0 picks a free one)."],
+        ["alt-port", None, "3479", "Alternate port for RFC 5780 change-port answers."],
+        ["alt-ip", None, None, "Second local IP address: enables the four RFC 5780 sockets, "
+                               "change-IP answers and OTHER-ADDRESS. Needs a specific --interface."],
+        ["advertise", None, None, "Public IP to report for --interface (servers behind 1:1 NAT)."],
+        ["advertise-alt", None, None, "Public IP to report for --alt-ip (servers behind 1:1 NAT)."],
+        ["rate-limit", None, "200", "Requests per second answered per source IP (0 disables)."],
+        ["max-sources", None, "65536", "Source IPs tracked by the rate limiter at once (bounds memory)."],
+        ["rcvbuf", None, str(4 << 20), "Socket receive buffer in bytes."],
+        ["stats-interval", None, "60", "Seconds between statistics log lines."],
+        ["max-rooms", None, "10000", "Rooms the introducer holds at once."],
+        ["room-timeout", None, "60", "Seconds a room member waits for its peer."],
+        ["max-waiting-per-ip", None, "16", "Members one source IP may have waiting at once."],
+    ]
+    optFlags = [
+        ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
+        ["full-plain-answers", None, "Answer attribute-less Binding requests with RESPONSE-ORIGIN and "
+                                     "OTHER-ADDRESS too, for RFC 5780 clients such as turnutils_natdiscovery "
+                                     "(reply/request byte ratio 2.8 instead of 1.6)."],
+    ]
+
+    def postOptions(self) -> None:
+        o = self
+        interface = _ip(o["interface"], "--interface")
+        port = _int(o["port"], "--port", 0, 65535)
+        alt_port = _int(o["alt-port"], "--alt-port", 0, 65535)
+        if port and port == alt_port:
+            raise usage.UsageError("--alt-port must differ from --port (both are %d)" % port)
+        alt_ip = _ip(o["alt-ip"], "--alt-ip") if o["alt-ip"] else None
+        if alt_ip is not None:
+            if ipaddress.ip_address(interface).is_unspecified:
+                raise usage.UsageError("--alt-ip needs --interface set to a specific address, not %s" % interface)
+            if ipaddress.ip_address(alt_ip).version != ipaddress.ip_address(interface).version:
+                raise usage.UsageError("--alt-ip %s and --interface %s are of different IP versions" % (alt_ip, interface))
+            if alt_ip == interface:
+                raise usage.UsageError("--alt-ip must differ from --interface")
+        advertise = _ip(o["advertise"], "--advertise") if o["advertise"] else None
+        advertise_alt = _ip(o["advertise-alt"], "--advertise-alt") if o["advertise-alt"] else None
+        if advertise_alt and not alt_ip:
+            raise usage.UsageError("--advertise-alt needs --alt-ip")
+        self.config = SalonConfig(
+            interface=interface,
+            port=port,
+            alt_port=alt_port,
+            alt_ip=alt_ip,
+            advertise=advertise,
+            advertise_alt=advertise_alt,
+            rate_limit=_int(o["rate-limit"], "--rate-limit", 0, 10 ** 9),
+            max_sources=_int(o["max-sources"], "--max-sources", 1, 10 ** 8),
+            rcvbuf=_int(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
+            stats_interval=float(_int(o["stats-interval"], "--stats-interval", 1, 86400)),
+            introducer=not o["no-introducer"],
+            full_plain_answers=bool(o["full-plain-answers"]),
+            max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
+            room_timeout=float(_int(o["room-timeout"], "--room-timeout", 1, 86400)),
+            max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
+        )
+
+
+def makeService(config: Options):
+    from twisted.internet import reactor
+
+    return make_salon(reactor, config.config)

@@ -1,0 +1,22 @@
+"""The salon's own messages, sans-IO: JOIN between a client and the
+introducer (:mod:`natsalon.wire.join`), PUNCH between the peers
+(:mod:`natsalon.wire.punch`).  Both are STUN messages of methods the
+salon defines (:class:`natsalon.stun.Method`), built and parsed here with
+no sockets and no clock."""
+
+from natsalon.wire.common import (
+    FLAG_CONNECTED, MAX_CANDIDATES, NONCE_SIZE, ROOM_ID_SIZE, Status, WireError, pack_candidates,
+    unpack_candidates,
+)
+from natsalon.wire.join import (
+    JoinAnswer, JoinRequest, PeerJoin, cookie_response, introduction, join_error, join_request,
+    parse_join_answer, parse_join_request, verify_peer_join, waiting_response,
+)
+from natsalon.wire.punch import Punch, parse_punch, punch_request, punch_response
+
+__all__ = [
+    "FLAG_CONNECTED", "MAX_CANDIDATES", "NONCE_SIZE", "ROOM_ID_SIZE", "Status", "WireError", "pack_candidates",
+    "unpack_candidates", "JoinAnswer", "JoinRequest", "PeerJoin", "cookie_response", "introduction",
+    "join_error", "join_request", "parse_join_answer", "parse_join_request", "verify_peer_join",
+    "waiting_response", "Punch", "parse_punch", "punch_request", "punch_response",
+]

@@ -1,0 +1,60 @@
+"""What the salon's messages share: sizes, flags, the error type, and the
+packed list of candidate endpoints."""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from typing import List, Sequence, Tuple
+
+from natsalon.stun import Address
+
+MAX_CANDIDATES = 8
+ROOM_ID_SIZE = 16
+NONCE_SIZE = 16
+FLAG_CONNECTED = 0x1
+
+
+class WireError(ValueError):
+    """A salon or punch message we reject, with the precise reason."""
+
+
+class Status(enum.IntEnum):
+    WAITING = 1
+    INTRODUCED = 2
+
+
+def pack_candidates(cands: Sequence[Address]) -> bytes:
+    if len(cands) > MAX_CANDIDATES:
+        raise WireError("%d candidates (at most %d)" % (len(cands), MAX_CANDIDATES))
+    out = []
+    for host, port in cands:
+        if ":" in host:
+            out.append(struct.pack("!BH", 6, port) + socket.inet_pton(socket.AF_INET6, host))
+        else:
+            out.append(struct.pack("!BH", 4, port) + socket.inet_pton(socket.AF_INET, host))
+    return b"".join(out)
+
+
+def unpack_candidates(raw: bytes) -> Tuple[Address, ...]:
+    out: List[Address] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + 3 > len(raw):
+            raise WireError("truncated candidate")
+        fam, port = struct.unpack_from("!BH", raw, pos)
+        pos += 3
+        if fam == 4:
+            n, af = 4, socket.AF_INET
+        elif fam == 6:
+            n, af = 16, socket.AF_INET6
+        else:
+            raise WireError("candidate of unknown family %d" % fam)
+        if pos + n > len(raw):
+            raise WireError("truncated candidate address")
+        out.append(Address(socket.inet_ntop(af, raw[pos:pos + n]), port))
+        pos += n
+        if len(out) > MAX_CANDIDATES:
+            raise WireError("more than %d candidates" % MAX_CANDIDATES)
+    return tuple(out)
