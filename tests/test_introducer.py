@@ -35,7 +35,7 @@ def send(intro, keys, nonce, source, cookie=None, cands=()):
 
 def join(intro, keys, nonce, source, cands=()):
     raw, reply, ans = send(intro, keys, nonce, source, cands=cands)
-    assert ans.status == "cookie"
+    assert ans.kind is wire.Answer.COOKIE
     assert len(reply.data) < len(raw)  # no amplification
     return send(intro, keys, nonce, source, ans.cookie, cands)
 
@@ -47,9 +47,9 @@ def test_two_members_introduced_end_to_end():
     lan_a = (Address("10.1.0.2", 40000),)
     lan_b = (Address("10.2.0.2", 5555),)
     _, _, ans = join(intro, keys, na, A, lan_a)
-    assert ans.status == "waiting" and ans.observed == A
+    assert ans.kind is wire.Answer.WAITING and ans.observed == A
     _, _, ans = join(intro, keys, nb, B, lan_b)
-    assert ans.status == "introduced"
+    assert ans.kind is wire.Answer.INTRODUCED
     assert ans.peer_address == A and ans.observed == B and ans.nonce == nb
     peer = wire.verify_peer_join(ans.peer_raw, keys.k_join, keys.room_id)
     assert peer.nonce == na and peer.candidates == lan_a
@@ -63,7 +63,7 @@ def test_two_members_introduced_end_to_end():
     assert wire.verify_peer_join(ans.peer_raw, keys.k_join, keys.room_id).candidates == lan_b
     # and its next poll gets the introduction as a response
     _, _, ans = join(intro, keys, na, A, lan_a)
-    assert ans.status == "introduced" and ans.peer_address == B
+    assert ans.kind is wire.Answer.INTRODUCED and ans.peer_address == B
 
 
 def test_wrong_secret_peer_is_detected_by_client():
@@ -72,7 +72,7 @@ def test_wrong_secret_peer_is_detected_by_client():
     bad = derive("room", "wrong")._replace(room_id=keys.room_id)  # an attacker who saw the room id
     join(intro, keys, new_nonce(), A)
     _, _, ans = join(intro, bad, new_nonce(), B)
-    assert ans.status == "introduced"
+    assert ans.kind is wire.Answer.INTRODUCED
     with pytest.raises(wire.WireError, match="integrity"):
         wire.verify_peer_join(pushed[0].data and wire.parse_join_answer(decode(pushed[0].data)).peer_raw,
                               keys.k_join, keys.room_id)
@@ -84,7 +84,7 @@ def test_retransmission_not_paired_with_itself():
     n = new_nonce()
     for _ in range(3):
         _, _, ans = join(intro, keys, n, A)
-        assert ans.status == "waiting"
+        assert ans.kind is wire.Answer.WAITING
     assert not pushed
 
 
@@ -94,7 +94,7 @@ def test_third_member_refused_409():
     join(intro, keys, new_nonce(), A)
     join(intro, keys, new_nonce(), B)
     _, _, ans = join(intro, keys, new_nonce(), C)
-    assert ans.status == "error" and ans.error.code == 409
+    assert ans.kind is wire.Answer.REFUSED and ans.error.code == 409
 
 
 def test_cookie_bound_to_source_and_time():
@@ -105,14 +105,14 @@ def test_cookie_bound_to_source_and_time():
     cookie = ans.cookie
     # replayed from another address (or port): no registration, just a new cookie
     _, _, other = send(intro, keys, n, Address(A.host, A.port + 1), cookie)
-    assert other.status == "cookie"
+    assert other.kind is wire.Answer.COOKIE
     _, _, other = send(intro, keys, n, B, cookie)
-    assert other.status == "cookie"
+    assert other.kind is wire.Answer.COOKIE
     assert len(intro.rooms) == 0
     # stale after two buckets
     clock.advance(61)
     _, _, late = send(intro, keys, n, A, cookie)
-    assert late.status == "cookie"
+    assert late.kind is wire.Answer.COOKIE
     assert len(intro.rooms) == 0
 
 
@@ -122,7 +122,7 @@ def test_spoofed_join_never_pairs():
     join(intro, keys, new_nonce(), A)
     # a join with a forged cookie from a spoofed source only gets a small 401
     _, reply, ans = send(intro, keys, new_nonce(), B, b"\x00" * 16)
-    assert ans.status == "cookie" and not pushed
+    assert ans.kind is wire.Answer.COOKIE and not pushed
 
 
 def test_expiry_via_prune():

@@ -17,30 +17,8 @@ from typing import Optional
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from natsalon.client.secretfile import ENV_SECRET, SecretError, load_secret
 from natsalon.net.hostport import parse_local
-
-ENV_SECRET = "NATSALON_SECRET"
-
-
-class SecretError(ValueError):
-    pass
-
-
-def load_secret(secret: Optional[str], secret_file: Optional[str], environ=os.environ) -> bytes:
-    """--secret, else --secret-file (trailing newline dropped), else $NATSALON_SECRET."""
-    if secret:
-        return secret.encode("utf-8")
-    if secret_file:
-        with open(secret_file, "rb") as f:
-            value = f.read().rstrip(b"\r\n")
-        if not value:
-            raise SecretError("secret file %s is empty" % secret_file)
-        return value
-    value = environ.get(ENV_SECRET, "")
-    if value:
-        return value.encode("utf-8")
-    raise SecretError("no secret: give --secret-file, --secret or $%s" % ENV_SECRET)
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, help="the salon, HOST[:PORT] (port 3478 by default)")

@@ -1,60 +1,64 @@
-"""The connection to the peer once a path is verified: payload frames,
-keepalives, dead-path detection and re-punching through the salon.
+"""The user's handle on the peer: :class:`Connection` sends and receives
+payload over whichever verified path the client machine
+(:mod:`natsalon.client.session`) currently holds.
 
-:class:`Connection` is glue around the pieces that hold the logic
-(:class:`natsalon.client.punch.Puncher` verifies probes, :mod:`natsalon.crypto.aead` seals
-frames).  Every ``keepalive`` seconds it probes the path (an authenticated
-PUNCH request; the peer answers and probes back).  When nothing valid has
-been heard from the peer on the path for ``dead_after`` keepalive intervals
-(binding expired, NAT rebinding, the peer moved or left), the path is dead:
-the connection asks ``repunch()`` for a new session (a fresh join in the
-salon and a new punch) and goes on with it.  Events (``connected``,
-``path-lost``, ``repunch-failed``) go to ``on_event(dict)``.
+The connection outlives paths: when a path dies the machine re-joins the
+room and punches again, then :meth:`Connection.attach` gives the
+connection the new session's path and keys; meanwhile ``send`` returns
+False and frames are dropped.  It holds no timers and makes no decisions:
+keepalives are :mod:`natsalon.client.keepalive`, re-joining is the
+machine's.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from natsalon.crypto.aead import FrameRejected, Opener, PlainCodec, Sealer
 from natsalon.client.punch import Path, Puncher
+from natsalon.crypto.aead import FrameRejected, Opener, PlainCodec, Sealer
 from natsalon.crypto.secret import SessionKeys
 from natsalon.stun import Address
 
 
 class Connection:
-    """A punched UDP path to the peer.
+    """A UDP path to the peer, verified both ways.
 
-    - ``send(payload)``: send one datagram (False when no path right now);
+    - ``send(payload) -> bool``: one datagram to the peer (False when there
+      is no path right now: the machine is re-joining);
     - ``set_receiver(callable(payload))``: where the peer's datagrams go;
-    - ``path`` (:class:`natsalon.client.punch.Path`: ``address``, ``kind``, ``rtt``);
-    - ``close()``.
+    - ``path``: the current :class:`natsalon.client.punch.Path`
+      (``address``, ``kind``, ``rtt``), None while re-joining;
+    - ``sent`` / ``received`` / ``rejected``: frame counters;
+    - ``info``: ``elapsed`` (s from ``connect()`` to the first path),
+      ``punch`` (s from the introduction to it), ``observed`` (our public
+      endpoint as the salon saw it);
+    - ``local_port``: the UDP port of the punched socket;
+    - ``close()``: stop the machine, release the socket.
     """
 
     log = Logger()
 
-    def __init__(self, clock, socket, repunch: Callable[[], defer.Deferred], keepalive: float = 15.0,
-                 dead_after: int = 3, encrypt: bool = True, on_close: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, clock, socket, encrypt: bool = True,
+                 on_close: Optional[Callable[[], object]] = None) -> None:
         self.clock = clock
         self.socket = socket
-        self.repunch = repunch
-        self.keepalive = keepalive
-        self.dead_after = dead_after
         self.encrypt = encrypt
         self.on_close = on_close
         self.on_event: Callable[[dict], None] = lambda event: None
         self.receiver: Callable[[bytes], None] = lambda payload: None
         self.puncher: Optional[Puncher] = None
         self.path: Optional[Path] = None
-        self.sent = self.received = self.rejected = 0
+        self.sent = 0
+        self.received = 0
+        self.rejected = 0
         self.closed = False
-        self._sealer = self._opener = None
-        self._keepalive_call = None
-        self._repunching: Optional[defer.Deferred] = None
-        self._retry_call = None
+        self.info: Dict[str, object] = {}
+        self.local_port = 0
+        self._sealer = None
+        self._opener = None
 
     # -- public ------------------------------------------------------------
     @property
@@ -79,18 +83,12 @@ class Connection:
         return True
 
     def close(self) -> None:
+        """Stop for good: the machine stops (its pending work cancelled)
+        and the socket is released."""
         if self.closed:
             return
         self.closed = True
-        for name in ("_keepalive_call", "_retry_call"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-        if self._repunching is not None:
-            self._repunching.cancel()
-        if self.puncher is not None:
-            self.puncher.stop()
-        self.path = None
+        self.detach()
         if self.on_close is not None:
             self.on_close()
 
@@ -113,11 +111,9 @@ class Connection:
         check()
         return d
 
-    # -- session -----------------------------------------------------------
+    # -- driven by the client machine ----------------------------------------
     def attach(self, puncher: Puncher, session: SessionKeys, path: Path) -> None:
-        """Use a new verified session (first connect, or after a re-punch)."""
-        if self.puncher is not None and self.puncher is not puncher:
-            self.puncher.stop()
+        """Carry payload over a new verified session (first connect, or after a re-join)."""
         self.puncher = puncher
         self.path = path
         if self.encrypt:
@@ -125,52 +121,11 @@ class Connection:
             self._opener = Opener(session.k_data, 1 - session.role)
         else:
             self._sealer = self._opener = PlainCodec()
-        self._schedule_keepalive()
 
-    def _schedule_keepalive(self) -> None:
-        if self._keepalive_call is not None and self._keepalive_call.active():
-            self._keepalive_call.cancel()
-        self._keepalive_call = self.clock.callLater(self.keepalive, self._keepalive_tick)
-
-    def _keepalive_tick(self) -> None:
-        self._keepalive_call = None
-        if not self.connected:
-            return
-        silent = self.clock.seconds() - self.puncher.last_heard(self.path.address)
-        if silent >= self.dead_after * self.keepalive:
-            self._path_lost(silent)
-            return
-        self.puncher.probe(self.path.address)
-        self._schedule_keepalive()
-
-    def _path_lost(self, silent: float) -> None:
-        self.on_event({"event": "path-lost", "silent_s": round(silent, 1)})
+    def detach(self) -> None:
+        """The path is gone: drop frames until the next :meth:`attach`."""
         self.path = None
-        self._start_repunch()
 
-    def _start_repunch(self) -> None:
-        self._retry_call = None
-        if self.closed:
-            return
-        d = self._repunching = self.repunch()
-
-        def done(result):
-            self._repunching = None
-            puncher, session, path = result
-            self.attach(puncher, session, path)
-            self.on_event({"event": "connected", "path": path.kind, "peer": str(path.address),
-                           "rtt_ms": round(path.rtt * 1000, 1), "repunched": True})
-
-        def failed(f):
-            self._repunching = None
-            if self.closed or f.check(defer.CancelledError):
-                return None
-            self.on_event({"event": "repunch-failed", "reason": str(f.value)})
-            self._retry_call = self.clock.callLater(self.keepalive, self._start_repunch)
-
-        d.addCallbacks(done, failed)
-
-    # -- receiving -----------------------------------------------------------
     def frame_received(self, data: bytes, addr) -> None:
         if not self.connected:
             return

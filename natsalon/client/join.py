@@ -5,11 +5,12 @@ room's k_join."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 
 from natsalon import wire
+from natsalon.wire import Answer
 from natsalon.client.demux import JOIN_POLICY, ClientSocket
 from natsalon.client.errors import ConnectFailed, IntroductionRefused, PeerNotVerified, SalonUnreachable
 from natsalon.crypto.secret import RoomKeys
@@ -21,14 +22,24 @@ class Introduction(NamedTuple):
     observed: Optional[Address]  #: our public endpoint, as the salon saw it
     peer_address: Address  #: the peer's public endpoint, as the salon saw it
     peer: wire.PeerJoin  #: the peer's nonce and LAN candidates, verified with k_join
+    nonce: bytes  #: our nonce in this join (the peer was told it)
 
 
 class Joiner:
     """Join a room: fetch the cookie, join, poll while waiting, and finish
-    on the introduction (a response to a poll, or a pushed indication)."""
+    on the introduction (a response to a poll, or a pushed indication).
+
+    ``start()`` returns a Deferred that fires with an :class:`Introduction`
+    or fails with :class:`~natsalon.client.errors.SalonUnreachable`,
+    :class:`~natsalon.client.errors.IntroductionRefused`,
+    :class:`~natsalon.client.errors.PeerNotVerified` or
+    :class:`~natsalon.client.errors.ConnectFailed`; cancelling it stops
+    the polls.  ``on_waiting()`` is called once, when the salon first
+    says the member waits."""
 
     def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
-                 candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY) -> None:
+                 candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY,
+                 on_waiting: Callable[[], None] = lambda: None) -> None:
         self.clock = clock
         self.sock = sock
         self.server = server
@@ -40,6 +51,7 @@ class Joiner:
         self.cookie: Optional[bytes] = None
         self.observed: Optional[Address] = None
         self.waiting = False
+        self.on_waiting = on_waiting
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
         self._req: Optional[defer.Deferred] = None
@@ -93,24 +105,32 @@ class Joiner:
         except wire.WireError as e:
             self._finish(ConnectFailed("bad answer from the salon: %s" % e))
             return
-        if ans.status == "cookie":
-            self._cookies += 1
-            if self._cookies > 5:
-                self._finish(ConnectFailed("the salon keeps refusing our cookie"))
-                return
-            self.cookie = ans.cookie
-            self._attempt()
-        elif ans.status == "waiting":
-            # the cookie worked: a later refusal (the salon's secret rolled
-            # over while we waited) starts a new count
-            self._cookies = 0
-            self.waiting = True
-            self.observed = ans.observed
-            self._poll_call = self.clock.callLater(self.poll, self._attempt)
-        elif ans.status == "introduced":
+        if ans.kind is Answer.COOKIE:
+            self._cookie(ans.cookie)
+        elif ans.kind is Answer.WAITING:
+            self._waiting(ans.observed)
+        elif ans.kind is Answer.INTRODUCED:
             self._introduced(ans)
         else:
             self._finish(IntroductionRefused(ans.error.code, ans.error.reason))
+
+    def _cookie(self, cookie: bytes) -> None:
+        self._cookies += 1
+        if self._cookies > 5:
+            self._finish(ConnectFailed("the salon keeps refusing our cookie"))
+            return
+        self.cookie = cookie
+        self._attempt()
+
+    def _waiting(self, observed: Optional[Address]) -> None:
+        # the cookie worked: a later refusal (the salon's secret rolled
+        # over while we waited) starts a new count
+        self._cookies = 0
+        self.observed = observed
+        self._poll_call = self.clock.callLater(self.poll, self._attempt)
+        if not self.waiting:
+            self.waiting = True
+            self.on_waiting()
 
     def _indication(self, msg, addr) -> None:
         if self._d is None or (addr[0], addr[1]) != tuple(self.server):
@@ -119,7 +139,7 @@ class Joiner:
             ans = wire.parse_join_answer(msg)
         except wire.WireError:
             return
-        if ans.status == "introduced" and ans.nonce == self.nonce and ans.room_id == self.keys.room_id:
+        if ans.kind is Answer.INTRODUCED and ans.nonce == self.nonce and ans.room_id == self.keys.room_id:
             self._introduced(ans)
 
     def _introduced(self, ans: wire.JoinAnswer) -> None:
@@ -131,4 +151,4 @@ class Joiner:
         if peer.nonce == self.nonce:
             self._finish(PeerNotVerified("the salon introduced us to ourselves"))
             return
-        self._finish(Introduction(ans.observed or self.observed, ans.peer_address, peer))
+        self._finish(Introduction(ans.observed or self.observed, ans.peer_address, peer, self.nonce))

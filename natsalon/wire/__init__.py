@@ -9,14 +9,14 @@ from natsalon.wire.common import (
     unpack_candidates,
 )
 from natsalon.wire.join import (
-    JoinAnswer, JoinRequest, PeerJoin, cookie_response, introduction, join_error, join_request,
+    Answer, JoinAnswer, JoinRequest, PeerJoin, cookie_response, introduction, join_error, join_request,
     parse_join_answer, parse_join_request, verify_peer_join, waiting_response,
 )
 from natsalon.wire.punch import Punch, parse_punch, punch_request, punch_response
 
 __all__ = [
     "FLAG_CONNECTED", "MAX_CANDIDATES", "NONCE_SIZE", "ROOM_ID_SIZE", "Status", "WireError", "pack_candidates",
-    "unpack_candidates", "JoinAnswer", "JoinRequest", "PeerJoin", "cookie_response", "introduction",
+    "unpack_candidates", "Answer", "JoinAnswer", "JoinRequest", "PeerJoin", "cookie_response", "introduction",
     "join_error", "join_request", "parse_join_answer", "parse_join_request", "verify_peer_join",
     "waiting_response", "Punch", "parse_punch", "punch_request", "punch_response",
 ]

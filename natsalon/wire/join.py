@@ -19,6 +19,7 @@ Salon answers::
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 from natsalon.stun import Address, Attr, Class, ErrorCode, Message, Method, StunDecodeError, decode, encode, verify_integrity
@@ -115,10 +116,19 @@ def introduction(txid: bytes, observed: Address, my_nonce: bytes, room_id: bytes
     return encode(Message(Method.JOIN, cls, txid, attrs))
 
 
+class Answer(enum.Enum):
+    """The kinds of answer a client gets to its JOIN."""
+
+    COOKIE = "cookie"  #: 401 with a cookie: join again with it
+    WAITING = "waiting"  #: registered; poll until introduced
+    INTRODUCED = "introduced"  #: the peer's JOIN and endpoint
+    REFUSED = "refused"  #: an error answer (409, 429, 503, 400, ...)
+
+
 class JoinAnswer(NamedTuple):
     """What the salon said, parsed on the client."""
 
-    status: str  #: "cookie", "waiting", "introduced" or "error"
+    kind: Answer
     cookie: Optional[bytes] = None
     observed: Optional[Address] = None
     peer_raw: Optional[bytes] = None
@@ -136,17 +146,17 @@ def parse_join_answer(msg: Message) -> JoinAnswer:
         if err is None:
             raise WireError("JOIN error without ERROR-CODE")
         if err.code == 401 and msg.get(Attr.NS_COOKIE):
-            return JoinAnswer("cookie", cookie=msg.get(Attr.NS_COOKIE))
-        return JoinAnswer("error", error=err)
+            return JoinAnswer(Answer.COOKIE, cookie=msg.get(Attr.NS_COOKIE))
+        return JoinAnswer(Answer.REFUSED, error=err)
     status = msg.get(Attr.NS_STATUS)
     observed = msg.get(Attr.XOR_MAPPED_ADDRESS)
     if status == Status.WAITING:
-        return JoinAnswer("waiting", observed=observed)
+        return JoinAnswer(Answer.WAITING, observed=observed)
     if status == Status.INTRODUCED:
         peer_raw = msg.get(Attr.NS_PEER)
         peer_address = msg.get(Attr.NS_PEER_ADDRESS)
         if peer_raw is None or peer_address is None:
             raise WireError("introduction without NS-PEER / NS-PEER-ADDRESS")
-        return JoinAnswer("introduced", observed=observed, peer_raw=peer_raw, peer_address=peer_address,
+        return JoinAnswer(Answer.INTRODUCED, observed=observed, peer_raw=peer_raw, peer_address=peer_address,
                           nonce=msg.get(Attr.NS_NONCE), room_id=msg.get(Attr.NS_ROOM))
     raise WireError("JOIN answer with unknown status %r" % (status,))

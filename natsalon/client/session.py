@@ -1,0 +1,348 @@
+"""The client's lifecycle as one explicit state machine (automat), the
+single supervisor behind both :func:`natsalon.connect` and ``twistd
+natclient``.
+
+States (the data each one owns, cancelled on every way out)::
+
+    Idle
+    Joining       [Attempt: the Joiner's JOIN transaction / cookie exchange]
+    Waiting       [Attempt: the same Joiner, polling every second]
+    Punching      [Punch: the Puncher probing the peer's candidates]
+    Connected     [Live: the verified session and its Keepalive]
+    BackingOff    [IDelayedCall: the retry, after backoff with jitter]
+    Stopped
+
+Inputs and transitions::
+
+    Idle         start                 -> Joining
+    Joining      _waiting(attempt)     -> Waiting      (the salon registered us)
+    Joining      _introduced(intro)    -> Punching     (the peer was already there)
+    Waiting      _introduced(intro)    -> Punching
+    Joining      _failed(failure)      -> BackingOff   (no salon, refused, peer not verified)
+    Waiting      _failed(failure)      -> BackingOff
+    Punching     _verified(session)    -> Connected
+    Punching     _failed(failure)      -> BackingOff   (PunchFailed)
+    Connected    _path_lost(silent)    -> Joining      (re-join at once with a fresh nonce)
+    BackingOff   _retry                -> Joining
+    any          stop                  -> Stopped
+    Stopped      start                 -> Joining
+    any          when_connected(n)     -> (same)       a Deferred: the Connection now or
+                                                         when next connected; fails after
+                                                         n failed attempts in a row, or
+                                                         with CancelledError on stop
+
+"Path lost" and "re-joining" are the ``Connected -> Joining`` transition:
+the :class:`~natsalon.client.connection.Connection` object stays, only
+its path goes and comes back.  ``core.phase`` mirrors the state for
+status reports and error messages (never for decisions).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+
+from automat import TypeMachineBuilder
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from natsalon.client.connection import Connection
+from natsalon.client.demux import ClientSocket
+from natsalon.client.join import Introduction, Joiner
+from natsalon.client.keepalive import Keepalive
+from natsalon.client.punch import Path, Puncher
+from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
+from natsalon.stun import Address
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    JOINING = "joining"
+    WAITING = "waiting"
+    PUNCHING = "punching"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing-off"
+    STOPPED = "stopped"
+
+
+#: what a phase means to a person (timeouts say "timed out while ...")
+DESCRIPTIONS = {
+    Phase.IDLE: "not started",
+    Phase.JOINING: "joining the room (no answer from the salon)",
+    Phase.WAITING: "waiting for the peer in the room (the peer must use the same room and the same "
+                   "secret: a different secret means a different room)",
+    Phase.PUNCHING: "punching a path to the peer",
+    Phase.CONNECTED: "connected",
+    Phase.BACKING_OFF: "waiting to try again",
+    Phase.STOPPED: "stopped",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Timings of the machine; defaults are the command line's."""
+
+    punch_timeout: float = 10.0  #: seconds of punching per attempt
+    interval: float = 0.1  #: seconds between punch rounds
+    poll: float = 1.0  #: seconds between polls while waiting
+    keepalive: float = 15.0  #: seconds between keepalive probes
+    dead_after: int = 3  #: keepalive intervals of silence that end a path
+    #: seconds to wait after the n-th failed attempt in a row
+    retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
+
+
+class Session(NamedTuple):
+    """A verified session: what ``Punching`` hands to ``Connected``."""
+
+    puncher: Puncher
+    keys: SessionKeys
+    path: Path
+
+
+class ClientInputs(Protocol):
+    def start(self) -> None:
+        """Start joining (from Idle or Stopped)."""
+
+    def stop(self) -> None:
+        """Stop: cancel the current state's pending work; waiters fail with CancelledError."""
+
+    def when_connected(self, fail_after_failures: Optional[int] = None) -> defer.Deferred:
+        """The :class:`Connection` once a path is verified (now if it is)."""
+
+    def _waiting(self, attempt: "Attempt") -> None:
+        """The salon registered us; we wait for the peer."""
+
+    def _introduced(self, intro: Introduction) -> None:
+        """The salon introduced a peer that knows the secret."""
+
+    def _verified(self, session: Session) -> None:
+        """A path to the peer verified both ways."""
+
+    def _failed(self, failure: Failure) -> None:
+        """The attempt failed (no salon, refused, peer not verified, punching failed)."""
+
+    def _path_lost(self, silent: float) -> None:
+        """Nothing valid heard from the peer on the path for too long."""
+
+    def _retry(self) -> None:
+        """The backoff delay is over."""
+
+
+@dataclass
+class Core:
+    clock: object
+    socket: ClientSocket
+    server: Tuple[str, int]
+    keys: RoomKeys
+    candidates: Sequence[Address]
+    connection: Connection
+    settings: Settings = field(default_factory=Settings)
+    emit: Callable[[dict], None] = lambda event: None
+    phase: Phase = Phase.IDLE
+    failures: int = 0  #: failed attempts in a row
+    connects: int = 0  #: paths verified so far
+    introduced_at: Optional[float] = None
+    observed: Optional[Address] = None
+    waiters: List[Tuple[defer.Deferred, Optional[int]]] = field(default_factory=list)
+    log: Logger = field(default_factory=Logger)
+
+    def settle(self, result) -> None:
+        """Fire every ``when_connected`` waiter with ``result``."""
+        self.waiters, waiting = [], self.waiters
+        for d, _ in waiting:
+            d.callback(result)
+
+    def count_failure(self, failure: Failure) -> None:
+        """Fail the waiters whose ``fail_after_failures`` is reached."""
+        keep = []
+        for d, remaining in self.waiters:
+            if remaining is not None and remaining <= 1:
+                d.callback(failure)
+            else:
+                keep.append((d, None if remaining is None else remaining - 1))
+        self.waiters = keep
+
+
+class Attempt:
+    """One join: a fresh nonce and its Joiner (data of Joining and Waiting)."""
+
+    def __init__(self, machine: ClientInputs, core: Core) -> None:
+        s = core.settings
+        self.nonce = new_nonce()
+        self.joiner = Joiner(core.clock, core.socket, core.server, core.keys, self.nonce, core.candidates,
+                             poll=s.poll, on_waiting=lambda: machine._waiting(self))
+        self.deferred = self.joiner.start()
+        self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
+
+    def cancel(self) -> None:
+        self.deferred.cancel()
+
+
+class Punch:
+    """Punching after an introduction (data of Punching)."""
+
+    def __init__(self, machine: ClientInputs, core: Core, intro: Introduction) -> None:
+        s = core.settings
+        self.keys = session_keys(core.keys, intro.nonce, intro.peer.nonce)
+        self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
+                               intro.peer_address, intro.peer.candidates, interval=s.interval,
+                               timeout=s.punch_timeout)
+        core.socket.on_punch = self.puncher.datagram
+        self.deferred = self.puncher.start()
+        self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path)),
+                                   _unless_cancelled(machine._failed))
+
+    def cancel(self) -> None:
+        self.deferred.cancel()
+        self.puncher.stop()
+
+
+class Live:
+    """A verified session in use (data of Connected)."""
+
+    def __init__(self, machine: ClientInputs, core: Core, session: Session) -> None:
+        self.session = session
+        s = core.settings
+        self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
+                                   machine._path_lost)
+        core.connection.attach(session.puncher, session.keys, session.path)
+        self.keepalive.start()
+
+    def cancel(self, connection: Connection) -> None:
+        self.keepalive.stop()
+        self.session.puncher.stop()
+        connection.detach()
+
+
+def _unless_cancelled(input_: Callable[[Failure], None]) -> Callable[[Failure], None]:
+    """An errback feeding ``input_``, except for the CancelledError our own stop caused."""
+
+    def errback(f: Failure) -> None:
+        if not f.check(defer.CancelledError):
+            input_(f)
+
+    return errback
+
+
+def _build():
+    b = TypeMachineBuilder(ClientInputs, Core)
+    Idle = b.state("Idle")
+
+    def joining(m: ClientInputs, c: Core, *args) -> Attempt:
+        c.phase = Phase.JOINING
+        return Attempt(m, c)
+
+    def waiting(m: ClientInputs, c: Core, attempt: Attempt) -> Attempt:
+        c.phase = Phase.WAITING
+        c.observed = attempt.joiner.observed
+        c.log.info("waiting for the peer in the room")
+        return attempt
+
+    Joining = b.state("Joining", joining)
+    Waiting = b.state("Waiting", waiting)
+    Punching = b.state("Punching", _punching)
+    Connected = b.state("Connected", _connected)
+    BackingOff = b.state("BackingOff", _backing_off)
+    Stopped = b.state("Stopped")
+
+    Idle.upon(ClientInputs.start).to(Joining).returns(None)
+    Stopped.upon(ClientInputs.start).to(Joining).returns(None)
+    Joining.upon(ClientInputs._waiting, nodata=True).to(Waiting).returns(None)
+    for s in (Joining, Waiting):
+        s.upon(ClientInputs._introduced, nodata=True).to(Punching).returns(None)
+        s.upon(ClientInputs._failed).to(BackingOff)(_attempt_failed)
+    Punching.upon(ClientInputs._verified, nodata=True).to(Connected).returns(None)
+    Punching.upon(ClientInputs._failed).to(BackingOff)(_attempt_failed)
+    Connected.upon(ClientInputs._path_lost).to(Joining)(_path_lost)
+    BackingOff.upon(ClientInputs._retry, nodata=True).to(Joining).returns(None)
+    for s in (Joining, Waiting, Punching, BackingOff):
+        s.upon(ClientInputs.stop).to(Stopped)(_stop_pending)
+    Connected.upon(ClientInputs.stop).to(Stopped)(_stop_connected)
+    for s in (Idle, Stopped):
+        s.upon(ClientInputs.stop).to(Stopped)(_stop_idle)
+    Idle.upon(ClientInputs.when_connected).loop()(_await)
+    for s in (Joining, Waiting, Punching, BackingOff):
+        s.upon(ClientInputs.when_connected, nodata=True).loop()(_await)
+    Connected.upon(ClientInputs.when_connected).loop()(_now_connected)
+    Stopped.upon(ClientInputs.when_connected).loop()(_never)
+    return b.build()
+
+
+def _punching(m: ClientInputs, c: Core, intro: Introduction) -> Punch:
+    c.phase = Phase.PUNCHING
+    c.introduced_at = c.clock.seconds()
+    c.observed = intro.observed or c.observed
+    c.log.info("introduced; punching")
+    return Punch(m, c, intro)
+
+
+def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
+    c.phase = Phase.CONNECTED
+    c.failures = 0
+    live = Live(m, c, session)
+    path = session.path
+    c.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=path.kind, rtt=path.rtt * 1000)
+    if c.connects:
+        c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
+                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True})
+    c.connects += 1
+    c.settle(c.connection)
+    return live
+
+
+def _backing_off(m: ClientInputs, c: Core, failure: Failure):
+    c.phase = Phase.BACKING_OFF
+    c.failures += 1
+    delay = c.settings.retry(c.failures)
+    c.log.warn("attempt failed ({reason}); retry {attempt} in {delay:.1f}s",
+               reason=failure.getErrorMessage(), attempt=c.failures, delay=delay)
+    return c.clock.callLater(delay, m._retry)
+
+
+def _attempt_failed(m: ClientInputs, c: Core, pending: object, failure: Failure) -> None:
+    if isinstance(pending, Punch):
+        pending.puncher.stop()
+    if c.connects:
+        c.emit({"event": "repunch-failed", "reason": failure.getErrorMessage()})
+    c.count_failure(failure)
+
+
+def _path_lost(m: ClientInputs, c: Core, live: Live, silent: float) -> None:
+    live.cancel(c.connection)
+    c.log.info("path lost ({silent:.1f}s of silence); re-joining", silent=silent)
+    c.emit({"event": "path-lost", "silent_s": round(silent, 1)})
+
+
+def _stop_pending(m: ClientInputs, c: Core, pending: object) -> None:
+    pending.cancel()
+    _stop_idle(m, c)
+
+
+def _stop_connected(m: ClientInputs, c: Core, live: Live) -> None:
+    live.cancel(c.connection)
+    _stop_idle(m, c)
+
+
+def _stop_idle(m: ClientInputs, c: Core) -> None:
+    c.phase = Phase.STOPPED
+    c.settle(Failure(defer.CancelledError()))
+
+
+def _await(m: ClientInputs, c: Core, fail_after_failures: Optional[int] = None) -> defer.Deferred:
+    d = defer.Deferred()
+    c.waiters.append((d, fail_after_failures))
+    return d
+
+
+def _now_connected(m: ClientInputs, c: Core, live: Live, fail_after_failures: Optional[int] = None):
+    return defer.succeed(c.connection)
+
+
+def _never(m: ClientInputs, c: Core, fail_after_failures: Optional[int] = None) -> defer.Deferred:
+    return defer.fail(defer.CancelledError())
+
+
+ClientMachine = _build()
