@@ -10,32 +10,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
-from natsalon.client.secretfile import ENV_SECRET, SecretError, load_secret
-from natsalon.net.hostport import parse_local
+from natsalon.client.options import DEFAULTS, OptionError, check
+from natsalon.client.secretfile import ENV_SECRET
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", required=True, help="the salon, HOST[:PORT] (port 3478 by default)")
-    p.add_argument("--room", required=True, help="room name, agreed with the peer")
+    p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default)")
+    p.add_argument("--room", help="room name, agreed with the peer")
     p.add_argument("--secret-file", help="file holding the shared secret")
     p.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file or $%s)" % ENV_SECRET)
     p.add_argument("--forward", metavar="[HOST:]PORT", help="listen on this local UDP port and carry its datagrams")
     p.add_argument("--deliver", metavar="HOST:PORT", help="send the peer's datagrams here (default: last local sender)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
-    p.add_argument("--timeout", type=float, default=30.0, help="give up after S seconds (default 30)")
-    p.add_argument("--punch-timeout", type=float, default=10.0, help="seconds of punching per attempt (default 10)")
-    p.add_argument("--keepalive", type=float, default=15.0, help="keepalive interval in seconds (default 15)")
-    p.add_argument("--dead-after", type=int, default=3, help="keepalive intervals of silence before re-punching")
-    p.add_argument("--port", type=int, default=0, help="local UDP port for the punched path (default: any)")
-    p.add_argument("--interface", default="", help="local address to bind")
+    p.add_argument("--timeout", default=DEFAULTS["timeout"], help="give up after S seconds (default 30)")
+    p.add_argument("--punch-timeout", default=DEFAULTS["punch-timeout"],
+                   help="seconds of punching per attempt (default 10)")
+    p.add_argument("--keepalive", default=DEFAULTS["keepalive"], help="keepalive interval in seconds (default 15)")
+    p.add_argument("--dead-after", default=DEFAULTS["dead-after"],
+                   help="keepalive intervals of silence before re-joining (default 3)")
+    p.add_argument("--port", default=DEFAULTS["port"], help="local UDP port for the punched path (default: any)")
+    p.add_argument("--interface", default="", help="local IPv4 address to bind")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt forwarded payload")
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
+
+
+def raw_options(args: argparse.Namespace) -> dict:
+    """The parsed command line as option name -> text, for :func:`check`."""
+    raw = {k.replace("_", "-"): v for k, v in vars(args).items()}
+    raw["retry"] = DEFAULTS["retry"]
+    return raw
 
 
 class Printer:
@@ -68,28 +77,46 @@ def failure_reason(f) -> str:
     return "%s: %s" % (type(f.value).__name__, f.value)
 
 
+class _Forward:
+    """The local forward socket, bound before joining so a taken port is
+    known before any peer is met; its protocol is set once connected."""
+
+    def __init__(self, reactor, endpoint, deliver) -> None:
+        from natsalon.client.forward import Forwarder
+
+        self.forwarder = Forwarder(None, deliver)
+        host, port = endpoint
+        self.port = reactor.listenUDP(port, self.forwarder, interface=host)
+        self.listen = "%s:%d" % (host, self.port.getHost().port)
+
+
 @defer.inlineCallbacks
-def _main(reactor, args, secret: bytes, emit: Printer):
+def _main(reactor, o, emit: Printer):
     from natsalon.client.api import connect
-    from natsalon.client.forward import Forwarder
 
     try:
-        conn = yield connect(reactor, args.server, args.room, secret, port=args.port, interface=args.interface,
-                             timeout=args.timeout, punch_timeout=min(args.punch_timeout, args.timeout),
-                             keepalive=args.keepalive, dead_after=args.dead_after,
-                             encrypt=not args.no_encrypt, lan=not args.no_lan, on_event=emit)
+        fwd = _Forward(reactor, o.forward, o.deliver) if o.forward else None
+    except CannotListenError as e:
+        raise UsageFailure("--forward: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
+    try:
+        conn = yield connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
+                             timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
+                             keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
+                             on_event=emit)
     except Exception:
         emit({"event": "failed", "reason": failure_reason(Failure())})
+        if fwd is not None:
+            fwd.port.stopListening()
         return 1
     emit(connected_event(conn))
-    if not args.forward:
+    if fwd is None:
         yield conn.peer_confirmed(3.0)
         conn.close()
         return 0
-    fwd = Forwarder(conn, parse_local(args.deliver) if args.deliver else None)
-    host, port = parse_local(args.forward)
-    listening = reactor.listenUDP(port, fwd, interface=host)
-    emit({"event": "forwarding", "listen": "%s:%d" % (host, listening.getHost().port)})
+    listen = fwd.listen
+    fwd = fwd.forwarder
+    fwd.attach(conn)
+    emit({"event": "forwarding", "listen": listen})
     done = defer.Deferred()
 
     def report():
@@ -102,26 +129,23 @@ def _main(reactor, args, secret: bytes, emit: Printer):
     return 0
 
 
+class UsageFailure(Exception):
+    """A bad option found only once the reactor runs (a taken --forward port): exit 2."""
+
+
 def run(args) -> int:
     emit = Printer(args.json)
     try:
-        secret = load_secret(args.secret, args.secret_file)
-    except (SecretError, OSError) as e:
-        emit({"event": "failed", "reason": "SecretError: %s" % e})
-        return 2
-    try:
-        if args.forward:
-            parse_local(args.forward)
-        if args.deliver:
-            parse_local(args.deliver)
-    except ValueError as e:
-        emit({"event": "failed", "reason": "bad --forward/--deliver: %s" % e})
+        o = check(raw_options(args))
+    except OptionError as e:
+        print("natsalon connect: error: %s" % e, file=sys.stderr)
         return 2
     status = []
 
     def main(reactor):
-        d = _main(reactor, args, secret, emit)
+        d = _main(reactor, o, emit)
         d.addCallback(status.append)
+        d.addErrback(_usage_failure, status)
         return d
 
     try:
@@ -130,3 +154,9 @@ def run(args) -> int:
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else 1
     return status[0] if status else 0
+
+
+def _usage_failure(f, status) -> None:
+    f.trap(UsageFailure)
+    print("natsalon connect: error: %s" % f.value, file=sys.stderr)
+    status.append(2)

@@ -17,17 +17,24 @@ from twisted.internet.protocol import DatagramProtocol
 class Forwarder(DatagramProtocol):
     noisy = False
 
-    def __init__(self, conn, deliver: Optional[Tuple[str, int]] = None) -> None:
-        self.conn = conn
+    def __init__(self, conn=None, deliver: Optional[Tuple[str, int]] = None) -> None:
+        """``conn`` may come later (:meth:`attach`): the port can be bound
+        before the peer is met; until then local datagrams are dropped."""
+        self.conn = None
         self.deliver = deliver
         self.last_sender: Optional[tuple] = None
         self.to_peer = self.from_peer = self.dropped = 0
+        if conn is not None:
+            self.attach(conn)
+
+    def attach(self, conn) -> None:
+        self.conn = conn
         conn.set_receiver(self.peer_datagram)
 
     def datagramReceived(self, data: bytes, addr) -> None:
         if self.deliver is None:
             self.last_sender = addr
-        if self.conn.send(data):
+        if self.conn is not None and self.conn.send(data):
             self.to_peer += 1
         else:
             self.dropped += 1

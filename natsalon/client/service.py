@@ -37,9 +37,9 @@ class ClientService(service.Service):
         return self.client.connection if self.client is not None else None
 
     def settings(self) -> Settings:
-        o = self.o
-        return Settings(punch_timeout=min(o.punch_timeout, o.timeout), keepalive=o.keepalive,
-                        dead_after=o.dead_after, retry=o.retry_policy)
+        c = self.o.checked
+        return Settings(punch_timeout=min(c.punch_timeout, c.timeout), keepalive=c.keepalive,
+                        dead_after=c.dead_after, retry=self.o.retry_policy)
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -47,10 +47,10 @@ class ClientService(service.Service):
 
     def _open(self) -> None:
         self._retry_call = None
-        o = self.o
+        c = self.o.checked
         d = self._opening = self._open_client(
-            self.reactor, o["server"], o["room"], o.secret, port=o.port, interface=o["interface"],
-            lan=not o["no-lan"], encrypt=not o["no-encrypt"], settings=self.settings(), on_event=self._event)
+            self.reactor, c.server, c.room, c.secret, port=c.port, interface=c.interface, lan=c.lan,
+            encrypt=c.encrypt, settings=self.settings(), on_event=self._event)
         d.addCallback(self._opened)
         d.addErrback(self._open_failed)
 
@@ -59,10 +59,11 @@ class ClientService(service.Service):
         if not self.running:
             client.stop()
             return
-        if self.o.forward is not None:
-            host, port = self.o.forward
+        c = self.o.checked
+        if c.forward is not None:
+            host, port = c.forward
             try:
-                self.forward_port = self.reactor.listenUDP(port, Forwarder(client.connection, self.o.deliver),
+                self.forward_port = self.reactor.listenUDP(port, Forwarder(client.connection, c.deliver),
                                                            interface=host)
             except Exception:  # CannotListenError: port taken, address not ours, ...
                 client.stop()

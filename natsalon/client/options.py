@@ -1,0 +1,130 @@
+"""The client's options, checked once for ``natsalon connect`` and ``twistd
+natclient``: :func:`check` turns the raw text of each option into a
+:class:`ClientOptions`, or raises :class:`OptionError` with one line that
+names the option ("--timeout: 'nan' is not a finite number")."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+from natsalon.client.secretfile import SecretError, load_secret
+from natsalon.net.hostport import parse_local, parse_server
+
+
+class OptionError(ValueError):
+    """A bad option value; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    server: Tuple[str, int]
+    room: str
+    secret: bytes
+    forward: Optional[Tuple[str, int]] = None
+    deliver: Optional[Tuple[str, int]] = None
+    timeout: float = 30.0
+    punch_timeout: float = 10.0
+    keepalive: float = 15.0
+    dead_after: int = 3
+    retry: float = 30.0
+    port: int = 0
+    interface: str = ""
+    encrypt: bool = True
+    lan: bool = True
+
+
+#: option -> (lowest, highest): every timing is a finite number of seconds
+_SECONDS = {
+    "timeout": (1.0, 86400.0),
+    "punch-timeout": (1.0, 3600.0),
+    "keepalive": (1.0, 3600.0),  # below 1 s a keepalive floods the peer and the salon
+    "retry": (1.0, 3600.0),
+}
+
+
+def _seconds(raw: Mapping, name: str) -> float:
+    text = raw.get(name)
+    low, high = _SECONDS[name]
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise OptionError("--%s: %r is not a number" % (name, text)) from None
+    if not math.isfinite(value):
+        raise OptionError("--%s: %r is not a finite number" % (name, text))
+    if not low <= value <= high:
+        raise OptionError("--%s: %g is out of range (%g to %g seconds)" % (name, value, low, high))
+    return value
+
+
+def _whole(raw: Mapping, name: str, low: int, high: int) -> int:
+    text = raw.get(name)
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise OptionError("--%s: %r is not a whole number" % (name, text)) from None
+    if not low <= value <= high:
+        raise OptionError("--%s: %d is out of range (%d to %d)" % (name, value, low, high))
+    return value
+
+
+def _endpoint(raw: Mapping, name: str, parse):
+    text = raw.get(name)
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise OptionError("--%s: %s" % (name, e)) from None
+
+
+def _server(text: Optional[str]) -> Tuple[str, int]:
+    if not text:
+        raise OptionError("--server is required")
+    try:
+        host, port = parse_server(text)
+    except ValueError as e:
+        raise OptionError("--server: %s" % e) from None
+    if ":" in host:
+        raise OptionError("--server: IPv6 salons are not supported yet: %r" % text)
+    return host, port
+
+
+def _interface(text: Optional[str]) -> str:
+    if not text:
+        return ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise OptionError("--interface: %r is not an IP address" % text) from None
+    if address.version != 4:
+        raise OptionError("--interface: IPv6 is not supported yet: %r" % text)
+    return str(address)
+
+
+def check(raw: Mapping, environ=None) -> ClientOptions:
+    """Check every option; ``raw`` maps option names (``"punch-timeout"``)
+    to their text (or None), flags (``"no-encrypt"``) to booleans."""
+    room = raw.get("room")
+    if not room:
+        raise OptionError("--room is required (and may not be empty)")
+    try:
+        kw = {} if environ is None else {"environ": environ}
+        secret = load_secret(raw.get("secret"), raw.get("secret-file"), **kw)
+    except (SecretError, OSError) as e:
+        raise OptionError(str(e)) from None
+    return ClientOptions(
+        server=_server(raw.get("server")), room=room, secret=secret,
+        forward=_endpoint(raw, "forward", parse_local), deliver=_endpoint(raw, "deliver", parse_local),
+        timeout=_seconds(raw, "timeout"), punch_timeout=_seconds(raw, "punch-timeout"),
+        keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
+        retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
+        interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
+    )
+
+
+#: the raw defaults both front ends start from
+DEFAULTS = {"timeout": "30", "punch-timeout": "10", "keepalive": "15", "dead-after": "3", "retry": "30",
+            "port": "0", "interface": ""}
