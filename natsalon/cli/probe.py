@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
+from natsalon.client.probe import ProbeConfig, ProbeError, ProbeReport, probe
+from natsalon.client.probe.report import format_table
 from natsalon.net import hostport
 from natsalon.net.hostport import DEFAULT_PORT
 
-from natsalon.client.probe.measure import ProbeConfig, ProbeError, ProbeReport, probe
+__all__ = ["add_arguments", "run", "parse_server", "format_table"]
+
 
 def parse_server(text: str) -> Tuple[str, int]:
     """``HOST[:PORT]`` for argparse; IPv6 servers are refused (not yet supported)."""
@@ -52,47 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lifetime-max", type=_positive, default=ProbeConfig.lifetime_max, metavar="S",
                         help="longest idle interval tried by --lifetime (default %(default)s s)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log the probe's steps to stderr")
-
-
-def _yes(value: Optional[bool], untested: str) -> str:
-    if value is None:
-        return untested
-    return "yes" if value else "no"
-
-
-def format_table(report: ProbeReport) -> str:
-    j = report.to_json()
-    pa = report.port_allocation
-    alloc = pa.kind.value + (" (step %d)" % pa.step if pa.step is not None else "")
-    nat = _yes(report.nat, "unknown")
-    if report.mapped is not None:
-        nat += " (mapped %s, local %s)" % (report.mapped, report.local)
-    server = j["server"]
-    srv = server["address"]
-    extras = []
-    if server["other_address"]:
-        extras.append("other address " + server["other_address"])
-    extras.append("RFC 5780" if server["rfc5780"] else "no RFC 5780")
-    if server["software"]:
-        extras.append(server["software"])
-    rows = [
-        ("NAT", nat),
-        ("classic type", report.classic.value),
-        ("mapping", report.mapping.value),
-        ("filtering", report.filtering.value),
-        ("port allocation", alloc),
-        ("hairpinning", _yes(report.hairpinning, "not tested (--hairpin)")),
-        ("binding lifetime", "not tested (--lifetime)" if "lifetime" not in server["tested"]
-         and report.lifetime_s is None else
-         ("%s s" % report.lifetime_s if report.lifetime_s is not None else "unknown")),
-        ("server", "%s (%s)" % (srv, ", ".join(extras))),
-    ]
-    rows += [("not tested", u) for u in server["untested"]]
-    rows += [("inconsistency", i) for i in server["inconsistencies"]]
-    rows += [("note", n) for n in report.notes]
-    rows.append(("elapsed", "%d ms" % report.elapsed_ms))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join("%-*s  %s" % (width, k, v) for k, v in rows)
 
 
 def run(args: argparse.Namespace) -> int:
