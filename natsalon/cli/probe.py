@@ -1,7 +1,7 @@
 """``natsalon probe``: classify this host's NAT against a STUN server.
 
-Prints a readable table, or with ``--json`` one JSON object (keys in
-docs/probe.md).  Exit status 0 on a completed classification (including
+Prints a readable table, or with ``--json`` one JSON object (keys in the
+README).  Exit status 0 on a completed classification (including
 ``udp-blocked``), 1 with a one-line error when the server is unreachable or
 unusable, 2 on bad arguments.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from natsalon.client.probe import ProbeConfig, ProbeError, ProbeReport, probe
 from natsalon.client.probe.report import format_table
@@ -58,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
     from natsalon.net.interfaces import local_addresses
 
     if args.verbose:
@@ -70,30 +68,39 @@ def run(args: argparse.Namespace) -> int:
     try:
         local_ips = local_addresses()
     except OSError as e:
-        print("natsalon probe: error: cannot list interface addresses: %s" % e, file=sys.stderr)
-        return 1
+        return _error("cannot list interface addresses: %s" % e)
+    outcome = _probe_once(args.server, config, local_ips)
+    if outcome is None:
+        return _error("interrupted")
+    if not isinstance(outcome, ProbeReport):
+        exc = outcome.value
+        if isinstance(exc, ProbeError):
+            return _error(str(exc))
+        return _error("internal error: %s: %s" % (exc.__class__.__name__, exc))
+    if args.json:
+        print(json.dumps(outcome.to_json(), sort_keys=False))
+    else:
+        print(format_table(outcome))
+    return 0
+
+
+def _probe_once(server: Tuple[str, int], config: ProbeConfig, local_ips) -> Optional[object]:
+    """Run the reactor for one probe: its report, its Failure, or None if
+    the reactor stopped first (a signal)."""
+    from twisted.internet import reactor
+
     outcome: List = []
 
     def start():
-        d = probe(reactor, args.server, config, local_ips=local_ips)
+        d = probe(reactor, server, config, local_ips=local_ips)
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
-    if not outcome:
-        print("natsalon probe: error: interrupted", file=sys.stderr)
-        return 1
-    result = outcome[0]
-    if not isinstance(result, ProbeReport):
-        exc = result.value
-        if isinstance(exc, ProbeError):
-            print("natsalon probe: error: %s" % exc, file=sys.stderr)
-        else:
-            print("natsalon probe: internal error: %s: %s" % (exc.__class__.__name__, exc), file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result.to_json(), sort_keys=False))
-    else:
-        print(format_table(result))
-    return 0
+    return outcome[0] if outcome else None
+
+
+def _error(text: str) -> int:
+    print("natsalon probe: error: %s" % text, file=sys.stderr)
+    return 1
