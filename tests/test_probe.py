@@ -3,6 +3,8 @@ sans-IO answer code of the salon (natsalon.server.binding)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from typing import Callable, Dict, Optional, Set, Tuple
 
 import pytest
 from twisted.internet import task
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from natsalon.server import binding
@@ -81,6 +84,7 @@ class FakeNet:
         self.sent_to: Set[Tuple[int, str, int]] = set()
         self.next_seq = 20000
         self.server_received = 0
+        self.listen_transport = NetTransport
 
     # -- the host ---------------------------------------------------------------
     def listen(self, proto):
@@ -88,7 +92,7 @@ class FakeNet:
             port = self.rnd.randint(32768, 60999)
             if port not in self.socks:
                 break
-        t = NetTransport(self, port)
+        t = self.listen_transport(self, port)
         self.socks[port] = proto
         proto.makeConnection(t)
         return t
@@ -252,6 +256,30 @@ def test_nothing_listening_is_server_unreachable_at_once():
     with pytest.raises(ServerUnreachable, match="nothing listens"):
         run_probe(net)
     assert net.clock.seconds() < 0.1
+
+
+class NoRouteTransport(NetTransport):
+    def write(self, packet, addr=None):
+        raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
+
+
+def test_no_route_is_server_unreachable_and_not_logged_as_a_failure():
+    net = FakeNet(task.Clock(), "full")
+    net.listen_transport = NoRouteTransport
+    failures = []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        with pytest.raises(ServerUnreachable, match="cannot send to %s:3478: %s" % (
+                IP1, os.strerror(errno.ENETUNREACH))):
+            run_probe(net)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == []
 
 
 def test_one_ip_server_says_unknown():

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from natsalon.client.probe.config import ProbeConfig
 from natsalon.client.probe.errors import ProbeError, ServerUnreachable, ServerUnusable
 from natsalon.client.probe.findings import Bound, Findings
-from natsalon.client.probe.report import ProbeReport, build_report
+from natsalon.client.probe.report import build_report
 from natsalon.client.probe.sockets import ProbeSocket
 from natsalon.stun import Address, Attr, Class, Message, Method
 from natsalon.stun.client import RetransmitPolicy, StunTimeout, new_transaction_id
@@ -150,8 +150,13 @@ class ProbeRun:
     def _finish(self, _) -> None:
         if self.done.called:
             return
+        unsent = self._send_failure()
+        if unsent is not None:
+            self.abort(unsent)
+            return
+        elapsed = int(round((self.clock.seconds() - self.started) * 1000))
         try:
-            report = self._report()
+            report = build_report(self.found, self.config.timeout, self.local_ips, elapsed)
         except Exception as e:  # a bug: report it, never leave the caller hanging
             log.failure("building the probe report")
             self.abort(e)
@@ -159,11 +164,11 @@ class ProbeRun:
         self.close()
         self.done.callback(report)
 
-    def _report(self) -> ProbeReport:
-        if not any(isinstance(v, Bound) for v in self.found.results.values()):
-            errors = [e for s in self.socks for e in s.send_errors]
-            if errors:
-                raise ServerUnreachable("cannot send to %s: %s" % (self.primary, errors[0].strerror or errors[0]))
-        elapsed = int(round((self.clock.seconds() - self.started) * 1000))
-        return build_report(self.found, self.config.timeout, self.local_ips, elapsed)
-
+    def _send_failure(self) -> Optional[ServerUnreachable]:
+        """Why nothing answered, when it is that nothing could be sent."""
+        if any(isinstance(v, Bound) for v in self.found.results.values()):
+            return None
+        errors = [e for s in self.socks for e in s.send_errors]
+        if not errors:
+            return None
+        return ServerUnreachable("cannot send to %s: %s" % (self.primary, errors[0].strerror or errors[0]))
