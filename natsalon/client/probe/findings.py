@@ -1,20 +1,23 @@
 """What a probe run has found so far: the tests' results, the port samples,
 which tests ran or could not, and what the server got wrong.
 
-No sockets and no clock: the run (:mod:`.measure`) fills a
-:class:`Findings` as answers arrive, checking each answer against the
-server's advertised addresses here; the report (:mod:`.report`) is built
-from it once every test is over.
+No sockets and no clock: the tests (:mod:`.measure`, through
+:class:`~.run.ProbeRun`) fill a :class:`Findings` as answers arrive,
+checking each answer against the server's advertised addresses here; the
+report (:mod:`.report`) is built from it once every test is over.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
 from natsalon.stun import Address, Attr, Message
+
+if TYPE_CHECKING:
+    from natsalon.client.probe.sockets import ProbeSocket
 
 log = Logger()
 
@@ -23,7 +26,7 @@ log = Logger()
 class Bound:
     """A socket's binding towards the primary: its first answer."""
 
-    sock: object  #: the ProbeSocket
+    sock: "ProbeSocket"
     mapped: Address
     rtt: float
     at: float  #: when the answer came (clock seconds)
