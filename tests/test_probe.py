@@ -3,6 +3,8 @@ sans-IO answer code of the salon (natsalon.server.binding)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import subprocess
 import sys
@@ -10,10 +12,12 @@ from typing import Callable, Dict, Optional, Set, Tuple
 
 import pytest
 from twisted.internet import task
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from natsalon.server import binding
 from natsalon.client.probe.classify import Allocation, Behaviour, Classic
+from natsalon.client.probe.findings import Findings
 from natsalon.server.layout import Layout
 from natsalon.client.probe.measure import ProbeConfig, ProbeReport, ServerUnreachable, ServerUnusable, probe
 from natsalon.cli.probe import format_table, parse_server
@@ -81,6 +85,7 @@ class FakeNet:
         self.sent_to: Set[Tuple[int, str, int]] = set()
         self.next_seq = 20000
         self.server_received = 0
+        self.listen_transport = NetTransport
 
     # -- the host ---------------------------------------------------------------
     def listen(self, proto):
@@ -88,7 +93,7 @@ class FakeNet:
             port = self.rnd.randint(32768, 60999)
             if port not in self.socks:
                 break
-        t = NetTransport(self, port)
+        t = self.listen_transport(self, port)
         self.socks[port] = proto
         proto.makeConnection(t)
         return t
@@ -252,6 +257,30 @@ def test_nothing_listening_is_server_unreachable_at_once():
     with pytest.raises(ServerUnreachable, match="nothing listens"):
         run_probe(net)
     assert net.clock.seconds() < 0.1
+
+
+class NoRouteTransport(NetTransport):
+    def write(self, packet, addr=None):
+        raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
+
+
+def test_no_route_is_server_unreachable_and_not_logged_as_a_failure():
+    net = FakeNet(task.Clock(), "full")
+    net.listen_transport = NoRouteTransport
+    failures = []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        with pytest.raises(ServerUnreachable, match="cannot send to %s:3478: %s" % (
+                IP1, os.strerror(errno.ENETUNREACH))):
+            run_probe(net)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == []
 
 
 def test_one_ip_server_says_unknown():
@@ -424,3 +453,61 @@ def test_cli_unreachable_server_is_one_line_and_nonzero():
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert "nothing listens" in p.stderr
+
+
+# -- Findings: the run's record, checked with plain values -------------------
+
+P1, P2 = Address(IP1, 3478), Address(IP2, 3479)
+
+
+def _answer(origin=None, other=None) -> Message:
+    attrs = [(Attr.XOR_MAPPED_ADDRESS, Address(PUBLIC, 40000))]
+    if origin is not None:
+        attrs.append((Attr.RESPONSE_ORIGIN, origin))
+    if other is not None:
+        attrs.append((Attr.OTHER_ADDRESS, other))
+    return Message(1, Class.SUCCESS, b"t" * 12, tuple(attrs))
+
+
+def test_findings_grid_is_the_rfc5780_square():
+    found = Findings(P1)
+    assert found.grid() == {}
+    found.note_other(P2)
+    assert found.grid() == {P1: P2, P2: P1, Address(IP1, 3479): Address(IP2, 3478),
+                            Address(IP2, 3478): Address(IP1, 3479)}
+    assert found.has_alt_ip()
+
+
+def test_findings_keep_the_first_other_address_and_note_a_change():
+    found = Findings(P1)
+    found.note_other(None)
+    found.note_other(P2)
+    found.note_other(P2)
+    assert found.inconsistencies == []
+    found.note_other(Address(IP2, 4000))
+    assert found.other == P2
+    assert found.inconsistencies == ["OTHER-ADDRESS changes between answers: %s, %s:4000" % (P2, IP2)]
+
+
+def test_findings_check_response_notes_each_disagreement_once():
+    found = Findings(P1)
+    found.note_other(P2)
+    found.check_response("binding", _answer(origin=P1, other=P2), P1, P1)
+    assert found.inconsistencies == []
+    for _ in range(2):
+        found.check_response("binding", _answer(origin=P2, other=P1), P1, P2)
+    assert found.inconsistencies == [
+        "binding: RESPONSE-ORIGIN %s, but the answer came from %s" % (P2, P1),
+        "binding: answer from %s, expected from %s" % (P1, P2),
+        "binding: OTHER-ADDRESS %s from %s, expected %s" % (P1, P1, P2),
+    ]
+
+
+def test_findings_cannot_lists_each_reason_once_and_rtt_keeps_the_least():
+    found = Findings(P1)
+    found.cannot("mapping", "x did not answer")
+    found.cannot("mapping", "x did not answer")
+    assert found.untested == ["mapping: x did not answer"]
+    for rtt in (0.03, -1, 0.01, 0.02):
+        found.note_rtt(rtt)
+    assert found.rtt == 0.01

@@ -1,7 +1,7 @@
 """``natsalon probe``: classify this host's NAT against a STUN server.
 
-Prints a readable table, or with ``--json`` one JSON object (keys in
-docs/probe.md).  Exit status 0 on a completed classification (including
+Prints a readable table, or with ``--json`` one JSON object (keys in the
+README).  Exit status 0 on a completed classification (including
 ``udp-blocked``), 1 with a one-line error when the server is unreachable or
 unusable, 2 on bad arguments.
 """
@@ -13,10 +13,13 @@ import json
 import sys
 from typing import List, Optional, Tuple
 
+from natsalon.client.probe import ProbeConfig, ProbeError, ProbeReport, probe
+from natsalon.client.probe.report import format_table
 from natsalon.net import hostport
 from natsalon.net.hostport import DEFAULT_PORT
 
-from natsalon.client.probe.measure import ProbeConfig, ProbeError, ProbeReport, probe
+__all__ = ["add_arguments", "run", "parse_server", "format_table"]
+
 
 def parse_server(text: str) -> Tuple[str, int]:
     """``HOST[:PORT]`` for argparse; IPv6 servers are refused (not yet supported)."""
@@ -54,50 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="log the probe's steps to stderr")
 
 
-def _yes(value: Optional[bool], untested: str) -> str:
-    if value is None:
-        return untested
-    return "yes" if value else "no"
-
-
-def format_table(report: ProbeReport) -> str:
-    j = report.to_json()
-    pa = report.port_allocation
-    alloc = pa.kind.value + (" (step %d)" % pa.step if pa.step is not None else "")
-    nat = _yes(report.nat, "unknown")
-    if report.mapped is not None:
-        nat += " (mapped %s, local %s)" % (report.mapped, report.local)
-    server = j["server"]
-    srv = server["address"]
-    extras = []
-    if server["other_address"]:
-        extras.append("other address " + server["other_address"])
-    extras.append("RFC 5780" if server["rfc5780"] else "no RFC 5780")
-    if server["software"]:
-        extras.append(server["software"])
-    rows = [
-        ("NAT", nat),
-        ("classic type", report.classic.value),
-        ("mapping", report.mapping.value),
-        ("filtering", report.filtering.value),
-        ("port allocation", alloc),
-        ("hairpinning", _yes(report.hairpinning, "not tested (--hairpin)")),
-        ("binding lifetime", "not tested (--lifetime)" if "lifetime" not in server["tested"]
-         and report.lifetime_s is None else
-         ("%s s" % report.lifetime_s if report.lifetime_s is not None else "unknown")),
-        ("server", "%s (%s)" % (srv, ", ".join(extras))),
-    ]
-    rows += [("not tested", u) for u in server["untested"]]
-    rows += [("inconsistency", i) for i in server["inconsistencies"]]
-    rows += [("note", n) for n in report.notes]
-    rows.append(("elapsed", "%d ms" % report.elapsed_ms))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join("%-*s  %s" % (width, k, v) for k, v in rows)
-
-
 def run(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor
-
     from natsalon.net.interfaces import local_addresses
 
     if args.verbose:
@@ -108,30 +68,39 @@ def run(args: argparse.Namespace) -> int:
     try:
         local_ips = local_addresses()
     except OSError as e:
-        print("natsalon probe: error: cannot list interface addresses: %s" % e, file=sys.stderr)
-        return 1
+        return _error("cannot list interface addresses: %s" % e)
+    outcome = _probe_once(args.server, config, local_ips)
+    if outcome is None:
+        return _error("interrupted")
+    if not isinstance(outcome, ProbeReport):
+        exc = outcome.value
+        if isinstance(exc, ProbeError):
+            return _error(str(exc))
+        return _error("internal error: %s: %s" % (exc.__class__.__name__, exc))
+    if args.json:
+        print(json.dumps(outcome.to_json(), sort_keys=False))
+    else:
+        print(format_table(outcome))
+    return 0
+
+
+def _probe_once(server: Tuple[str, int], config: ProbeConfig, local_ips) -> Optional[object]:
+    """Run the reactor for one probe: its report, its Failure, or None if
+    the reactor stopped first (a signal)."""
+    from twisted.internet import reactor
+
     outcome: List = []
 
     def start():
-        d = probe(reactor, args.server, config, local_ips=local_ips)
+        d = probe(reactor, server, config, local_ips=local_ips)
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)
-    if not outcome:
-        print("natsalon probe: error: interrupted", file=sys.stderr)
-        return 1
-    result = outcome[0]
-    if not isinstance(result, ProbeReport):
-        exc = result.value
-        if isinstance(exc, ProbeError):
-            print("natsalon probe: error: %s" % exc, file=sys.stderr)
-        else:
-            print("natsalon probe: internal error: %s: %s" % (exc.__class__.__name__, exc), file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result.to_json(), sort_keys=False))
-    else:
-        print(format_table(result))
-    return 0
+    return outcome[0] if outcome else None
+
+
+def _error(text: str) -> int:
+    print("natsalon probe: error: %s" % text, file=sys.stderr)
+    return 1

@@ -30,7 +30,13 @@ from natsalon.stun.constants import (
 from natsalon.stun.errors import StunDecodeError
 
 _HH = struct.Struct("!HH")
-_COMPUTED = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)
+_I = struct.Struct("!I")
+# plain ints: the attribute walk compares every type against these, and an
+# int compares faster than an enum member looked up on its class
+_FINGERPRINT = int(Attr.FINGERPRINT)
+_MI = int(Attr.MESSAGE_INTEGRITY)
+_MI256 = int(Attr.MESSAGE_INTEGRITY_SHA256)
+_COMPUTED = frozenset((_MI, _MI256, _FINGERPRINT))
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,16 @@ def decode(data: bytes) -> Message:
     """Decode one datagram; raise :class:`StunDecodeError` if it is not STUN."""
     if not isinstance(data, bytes):
         data = memoryview(data).tobytes()  # bytearray/memoryview: slices need .decode()
+    header = _parse_header(data)
+    attrs, unknown, mi_at, mi256_at = _walk_attributes(data, header)
+    method, cls, txid, classic = header
+    return Message(method, cls, txid, attrs, classic, unknown, bytes(data), mi_at, mi256_at)
+
+
+def _parse_header(data: bytes) -> tuple:
+    """The 20-byte header as ``(method, cls, transaction_id, classic)``,
+    after checking the leading bits and that the length field is a multiple
+    of 4 that matches the datagram."""
     n = len(data)
     if n < HEADER_LENGTH:
         raise StunDecodeError("datagram of %d bytes is shorter than a STUN header" % n)
@@ -91,9 +107,21 @@ def decode(data: bytes) -> Message:
         raise StunDecodeError("length field %d but %d bytes follow the header" % (length, n - HEADER_LENGTH))
     classic = data[4:8] != MAGIC_COOKIE_BYTES
     method, cls = split_type(msg_type)
-    txid = bytes(data[4:20]) if classic else bytes(data[8:20])
-    header = (method, cls, txid, classic)
+    txid = data[4:20] if classic else data[8:20]
+    return method, cls, txid, classic
 
+
+def _walk_attributes(data: bytes, header: tuple) -> tuple:
+    """The attributes after the header, in wire order:
+    ``(attributes, unknown_required, mi_at, mi256_at)``.
+
+    Each attribute must fit, padding included, in the message; its value is
+    decoded by the attribute table.  Position rules (RFC 8489 sections 14.5
+    to 14.7): FINGERPRINT ends the walk (:func:`_check_fingerprint`); after
+    MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 is read, after that
+    nothing: what is not read is only bounds-checked.
+    """
+    n = len(data)
     attrs = []
     unknown = []
     mi_at = mi256_at = -1
@@ -103,53 +131,61 @@ def decode(data: bytes) -> Message:
             raise StunDecodeError("truncated attribute header at offset %d" % pos, header)
         attr_type, alen = _HH.unpack_from(data, pos)
         vstart = pos + 4
-        vend = vstart + alen
         padded = vstart + ((alen + 3) & ~3)
         if padded > n:
             raise StunDecodeError("attribute 0x%04x of length %d overruns the message" % (attr_type, alen), header)
-        value = data[vstart:vend]
-        if attr_type == Attr.FINGERPRINT:
-            if alen != 4:
-                raise StunDecodeError("FINGERPRINT of %d bytes" % alen, header)
-            if padded < n:
-                # checked before the CRC, which would fail too, less precisely
-                after = _HH.unpack_from(data, padded)[0]
-                raise StunDecodeError("attribute 0x%04x after FINGERPRINT" % after, header)
-            want = (zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-            got = struct.unpack("!I", value)[0]
-            if got != want:
-                raise StunDecodeError("FINGERPRINT mismatch", header)
-            attrs.append((attr_type, got))
+        if attr_type == _FINGERPRINT:
+            attrs.append((attr_type, _check_fingerprint(data, pos, alen, header)))
             break
-        if mi256_at >= 0 or (mi_at >= 0 and attr_type != Attr.MESSAGE_INTEGRITY_SHA256):
-            # RFC 8489 section 14.5/14.6: ignore what follows the integrity
-            # attributes, except FINGERPRINT (and SHA256 after MI).
-            pos = padded
-            continue
-        codec = CODECS.get(attr_type)
-        if codec is None:
-            if attr_type < 0x8000:
-                unknown.append(attr_type)
-            attrs.append((attr_type, bytes(value)))
-        else:
-            try:
-                attrs.append((attr_type, codec[1](value, txid)))
-            except AttributeValueError as e:
-                raise StunDecodeError("attribute 0x%04x: %s" % (attr_type, e), header) from None
-            if attr_type == Attr.MESSAGE_INTEGRITY:
+        if mi256_at < 0 and (mi_at < 0 or attr_type == _MI256):
+            attrs.append((attr_type, _attribute_value(attr_type, data[vstart:vstart + alen], header, unknown)))
+            if attr_type == _MI:
                 mi_at = pos
-            elif attr_type == Attr.MESSAGE_INTEGRITY_SHA256:
+            elif attr_type == _MI256:
                 mi256_at = pos
         pos = padded
-    return Message(
-        method, cls, txid, tuple(attrs), classic, tuple(unknown), bytes(data), mi_at, mi256_at
-    )
+    return tuple(attrs), tuple(unknown), mi_at, mi256_at
+
+
+def _attribute_value(attr_type: int, value: bytes, header: tuple, unknown: list):
+    """The value decoded by the attribute table; the raw bytes for a type
+    the table lacks, noted in ``unknown`` if comprehension-required."""
+    codec = CODECS.get(attr_type)
+    if codec is None:
+        if attr_type < 0x8000:
+            unknown.append(attr_type)
+        return value
+    try:
+        return codec[1](value, header[2])
+    except AttributeValueError as e:
+        raise StunDecodeError("attribute 0x%04x: %s" % (attr_type, e), header) from None
+
+
+def _check_fingerprint(data: bytes, pos: int, alen: int, header: tuple) -> int:
+    """The value of the FINGERPRINT at offset ``pos``, once it is 4 bytes,
+    the last attribute, and the CRC-32 of all that precedes it."""
+    if alen != 4:
+        raise StunDecodeError("FINGERPRINT of %d bytes" % alen, header)
+    end = pos + 8
+    if end < len(data):
+        # checked before the CRC, which would fail too, less precisely
+        after = _HH.unpack_from(data, end)[0]
+        raise StunDecodeError("attribute 0x%04x after FINGERPRINT" % after, header)
+    got = _I.unpack_from(data, pos + 4)[0]
+    if got != (zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF:
+        raise StunDecodeError("FINGERPRINT mismatch", header)
+    return got
 
 
 def _header(msg_type: int, length: int, txid: bytes, classic: bool) -> bytes:
     if classic:
         return _HH.pack(msg_type, length) + txid
     return _HH.pack(msg_type, length) + MAGIC_COOKIE_BYTES + txid
+
+
+#: (attribute type, hash, value length) of the two integrity attributes
+_SHA1_MAC = (_MI, hashlib.sha1, 20)
+_SHA256_MAC = (_MI256, hashlib.sha256, 32)
 
 
 def encode(
@@ -164,6 +200,33 @@ def encode(
     FINGERPRINT as asked, in that order.  Integrity and fingerprint
     attributes already in ``msg.attributes`` are recomputed, not copied.
     """
+    _check_encodable(msg, pad)
+    body = _encode_attributes(msg, pad)
+    extra = (24 if integrity_key is not None else 0) + (36 if sha256_key is not None else 0)
+    extra += 8 if fingerprint else 0
+    if len(body) + extra > 0xFFFF:
+        raise ValueError("message body of %d bytes is too long" % (len(body) + extra))
+    mtype = message_type(msg.method, msg.cls)
+    if integrity_key is not None:
+        body = _append_mac(body, mtype, msg, _SHA1_MAC, integrity_key)
+    if sha256_key is not None:
+        body = _append_mac(body, mtype, msg, _SHA256_MAC, sha256_key)
+    if fingerprint:
+        crc = zlib.crc32(_header(mtype, len(body) + 8, msg.transaction_id, msg.classic) + body)
+        body += _HH.pack(_FINGERPRINT, 4) + _I.pack((crc ^ FINGERPRINT_XOR) & 0xFFFFFFFF)
+    return _header(mtype, len(body), msg.transaction_id, msg.classic) + body
+
+
+def _append_mac(body: bytes, mtype: int, msg: Message, mac: tuple, key: bytes) -> bytes:
+    """``body`` and an integrity attribute over the header (its length
+    counting that attribute) and ``body``."""
+    attr_type, digest, size = mac
+    covered = _header(mtype, len(body) + 4 + size, msg.transaction_id, msg.classic) + body
+    return body + _HH.pack(attr_type, size) + hmac.new(key, covered, digest).digest()
+
+
+def _check_encodable(msg: Message, pad: bytes) -> None:
+    """Raise ValueError for what no decoder would read back as ``msg``."""
     txid = msg.transaction_id
     want = 16 if msg.classic else 12
     if len(txid) != want:
@@ -175,6 +238,11 @@ def encode(
         raise ValueError("method 0x%x / class %r out of range" % (msg.method, msg.cls))
     if len(pad) != 1:
         raise ValueError("pad must be a single byte, not %r" % (pad,))
+
+
+def _encode_attributes(msg: Message, pad: bytes) -> bytes:
+    """The attributes but the computed ones, each with its header and padding."""
+    txid = msg.transaction_id
     parts = []
     for attr_type, value in msg.attributes:
         if attr_type in _COMPUTED:
@@ -184,22 +252,7 @@ def encode(
         if len(raw) > 0xFFFF:
             raise ValueError("attribute 0x%04x too long" % attr_type)
         parts.append(_HH.pack(attr_type, len(raw)) + raw + pad * (-len(raw) % 4))
-    body = b"".join(parts)
-    extra = (24 if integrity_key is not None else 0) + (36 if sha256_key is not None else 0)
-    extra += 8 if fingerprint else 0
-    if len(body) + extra > 0xFFFF:
-        raise ValueError("message body of %d bytes is too long" % (len(body) + extra))
-    mtype = message_type(msg.method, msg.cls)
-    if integrity_key is not None:
-        mac = hmac.new(integrity_key, _header(mtype, len(body) + 24, txid, msg.classic) + body, hashlib.sha1).digest()
-        body += _HH.pack(Attr.MESSAGE_INTEGRITY, 20) + mac
-    if sha256_key is not None:
-        mac = hmac.new(sha256_key, _header(mtype, len(body) + 36, txid, msg.classic) + body, hashlib.sha256).digest()
-        body += _HH.pack(Attr.MESSAGE_INTEGRITY_SHA256, 32) + mac
-    if fingerprint:
-        crc = zlib.crc32(_header(mtype, len(body) + 8, txid, msg.classic) + body) ^ FINGERPRINT_XOR
-        body += _HH.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc & 0xFFFFFFFF)
-    return _header(mtype, len(body), txid, msg.classic) + body
+    return b"".join(parts)
 
 
 def _mac_input(raw: bytes, at: int, value_len: int) -> bytes:
@@ -212,15 +265,11 @@ def verify_integrity(msg: Message, key: bytes) -> bool:
     """True if ``msg`` carries MESSAGE-INTEGRITY-SHA256 or MESSAGE-INTEGRITY
     and it matches ``key`` (the SHA256 one is checked when both are
     present).  False if it carries neither, or the check fails."""
-    raw = msg.raw
-    if msg._mi256_at >= 0:
-        got = msg.get(Attr.MESSAGE_INTEGRITY_SHA256)
-        mac = hmac.new(key, _mac_input(raw, msg._mi256_at, len(got)), hashlib.sha256).digest()
-        return hmac.compare_digest(mac[: len(got)], got)
-    if msg._mi_at >= 0:
-        got = msg.get(Attr.MESSAGE_INTEGRITY)
-        mac = hmac.new(key, _mac_input(raw, msg._mi_at, 20), hashlib.sha1).digest()
-        return hmac.compare_digest(mac, got)
+    for at, (attr_type, digest, _) in ((msg._mi256_at, _SHA256_MAC), (msg._mi_at, _SHA1_MAC)):
+        if at >= 0:
+            got = msg.get(attr_type)  # MESSAGE-INTEGRITY-SHA256 may be truncated to 16 bytes
+            mac = hmac.new(key, _mac_input(msg.raw, at, len(got)), digest).digest()
+            return hmac.compare_digest(mac[: len(got)], got)
     return False
 
 
