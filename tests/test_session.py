@@ -184,7 +184,10 @@ def test_path_lost_rejoins_and_reconnects_with_the_same_connection():
         net.run(0.1)
         t += 0.1
     assert t <= 4 * 5 + 0.2
-    assert events_a[0]["event"] == "path-lost" and conn.path is None and not conn.send(b"x")
+    names = [e["event"] for e in events_a]
+    assert names[:5] == ["joined", "introduced", "punching", "path-lost", "joined"] or \
+        names[:6] == ["joined", "waiting", "introduced", "punching", "path-lost", "joined"], names
+    assert conn.path is None and not conn.send(b"x")
     assert ca.phase in (Phase.JOINING, Phase.WAITING, Phase.BACKING_OFF)
     # B comes back: it notices too, both re-join (the old pairing lingers,
     # so the first re-joins may be refused) and meet again

@@ -84,6 +84,7 @@ VALUE_STRATEGIES = {
     Attr.NS_ROOM: st.binary(min_size=16, max_size=16),
     Attr.NS_CANDIDATES: small_bytes,
     Attr.NS_COOKIE: small_bytes,
+    Attr.NS_LEAVE: small_bytes,
     Attr.NS_PEER: small_bytes,
     Attr.NS_NONCE: small_bytes,
     Attr.NS_ROLE: u32,

@@ -47,19 +47,44 @@ def raw_options(args: argparse.Namespace) -> dict:
     return raw
 
 
+#: how each phase reads without --json (on stderr)
+PHASES = {
+    "joined": "joining the room",
+    "waiting": "waiting for the peer (it must use the same room and the same secret)",
+    "introduced": "met the peer; punching",
+    "path-lost": "the path to the peer is lost; re-joining",
+    "peer-left": "the peer left; re-joining",
+    "repunch-failed": "re-joining failed; trying again",
+}
+
+
 class Printer:
-    def __init__(self, as_json: bool, out=sys.stdout) -> None:
+    """``--json``: every event as one JSON line on stdout.  Otherwise the
+    phases as short lines on stderr, failures as ``natsalon connect: error:
+    ...`` on stderr, and the results (connected, forwarding, closed) as
+    ``event: key=value`` lines on stdout."""
+
+    def __init__(self, as_json: bool, out=sys.stdout, err=sys.stderr) -> None:
         self.as_json = as_json
         self.out = out
+        self.err = err
 
     def __call__(self, event: dict) -> None:
+        name = event["event"]
         if self.as_json:
-            line = json.dumps(event, sort_keys=True)
-        else:
+            self._write(self.out, json.dumps(event, sort_keys=True))
+        elif name == "failed":
+            self._write(self.err, "natsalon connect: error: %s" % event["reason"])
+        elif name in PHASES:
+            self._write(self.err, "natsalon connect: %s" % PHASES[name])
+        elif name != "punching":
             rest = ", ".join("%s=%s" % (k, v) for k, v in event.items() if k != "event")
-            line = "%s: %s" % (event["event"], rest)
-        self.out.write(line + "\n")
-        self.out.flush()
+            self._write(self.out, "%s: %s" % (name, rest))
+
+    @staticmethod
+    def _write(stream, line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def connected_event(conn) -> dict:
@@ -98,16 +123,27 @@ def _main(reactor, o, emit: Printer):
         fwd = _Forward(reactor, o.forward, o.deliver) if o.forward else None
     except CannotListenError as e:
         raise UsageFailure("--forward: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
+    connecting = connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
+                         timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
+                         keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
+                         on_event=emit)
+    # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:
-        conn = yield connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
-                             timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
-                             keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
-                             on_event=emit)
+        conn = yield connecting
+    except defer.CancelledError:
+        emit({"event": "failed", "reason": "Interrupted: stopped before the peer was met"})
+        return 130
     except Exception:
         emit({"event": "failed", "reason": failure_reason(Failure())})
         if fwd is not None:
             fwd.port.stopListening()
         return 1
+    finally:
+        try:
+            reactor.removeSystemEventTrigger(trigger)
+        except (ValueError, KeyError):
+            pass  # it is running: we are shutting down
     emit(connected_event(conn))
     if fwd is None:
         yield conn.peer_confirmed(3.0)
@@ -151,7 +187,7 @@ def run(args) -> int:
     try:
         task.react(main)
     except SystemExit as e:
-        if e.code not in (0, None):
+        if e.code not in (0, None) and not status:
             return int(e.code) if isinstance(e.code, int) else 1
     return status[0] if status else 0
 

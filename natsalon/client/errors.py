@@ -23,6 +23,22 @@ class PeerNotVerified(ConnectFailed):
     """The salon introduced a peer that does not know the secret."""
 
 
+class ModeMismatch(ConnectFailed):
+    """One end encrypts its payload and the other does not (``--no-encrypt``)."""
+
+    def __init__(self, peer_plain: bool) -> None:
+        if peer_plain:
+            text = "the peer does not encrypt (--no-encrypt) and we do: both ends must use the same mode"
+        else:
+            text = "the peer encrypts and we do not (--no-encrypt): both ends must use the same mode"
+        super().__init__(text)
+        self.peer_plain = peer_plain
+
+
+class PeerLeft(ConnectFailed):
+    """The peer ended the session (a clean exit: it said goodbye)."""
+
+
 class ConnectTimeout(ConnectFailed):
     """The overall timeout ran out."""
 

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from natsalon import wire
 from natsalon.wire import Answer
 from natsalon.client.demux import JOIN_POLICY, ClientSocket
-from natsalon.client.errors import ConnectFailed, IntroductionRefused, PeerNotVerified, SalonUnreachable
+from natsalon.client.errors import ConnectFailed, IntroductionRefused, ModeMismatch, SalonUnreachable
 from natsalon.crypto.secret import RoomKeys
 from natsalon.stun import Address
 from natsalon.stun.client import RetransmitPolicy, StunTimeout
@@ -32,14 +32,21 @@ class Joiner:
     ``start()`` returns a Deferred that fires with an :class:`Introduction`
     or fails with :class:`~natsalon.client.errors.SalonUnreachable`,
     :class:`~natsalon.client.errors.IntroductionRefused`,
-    :class:`~natsalon.client.errors.PeerNotVerified` or
+    :class:`~natsalon.client.errors.ModeMismatch` or
     :class:`~natsalon.client.errors.ConnectFailed`; cancelling it stops
     the polls.  ``on_waiting()`` is called once, when the salon first
-    says the member waits."""
+    says the member waits.
+
+    An introduction may name several members of the room (the salon cannot
+    tell the genuine peer from someone who copied the room id): the first
+    whose JOIN verifies with our k_join is the peer; the others are counted
+    in ``impostors`` and ignored, and without a genuine one we keep
+    polling."""
 
     def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
                  candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY,
-                 on_waiting: Callable[[], None] = lambda: None) -> None:
+                 on_waiting: Callable[[], None] = lambda: None, leave_hash: Optional[bytes] = None,
+                 plain: bool = False) -> None:
         self.clock = clock
         self.sock = sock
         self.server = server
@@ -52,6 +59,9 @@ class Joiner:
         self.observed: Optional[Address] = None
         self.waiting = False
         self.on_waiting = on_waiting
+        self.leave_hash = leave_hash
+        self.flags = wire.JOIN_FLAG_PLAIN if plain else 0
+        self.impostors = 0  #: introduced members whose JOIN did not verify
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
         self._req: Optional[defer.Deferred] = None
@@ -84,7 +94,8 @@ class Joiner:
         self._poll_call = None
         if self._d is None:
             return
-        msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie)
+        msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie,
+                                   leave_hash=self.leave_hash, flags=self.flags)
         req = self._req = self.sock.stun.request(msg, self.server, policy=self.policy, sha256_key=self.keys.k_join)
         req.addCallbacks(self._answer, self._no_answer)
 
@@ -143,12 +154,31 @@ class Joiner:
             self._introduced(ans)
 
     def _introduced(self, ans: wire.JoinAnswer) -> None:
-        try:
-            peer = wire.verify_peer_join(ans.peer_raw, self.keys.k_join, self.keys.room_id)
-        except wire.WireError as e:
-            self._finish(PeerNotVerified(str(e)))
+        found = self._genuine(ans.peers)
+        if found is None:
+            # nobody who knows the secret (yet): wait on; a poll is pending
+            # unless this answered one, in which case schedule the next
+            self.observed = ans.observed or self.observed
+            if self._poll_call is None and self._req is None:
+                self._poll_call = self.clock.callLater(self.poll, self._attempt)
+            if not self.waiting:
+                self.waiting = True
+                self.on_waiting()
             return
-        if peer.nonce == self.nonce:
-            self._finish(PeerNotVerified("the salon introduced us to ourselves"))
+        peer, address = found
+        if (peer.flags ^ self.flags) & wire.JOIN_FLAG_PLAIN:
+            self._finish(ModeMismatch(peer_plain=bool(peer.flags & wire.JOIN_FLAG_PLAIN)))
             return
-        self._finish(Introduction(ans.observed or self.observed, ans.peer_address, peer, self.nonce))
+        self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce))
+
+    def _genuine(self, peers) -> Optional[Tuple[wire.PeerJoin, Address]]:
+        """The first introduced member whose JOIN verifies and is not ours."""
+        for raw, address in peers:
+            try:
+                peer = wire.verify_peer_join(raw, self.keys.k_join, self.keys.room_id)
+            except wire.WireError:
+                self.impostors += 1
+                continue
+            if peer.nonce != self.nonce:
+                return peer, address
+        return None

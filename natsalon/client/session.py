@@ -49,6 +49,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from natsalon import wire
 from natsalon.client.connection import Connection
 from natsalon.client.demux import ClientSocket
 from natsalon.client.join import Introduction, Joiner
@@ -147,7 +148,21 @@ class Core:
     introduced_at: Optional[float] = None
     observed: Optional[Address] = None
     waiters: List[Tuple[defer.Deferred, Optional[int]]] = field(default_factory=list)
+    #: (nonce, leave token) of our latest JOIN, until a LEAVE gives it up
+    member: Optional[Tuple[bytes, bytes]] = None
     log: Logger = field(default_factory=Logger)
+
+    def leave_salon(self) -> None:
+        """Tell the salon our latest membership is over (one datagram; if
+        it is lost the salon drops us after three missed polls anyway)."""
+        if self.member is None:
+            return
+        nonce, token = self.member
+        self.member = None
+        try:
+            self.socket.write(wire.leave_request(self.keys.room_id, nonce, token), self.server)
+        except OSError:
+            pass
 
     def settle(self, result) -> None:
         """Fire every ``when_connected`` waiter with ``result``."""
@@ -167,13 +182,19 @@ class Core:
 
 
 class Attempt:
-    """One join: a fresh nonce and its Joiner (data of Joining and Waiting)."""
+    """One join: a fresh nonce, the token its LEAVE will reveal, and its
+    Joiner (data of Joining and Waiting)."""
 
     def __init__(self, machine: ClientInputs, core: Core) -> None:
         s = core.settings
+        core.leave_salon()  # the membership of an earlier attempt, if any
         self.nonce = new_nonce()
+        self.token = wire.new_leave_token()
+        core.member = (self.nonce, self.token)
         self.joiner = Joiner(core.clock, core.socket, core.server, core.keys, self.nonce, core.candidates,
-                             poll=s.poll, on_waiting=lambda: machine._waiting(self))
+                             poll=s.poll, on_waiting=lambda: machine._waiting(self),
+                             leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
+        core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
 
@@ -207,9 +228,16 @@ class Live:
         self.session = session
         s = core.settings
         self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
-                                   machine._path_lost)
+                                   lambda silent: self._dead(machine, core, silent))
         core.connection.attach(session.puncher, session.keys, session.path)
         self.keepalive.start()
+
+    @staticmethod
+    def _dead(machine: ClientInputs, core: Core, silent: float) -> None:
+        # said before the input, so "path-lost" comes before the re-join's events
+        core.log.info("path lost ({silent:.1f}s of silence); re-joining", silent=silent)
+        core.emit({"event": "path-lost", "silent_s": round(silent, 1)})
+        machine._path_lost(silent)
 
     def cancel(self, connection: Connection) -> None:
         self.keepalive.stop()
@@ -239,6 +267,7 @@ def _build():
         c.phase = Phase.WAITING
         c.observed = attempt.joiner.observed
         c.log.info("waiting for the peer in the room")
+        c.emit({"event": "waiting"})
         return attempt
 
     Joining = b.state("Joining", joining)
@@ -276,6 +305,8 @@ def _punching(m: ClientInputs, c: Core, intro: Introduction) -> Punch:
     c.introduced_at = c.clock.seconds()
     c.observed = intro.observed or c.observed
     c.log.info("introduced; punching")
+    c.emit({"event": "introduced", "peer": str(intro.peer_address)})
+    c.emit({"event": "punching", "candidates": 1 + len(intro.peer.candidates)})
     return Punch(m, c, intro)
 
 
@@ -312,8 +343,6 @@ def _attempt_failed(m: ClientInputs, c: Core, pending: object, failure: Failure)
 
 def _path_lost(m: ClientInputs, c: Core, live: Live, silent: float) -> None:
     live.cancel(c.connection)
-    c.log.info("path lost ({silent:.1f}s of silence); re-joining", silent=silent)
-    c.emit({"event": "path-lost", "silent_s": round(silent, 1)})
 
 
 def _stop_pending(m: ClientInputs, c: Core, pending: object) -> None:
@@ -328,6 +357,7 @@ def _stop_connected(m: ClientInputs, c: Core, live: Live) -> None:
 
 def _stop_idle(m: ClientInputs, c: Core) -> None:
     c.phase = Phase.STOPPED
+    c.leave_salon()
     c.settle(Failure(defer.CancelledError()))
 
 

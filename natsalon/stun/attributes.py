@@ -255,6 +255,7 @@ CODECS: Dict[int, Tuple[Callable, Callable]] = {
     Attr.NS_ROLE: (_enc_u32, _dec_u32),
     Attr.NS_STATUS: (_enc_u32, _dec_u32),
     Attr.NS_PEER_ADDRESS: _XADDR,
+    Attr.NS_LEAVE: (_enc_bytes, _dec_bytes),
 }
 
 

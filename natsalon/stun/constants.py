@@ -21,6 +21,7 @@ class Method(enum.IntEnum):
     #: travel only between natsalon peers and the salon.
     JOIN = 0x3A1
     PUNCH = 0x3A2
+    LEAVE = 0x3A3
 
 
 class Class(enum.IntEnum):
@@ -69,6 +70,7 @@ class Attr(enum.IntEnum):
     NS_ROLE = 0xC0A6
     NS_STATUS = 0xC0A7  #: u32: introducer status / punch flags (see natsalon.wire)
     NS_PEER_ADDRESS = 0xC0A8  #: XOR-encoded: the peer's public endpoint as the salon saw it
+    NS_LEAVE = 0xC0A9  #: JOIN: SHA-256(leave token)[:16]; LEAVE: the token itself
 
 
 CHANGE_IP = 0x04

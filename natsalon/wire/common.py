@@ -13,7 +13,13 @@ from natsalon.stun import Address
 MAX_CANDIDATES = 8
 ROOM_ID_SIZE = 16
 NONCE_SIZE = 16
-FLAG_CONNECTED = 0x1
+LEAVE_TOKEN_SIZE = 16
+LEAVE_HASH_SIZE = 16
+#: PUNCH flags (NS-STATUS of a probe or its answer)
+FLAG_CONNECTED = 0x1  #: the sender has a verified path
+FLAG_LEAVING = 0x2  #: the sender ends the session now (a clean exit)
+#: JOIN flags (NS-STATUS of a JOIN request, checked by the peer)
+JOIN_FLAG_PLAIN = 0x1  #: the sender does not encrypt its payload (--no-encrypt)
 
 
 class WireError(ValueError):

@@ -20,18 +20,29 @@ Salon answers::
 from __future__ import annotations
 
 import enum
+import hashlib
+import os
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 from natsalon.stun import Address, Attr, Class, ErrorCode, Message, Method, StunDecodeError, decode, encode, verify_integrity
 from natsalon.stun.client import new_transaction_id
 from natsalon.stun.constants import REASONS
-from natsalon.wire.common import NONCE_SIZE, Status, WireError, pack_candidates, unpack_candidates
+from natsalon.wire.common import (
+    LEAVE_HASH_SIZE, LEAVE_TOKEN_SIZE, NONCE_SIZE, Status, WireError, pack_candidates, unpack_candidates,
+)
 
 
 def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_join: bytes,
-                 cookie: Optional[bytes] = None, txid: Optional[bytes] = None) -> Tuple[Message, bytes]:
-    """``(message, bytes)`` of a JOIN request."""
+                 cookie: Optional[bytes] = None, txid: Optional[bytes] = None, leave_hash: Optional[bytes] = None,
+                 flags: int = 0) -> Tuple[Message, bytes]:
+    """``(message, bytes)`` of a JOIN request.  ``leave_hash`` is
+    :func:`leave_hash` of the token a later LEAVE reveals; ``flags`` are
+    JOIN flags (:data:`~natsalon.wire.common.JOIN_FLAG_PLAIN`)."""
     attrs = [(Attr.NS_ROOM, room_id), (Attr.NS_NONCE, nonce), (Attr.NS_CANDIDATES, pack_candidates(candidates))]
+    if leave_hash:
+        attrs.append((Attr.NS_LEAVE, leave_hash))
+    if flags:
+        attrs.append((Attr.NS_STATUS, flags))
     if cookie:
         attrs.append((Attr.NS_COOKIE, cookie))
     msg = Message(Method.JOIN, Class.REQUEST, txid or new_transaction_id(), tuple(attrs))
@@ -43,6 +54,8 @@ class JoinRequest(NamedTuple):
     nonce: bytes
     candidates: Tuple[Address, ...]
     cookie: Optional[bytes]
+    leave_hash: Optional[bytes] = None  #: SHA-256 of the member's leave token, first 16 bytes
+    flags: int = 0
 
 
 def parse_join_request(msg: Message) -> JoinRequest:
@@ -60,13 +73,16 @@ def parse_join_request(msg: Message) -> JoinRequest:
     if not msg.has(Attr.MESSAGE_INTEGRITY_SHA256):
         raise WireError("JOIN without MESSAGE-INTEGRITY-SHA256")
     cands = unpack_candidates(msg.get(Attr.NS_CANDIDATES, b""))
-    cookie = msg.get(Attr.NS_COOKIE)
-    return JoinRequest(room, nonce, cands, cookie)
+    leave = msg.get(Attr.NS_LEAVE)
+    if leave is not None and len(leave) != LEAVE_HASH_SIZE:
+        raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
+    return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0))
 
 
 class PeerJoin(NamedTuple):
     nonce: bytes
     candidates: Tuple[Address, ...]  #: its LAN endpoints, as it reported them
+    flags: int = 0  #: its JOIN flags (JOIN_FLAG_PLAIN: it does not encrypt)
 
 
 def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
@@ -81,7 +97,7 @@ def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
         raise WireError("peer JOIN fails its integrity check (the peer does not know the secret)")
     if req.room_id != room_id:
         raise WireError("peer JOIN is for another room")
-    return PeerJoin(req.nonce, req.candidates)
+    return PeerJoin(req.nonce, req.candidates, req.flags)
 
 
 def _error(method: int, txid: bytes, code: int, extra=()) -> bytes:
@@ -103,7 +119,11 @@ def waiting_response(txid: bytes, observed: Address) -> bytes:
 
 
 def introduction(txid: bytes, observed: Address, my_nonce: bytes, room_id: bytes,
-                 peer_raw: bytes, peer_address: Address, indication: bool = False) -> bytes:
+                 peer_raw: bytes, peer_address: Address, indication: bool = False,
+                 others: Sequence[Tuple[bytes, Address]] = ()) -> bytes:
+    """An introduction: the peer's JOIN and endpoint, then ``others``
+    (more members of the room, newest first: the client keeps the first
+    whose JOIN verifies with its k_join)."""
     attrs = (
         (Attr.XOR_MAPPED_ADDRESS, observed),
         (Attr.NS_STATUS, Status.INTRODUCED),
@@ -112,6 +132,8 @@ def introduction(txid: bytes, observed: Address, my_nonce: bytes, room_id: bytes
         (Attr.NS_PEER_ADDRESS, peer_address),
         (Attr.NS_PEER, peer_raw),
     )
+    for raw, address in others:
+        attrs += ((Attr.NS_PEER_ADDRESS, address), (Attr.NS_PEER, raw))
     cls = Class.INDICATION if indication else Class.SUCCESS
     return encode(Message(Method.JOIN, cls, txid, attrs))
 
@@ -131,11 +153,33 @@ class JoinAnswer(NamedTuple):
     kind: Answer
     cookie: Optional[bytes] = None
     observed: Optional[Address] = None
-    peer_raw: Optional[bytes] = None
-    peer_address: Optional[Address] = None
+    #: the members introduced, newest first: ``(their JOIN verbatim, their endpoint)``
+    peers: Tuple[Tuple[bytes, Address], ...] = ()
     nonce: Optional[bytes] = None
     room_id: Optional[bytes] = None
     error: Optional[ErrorCode] = None
+
+    @property
+    def peer_raw(self) -> Optional[bytes]:
+        return self.peers[0][0] if self.peers else None
+
+    @property
+    def peer_address(self) -> Optional[Address]:
+        return self.peers[0][1] if self.peers else None
+
+
+def _peers(msg: Message) -> Tuple[Tuple[bytes, Address], ...]:
+    """The (NS-PEER-ADDRESS, NS-PEER) pairs of an introduction, in order."""
+    out, address = [], None
+    for t, v in msg.attributes:
+        if t == Attr.NS_PEER_ADDRESS:
+            address = v
+        elif t == Attr.NS_PEER:
+            if address is None:
+                raise WireError("NS-PEER without its NS-PEER-ADDRESS")
+            out.append((v, address))
+            address = None
+    return tuple(out)
 
 
 def parse_join_answer(msg: Message) -> JoinAnswer:
@@ -153,10 +197,50 @@ def parse_join_answer(msg: Message) -> JoinAnswer:
     if status == Status.WAITING:
         return JoinAnswer(Answer.WAITING, observed=observed)
     if status == Status.INTRODUCED:
-        peer_raw = msg.get(Attr.NS_PEER)
-        peer_address = msg.get(Attr.NS_PEER_ADDRESS)
-        if peer_raw is None or peer_address is None:
+        peers = _peers(msg)
+        if not peers:
             raise WireError("introduction without NS-PEER / NS-PEER-ADDRESS")
-        return JoinAnswer(Answer.INTRODUCED, observed=observed, peer_raw=peer_raw, peer_address=peer_address,
-                          nonce=msg.get(Attr.NS_NONCE), room_id=msg.get(Attr.NS_ROOM))
+        return JoinAnswer(Answer.INTRODUCED, observed=observed, peers=peers, nonce=msg.get(Attr.NS_NONCE),
+                          room_id=msg.get(Attr.NS_ROOM))
     raise WireError("JOIN answer with unknown status %r" % (status,))
+
+
+# -- LEAVE -------------------------------------------------------------------
+# A clean exit frees the member at once.  The salon cannot check k_join, so
+# a LEAVE proves itself differently: the JOIN carried SHA-256(token)[:16]
+# and the LEAVE reveals the token, which only the member knew until now.
+
+def new_leave_token() -> bytes:
+    return os.urandom(LEAVE_TOKEN_SIZE)
+
+
+def leave_hash(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()[:LEAVE_HASH_SIZE]
+
+
+def leave_request(room_id: bytes, nonce: bytes, token: bytes) -> bytes:
+    msg = Message(Method.LEAVE, Class.REQUEST, new_transaction_id(),
+                  ((Attr.NS_ROOM, room_id), (Attr.NS_NONCE, nonce), (Attr.NS_LEAVE, token)))
+    return encode(msg)
+
+
+class LeaveRequest(NamedTuple):
+    room_id: bytes
+    nonce: bytes
+    token: bytes
+
+
+def parse_leave_request(msg: Message) -> LeaveRequest:
+    if msg.method != Method.LEAVE or msg.cls != Class.REQUEST or msg.classic:
+        raise WireError("not a LEAVE request")
+    room, nonce, token = msg.get(Attr.NS_ROOM), msg.get(Attr.NS_NONCE), msg.get(Attr.NS_LEAVE)
+    if room is None or nonce is None or len(nonce) != NONCE_SIZE:
+        raise WireError("LEAVE without NS-ROOM or a %d-byte NS-NONCE" % NONCE_SIZE)
+    if token is None or len(token) != LEAVE_TOKEN_SIZE:
+        raise WireError("LEAVE without a %d-byte NS-LEAVE token" % LEAVE_TOKEN_SIZE)
+    return LeaveRequest(room, nonce, token)
+
+
+def leave_response(txid: bytes) -> bytes:
+    """The salon's answer to a LEAVE: 20 bytes, smaller than the request."""
+    return encode(Message(Method.LEAVE, Class.SUCCESS, txid))
