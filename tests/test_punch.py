@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from natsalon import wire
 from natsalon.client.connection import Connection
-from natsalon.client.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, PunchFailed, Puncher
+from natsalon.client.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, CandidateKind, PairState, PunchFailed, Puncher
 from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.stun import Address, decode
 
@@ -115,7 +115,7 @@ def test_forged_probes_ignored():
     other = session_keys(derive("room", "other"), net.nb, net.na)
     _, probe = wire.punch_request(net.nb, other.k_punch)
     assert not net.a.datagram(probe, tuple(B_PUB))
-    assert not net.a.paths[B_PUB].inbound
+    assert net.a.paths[B_PUB].state is PairState.WAITING  # nothing recorded
 
 
 def test_schedule_paced_and_bounded():
@@ -251,7 +251,7 @@ def test_many_captured_probes_bounded_peer_reflexive():
         net.a.datagram(probe, spoofed(i))
         net.clock.advance(0.01)
     net.clock.pump([0.01] * 200)
-    reflexive = [p for p in net.a.paths.values() if p.reflexive]
+    reflexive = [p for p in net.a.paths.values() if p.kind is CandidateKind.PRFLX]
     assert len(reflexive) == _MAX_PEER_REFLEXIVE and len(net.a.paths) == 2 + _MAX_PEER_REFLEXIVE
     assert net.a.refused == 200 - _MAX_PEER_REFLEXIVE
     to_spoofed = [to for to, _ in sent if to not in (B_PUB, B_LAN)]
@@ -325,3 +325,4 @@ def test_first_probe_filtered_opens_in_one_round_trip_not_one_interval():
     # it B would wait for its next scheduled probe, 100 ms after the first
     assert max(times.values()) < 0.005 + 4 * 0.01 + 0.003, times
     assert net.b.interval == 0.1
+
