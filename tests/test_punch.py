@@ -326,3 +326,22 @@ def test_first_probe_filtered_opens_in_one_round_trip_not_one_interval():
     assert max(times.values()) < 0.005 + 4 * 0.01 + 0.003, times
     assert net.b.interval == 0.1
 
+
+@pytest.mark.parametrize("end", ["failed", "stopped"])
+def test_nothing_learnt_or_sent_once_failed_or_stopped(end):
+    # a late valid request of the peer, from a new source and from a known
+    # one, and a keepalive probe: claimed (not garbage), but neither
+    # answered, learnt nor probed back once the puncher is done
+    net, sent = a_alone(timeout=1.0)
+    net.clock.advance(0.5)
+    if end == "failed":
+        net.clock.pump([0.1] * 6)
+    else:
+        net.a.stop()
+    before, paths = len(sent), set(net.a.paths)
+    for source in (spoofed(1), tuple(B_PUB)):
+        _, probe = wire.punch_request(net.nb, net.b.session.k_punch, wire.FLAG_CONNECTED)
+        assert net.a.datagram(probe, source)
+    net.a.probe(B_PUB)
+    net.clock.advance(5)
+    assert len(sent) == before and set(net.a.paths) == paths and not net.a.peer_connected

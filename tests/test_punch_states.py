@@ -1,8 +1,9 @@
-"""The puncher's candidate-pair states, candidate kinds and local
-sockets, one transition at a time: a Clock, a recording send, and the
+"""The puncher's phases, its candidate-pair states, candidate kinds and
+local sockets, one transition at a time: a Clock, a recording send, and the
 peer's messages built by hand.  No sockets."""
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from natsalon import wire
@@ -15,9 +16,14 @@ from natsalon.client.punch import (
     PairEvent,
     PairState,
     Path,
+    Phase,
+    PhaseError,
+    PhaseEvent,
+    PunchFailed,
     Puncher,
 )
 from natsalon.client.punch.candidates import PAIR_TRANSITIONS
+from natsalon.client.punch.phases import OWNERS, TRANSITIONS, Lifecycle
 from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.stun import Address
 
@@ -85,6 +91,215 @@ class Rig:
         """b answers a's last probe to ``addr`` and probes it: the pair verifies."""
         self.respond(self.probes(to=addr)[-1][0], addr)
         self.request(addr)
+
+    def pending_calls(self):
+        return sorted(self.a._lifecycle.calls)
+
+
+# -- phases ---------------------------------------------------------------
+
+def test_idle_until_started():
+    rig = Rig(lan=[B_LAN])
+    assert rig.a.phase is Phase.IDLE
+    assert rig.wire.sent == [] and rig.clock.getDelayedCalls() == []
+
+
+def test_start_punching_probes_every_candidate_and_arms_tick_and_timeout():
+    rig = Rig(lan=[B_LAN])
+    rig.start()
+    assert rig.a.phase is Phase.PUNCHING
+    assert {dst for _, dst in rig.wire.sent} == {B_LAN, B_PUB}
+    assert rig.pending_calls() == ["tick", "timeout"]
+    rig.clock.advance(0.1)
+    assert len(rig.probes()) == 4  # the next round
+    with pytest.raises(PhaseError):
+        rig.a.start()
+    assert rig.a.phase is Phase.PUNCHING
+
+
+def test_punching_to_keeping_alive_on_a_verified_pair():
+    rig = Rig()
+    rig.start()
+    rig.clock.advance(0.02)
+    rig.verify(B_PUB)
+    assert rig.a.phase is Phase.KEEPING_ALIVE
+    path = rig.results[0]
+    assert path == Path(B_PUB, DIRECT, pytest.approx(0.02), CandidateKind.SRFLX)
+    assert path.local is rig.a.default_socket
+    assert rig.clock.getDelayedCalls() == []  # tick and timeout went with PUNCHING
+    assert rig.probes()[-1][1] & wire.FLAG_CONNECTED  # tells b at once
+
+
+def test_punching_to_nominated_while_a_host_pair_is_pending_then_grace_selects():
+    rig = Rig(lan=[B_LAN], lan_grace=0.3)
+    rig.start()
+    rig.clock.advance(0.05)
+    rig.verify(B_PUB)  # RTT 50 ms: grace 100 ms
+    assert rig.a.phase is Phase.NOMINATED and not rig.results
+    assert rig.pending_calls() == ["grace", "tick", "timeout"]
+    lan_probes = len(rig.probes(to=B_LAN))
+    rig.clock.advance(0.09)
+    assert rig.a.phase is Phase.NOMINATED
+    assert len(rig.probes(to=B_LAN)) > lan_probes  # the schedule goes on meanwhile
+    rig.clock.advance(0.02)
+    assert rig.a.phase is Phase.KEEPING_ALIVE and rig.results[0].address == B_PUB
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_nominated_host_pair_verifies_selects_at_once():
+    rig = Rig(lan=[B_LAN])
+    rig.start()
+    rig.verify(B_PUB)
+    assert rig.a.phase is Phase.NOMINATED
+    rig.verify(B_LAN)
+    assert rig.a.phase is Phase.KEEPING_ALIVE
+    assert rig.results[0].kind == LAN and rig.results[0].candidate_kind is CandidateKind.HOST
+    assert rig.clock.getDelayedCalls() == []  # the grace is cancelled
+
+
+def test_nominated_timeout_takes_the_verified_pair():
+    rig = Rig(lan=[B_LAN], lan_grace=5.0, timeout=1.5)
+    rig.start()
+    rig.clock.advance(1.0)
+    txid, _ = rig.probes(to=B_PUB)[0]  # RTT 1 s: grace 2 s, beyond the timeout
+    rig.respond(txid, B_PUB)
+    rig.request(B_PUB)
+    assert rig.a.phase is Phase.NOMINATED
+    rig.clock.advance(0.5)
+    assert rig.a.phase is Phase.KEEPING_ALIVE
+    assert rig.results[0].address == B_PUB and rig.results[0].rtt == pytest.approx(1.0)
+
+
+def test_punching_timeout_fails():
+    rig = Rig(lan=[B_LAN], timeout=1.0)
+    rig.start()
+    rig.request(B_PUB)  # one way only
+    rig.clock.advance(1.0)
+    assert rig.a.phase is Phase.FAILED
+    assert rig.results[0].check(PunchFailed)
+    assert "2 candidates tried, 1 half-open" in str(rig.results[0].value)
+    assert rig.clock.getDelayedCalls() == []
+
+
+def _to_phase(rig, phase):
+    if phase is not Phase.IDLE:
+        rig.start()
+        rig.results.clear()  # keep what stop() does apart
+    if phase in (Phase.NOMINATED, Phase.KEEPING_ALIVE):
+        rig.verify(B_PUB)
+    if phase is Phase.KEEPING_ALIVE:
+        rig.verify(B_LAN)
+        rig.results.clear()
+    assert rig.a.phase is phase
+
+
+@pytest.mark.parametrize("phase", [Phase.IDLE, Phase.PUNCHING, Phase.NOMINATED, Phase.KEEPING_ALIVE])
+def test_stop_from_every_live_phase(phase):
+    rig = Rig(lan=[B_LAN])
+    _to_phase(rig, phase)
+    rig.a.stop()
+    assert rig.a.phase is Phase.STOPPED and rig.clock.getDelayedCalls() == []
+    if phase in (Phase.PUNCHING, Phase.NOMINATED):
+        assert rig.results[0].check(defer.CancelledError)
+    else:
+        assert rig.results == []
+    rig.a.stop()  # idempotent
+    assert rig.a.phase is Phase.STOPPED
+
+
+def test_cancelling_the_deferred_stops():
+    rig = Rig(lan=[B_LAN])
+    d = rig.start()
+    d.cancel()
+    assert rig.a.phase is Phase.STOPPED and rig.results[0].check(defer.CancelledError)
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_stop_after_failure_stays_failed():
+    rig = Rig(timeout=0.5)
+    rig.start()
+    rig.clock.advance(0.5)
+    rig.a.stop()
+    assert rig.a.phase is Phase.FAILED
+
+
+def _inert(phase):
+    rig = Rig(lan=[B_LAN], timeout=0.5)
+    rig.start()
+    rig.request(B_PUB)
+    if phase is Phase.FAILED:
+        rig.clock.advance(0.5)
+    else:
+        rig.a.stop()
+    assert rig.a.phase is phase
+    rig.results.clear()
+    return rig
+
+
+@pytest.mark.parametrize("phase", [Phase.FAILED, Phase.STOPPED])
+def test_inert_phases_claim_valid_messages_but_send_and_learn_nothing(phase):
+    rig = _inert(phase)
+    before = {a: (p.state, p.one_way, p.last_heard) for a, p in rig.a.paths.items()}
+    sent, heard = len(rig.wire.sent), []
+    rig.a.on_heard = heard.append
+    assert rig.request(SPOOF, flags=wire.FLAG_CONNECTED)
+    assert rig.request(B_PUB)
+    txid, _ = rig.probes(to=B_PUB)[-1]
+    assert rig.respond(txid, B_PUB)
+    assert not rig.a.datagram(b"\x00\x01 not a punch", tuple(B_PUB))
+    rig.a.probe(B_PUB)
+    rig.clock.advance(5)
+    assert len(rig.wire.sent) == sent and heard == [] and not rig.a.peer_connected
+    assert {a: (p.state, p.one_way, p.last_heard) for a, p in rig.a.paths.items()} == before
+    assert rig.a.ignored == 3 and rig.a.phase is phase
+
+
+def test_idle_answers_and_records_then_start_selects_at_once():
+    rig = Rig()
+    rig.a.probe(B_PUB)
+    rig.verify(B_PUB)
+    assert rig.a.phase is Phase.IDLE and rig.a.paths[B_PUB].verified
+    assert rig.answers() == [B_PUB]
+    rig.start()
+    assert rig.a.phase is Phase.KEEPING_ALIVE and rig.results[0].address == B_PUB
+
+
+class _Actions:
+    def __init__(self):
+        self.ran = []
+
+    def __getattr__(self, name):
+        return lambda: self.ran.append(name)
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("event", list(PhaseEvent))
+def test_lifecycle_table(phase, event):
+    """Every (phase, event) either follows the table, cancelling the calls
+    the new phase does not own, or raises before anything happens."""
+    clock, actions = Clock(), _Actions()
+    life = Lifecycle(clock, actions)
+    life.phase = phase
+    owned = [name for name in OWNERS if phase in OWNERS[name]]
+    for name in owned:
+        life.call_later(name, 1.0, lambda: None)
+    if (phase, event) not in TRANSITIONS:
+        with pytest.raises(PhaseError):
+            life.fire(event)
+        assert life.phase is phase and actions.ran == [] and len(clock.getDelayedCalls()) == len(owned)
+        return
+    new, action = TRANSITIONS[phase, event]
+    life.fire(event)
+    assert life.phase is new and actions.ran == [action]
+    assert sorted(life.calls) == sorted(n for n in owned if new in OWNERS[n])
+    assert len(clock.getDelayedCalls()) == len(life.calls)
+
+
+def test_lifecycle_refuses_a_call_its_phase_does_not_own():
+    life = Lifecycle(Clock(), _Actions())
+    life.phase = Phase.PUNCHING
+    with pytest.raises(PhaseError):
+        life.call_later("grace", 1.0, lambda: None)
 
 
 # -- pair states ------------------------------------------------------------

@@ -3,7 +3,7 @@ verify in both directions, pick the best.
 
 :class:`Puncher` holds no socket: it is given ``send(data, addr)`` (its
 default local socket) and a clock, and is fed every datagram that looks like
-STUN through :meth:`Puncher.datagram`.
+STUN through :meth:`Puncher.datagram`.  Three small pieces of state:
 
 **Candidates** (:mod:`.candidates`).  A candidate is an address of the peer
 and where we got it (:class:`CandidateKind`):
@@ -34,6 +34,30 @@ route) before it verified; a failed pair is probed no more and delays
 nothing, but a later valid message of the peer through it revives it (to
 one-way).  A verified pair stays verified.
 
+**Phases** of the puncher (:class:`Phase`; the transition table is in
+:mod:`.phases`):
+
+- ``IDLE``: built, not started; a valid datagram is answered and recorded;
+- ``PUNCHING`` (``start()``): every ``interval`` seconds a probe goes to every
+  scheduled pair, until ``timeout``;
+- ``NOMINATED``: a pair verified, but it is not a host pair and host pairs
+  are still pending: it waits for them (the LAN grace), probing on, until a
+  host pair verifies, the grace runs out, or the timeout comes; then the best
+  verified pair is selected;
+- ``KEEPING_ALIVE``: a path is selected and start()'s Deferred fired; the
+  puncher answers and verifies keepalive probes (the connection's, through
+  :meth:`Puncher.probe`), and its probes carry
+  :data:`~natsalon.wire.FLAG_CONNECTED` so the peer knows we are done
+  (``peer_connected`` says when the peer's carry it);
+- ``FAILED`` (the timeout, no verified pair: PunchFailed) and ``STOPPED``
+  (``stop()``, or the Deferred cancelled): inert.  Nothing is sent, learnt or
+  recorded; a valid message of the peer is still claimed (``datagram()``
+  returns True, so the caller does not take it for garbage) and counted in
+  ``ignored``.
+
+The schedule's ``tick``, the ``timeout`` and the LAN ``grace`` are calls owned
+by the phases that wait on them, cancelled by any transition out.
+
 Rules:
 
 - a probe is a PUNCH request (MESSAGE-INTEGRITY-SHA256 with the session's
@@ -58,10 +82,6 @@ Rules:
   ``lan_grace``); among verified pairs host beats the rest, relay comes last,
   then the lowest RTT wins (smoothed: 0.8 old + 0.2 new).
 
-Once a path is chosen, the puncher keeps answering and verifying probes (the
-connection's keepalives use :meth:`Puncher.probe`), and its probes carry
-:data:`~natsalon.wire.FLAG_CONNECTED` so the peer knows we are done.
-
 Peer addresses are logged at debug level only.
 """
 
@@ -77,7 +97,8 @@ from natsalon.client.punch.candidates import (
     PairEvent,
     PairState,
 )
+from natsalon.client.punch.phases import Phase, PhaseError, PhaseEvent
 from natsalon.client.punch.puncher import _MAX_PEER_REFLEXIVE, Path, Puncher
 
-__all__ = ["Puncher", "Path", "LAN", "DIRECT", "PunchFailed",
+__all__ = ["Puncher", "Path", "LAN", "DIRECT", "PunchFailed", "Phase", "PhaseEvent", "PhaseError",
            "PairState", "PairEvent", "Direction", "CandidateKind", "Candidate", "CandidatePair", "LocalSocket"]

@@ -1,5 +1,6 @@
-"""The :class:`Puncher`: candidate pairs (:mod:`.candidates`) probed and
-verified.  The rules it follows are told in :mod:`natsalon.client.punch`."""
+"""The :class:`Puncher`: candidate pairs (:mod:`.candidates`) driven through
+the phases of :mod:`.phases`.  The rules it follows are told in
+:mod:`natsalon.client.punch`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from natsalon.client.punch.candidates import (
     PairEvent,
     PairState,
 )
+from natsalon.client.punch.phases import Lifecycle, Phase, PhaseEvent
 from natsalon.crypto.secret import SessionKeys
 from natsalon.stun import Address
 
@@ -73,15 +75,14 @@ class Puncher:
         self._seen: "OrderedDict[bytes, None]" = OrderedDict()
         self.replays = 0  #: requests dropped because their transaction id was seen before
         self.refused = 0  #: requests dropped from unknown sources (peer-reflexive limit)
+        self.ignored = 0  #: valid messages of the peer that came once FAILED or STOPPED
         self.selected: Optional[Path] = None
         self.selected_pair: Optional[CandidatePair] = None
         self.peer_connected = False
         self.probes_sent = 0
         self.on_heard: Optional[Callable[[Address], None]] = None
         self._deferred: Optional[defer.Deferred] = None
-        self._tick_call = None
-        self._timeout_call = None
-        self._grace_call = None
+        self._lifecycle = Lifecycle(clock, self)
         public = Address(*peer_public) if peer_public is not None else None
         for addr in peer_lan:
             if Address(*addr) != public:
@@ -90,6 +91,10 @@ class Puncher:
             self.add_candidate(public, CandidateKind.SRFLX)
 
     # -- state -------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return self._lifecycle.phase
+
     @property
     def send(self) -> Callable[[bytes, tuple], None]:
         """The default local socket's send callable."""
@@ -138,54 +143,74 @@ class Puncher:
             pair = next((p for p in self.pairs.values() if p.address == addr), None)
         return pair
 
-    # -- lifecycle -------------------------------------------------------
+    # -- lifecycle (transitions in natsalon.client.punch.phases) -----------
     def start(self) -> defer.Deferred:
         """Start probing; the Deferred fires with the chosen :class:`Path`
-        or fails with :class:`PunchFailed`."""
-        self._deferred = defer.Deferred(lambda _: self.stop())
-        self._timeout_call = self.clock.callLater(self.timeout, self._give_up)
-        self._tick()
+        or fails with :class:`PunchFailed` (with CancelledError on stop()
+        or cancel())."""
+        self._lifecycle.fire(PhaseEvent.START)
         return self._deferred
 
     def stop(self) -> None:
-        for name in ("_tick_call", "_timeout_call", "_grace_call"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        """Stop for good: nothing is sent or learnt afterwards."""
+        self._lifecycle.fire(PhaseEvent.STOP)
+
+    def _begin(self) -> None:
+        self._deferred = defer.Deferred(lambda _: self.stop())
+        self._lifecycle.call_later("timeout", self.timeout, lambda: self._lifecycle.fire(PhaseEvent.TIMEOUT))
+        self._tick()
+        self._consider()  # a pair verified before start()
 
     def _tick(self) -> None:
-        self._tick_call = None
-        if self.selected is not None:
-            return
         for pair in list(self.pairs.values()):
             if pair.scheduled:
                 self._send_probe(pair.local, pair.address, pair)
-        self._tick_call = self.clock.callLater(self.interval, self._tick)
+        if self._lifecycle.owns("tick"):
+            self._lifecycle.call_later("tick", self.interval, self._tick)
+
+    def _arm_grace(self) -> None:
+        # a LAN path, if there is one, answers faster than the public one
+        best = self.best()
+        grace = min(self.lan_grace, max(0.05, 2 * (best.rtt or 0.0)))
+        self._lifecycle.call_later("grace", grace, lambda: self._lifecycle.fire(PhaseEvent.SELECT))
+
+    def _deliver(self) -> None:
+        p = self.selected_pair = self.best()
+        self.selected = Path(p.address, p.kind.path_kind, p.rtt or 0.0, p.kind, p.local)
+        self.log.debug("punch selected {kind} path to {addr}", kind=p.kind.value, addr=p.address)
+        # tell the peer at once that we are done (and give it a probe to answer)
+        self._send_probe(p.local, p.address, p)
+        if not self._deferred.called:
+            self._deferred.callback(self.selected)
 
     def _give_up(self) -> None:
-        self._timeout_call = None
-        self.stop()
-        d, self._deferred = self._deferred, None
-        if d is not None and self.selected is None:
-            half = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED_ONE_WAY)
-            reason = "no path verified in both directions within %gs (%d candidates tried, %d half-open)" % (
-                self.timeout, len(self.pairs), half)
-            d.errback(PunchFailed(reason))
+        half = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED_ONE_WAY)
+        reason = "no path verified in both directions within %gs (%d candidates tried, %d half-open)" % (
+            self.timeout, len(self.pairs), half)
+        self._deferred.errback(PunchFailed(reason))
+
+    def _cancel_result(self) -> None:
+        if self._deferred is not None and not self._deferred.called:
+            self._deferred.errback(defer.CancelledError())
+
+    def _nothing(self) -> None:
+        pass
 
     # -- sending -----------------------------------------------------------
     @property
     def flags(self) -> int:
-        return wire.FLAG_CONNECTED if self.selected is not None else 0
+        return wire.FLAG_CONNECTED if self._lifecycle.rules.connected else 0
 
     def probe(self, addr: Address, local: Optional[LocalSocket] = None) -> None:
         """Probe ``addr`` (keepalives use this) from ``local``, by default
-        from the socket of the pair to it."""
+        from the socket of the pair to it; nothing once FAILED or STOPPED."""
         addr = Address(*addr)
         pair = self._pair_for(addr, local)
         self._send_probe(local or (pair.local if pair is not None else self.default_socket), addr, pair)
 
     def _send_probe(self, local: LocalSocket, addr: Address, pair: Optional[CandidatePair]) -> None:
+        if not self._lifecycle.rules.active:
+            return
         txid, data = wire.punch_request(self.my_nonce, self.session.k_punch, self.flags)
         now = self.clock.seconds()
         self._pending[txid] = (local, addr, now)
@@ -207,14 +232,18 @@ class Puncher:
     def datagram(self, data: bytes, addr, local: Optional[LocalSocket] = None) -> bool:
         """Offer a datagram that arrived on ``local`` (default: the
         constructor's socket); True if it was a valid probe or response of
-        the peer."""
+        the peer.  Once FAILED or STOPPED such a message is still claimed
+        (True) but changes nothing and is not answered."""
         try:
             punch = wire.parse_punch(data, self.session.k_punch, self.peer_nonce)
         except wire.WireError:
             return False
         local = local or self.default_socket
         src = Address(addr[0], addr[1])
-        if punch.is_request:
+        if not self._lifecycle.rules.active:
+            self.ignored += 1
+            self.log.debug("punch {phase}: message from {src} ignored", phase=self.phase.value, src=src)
+        elif punch.is_request:
             self._request(punch, src, local)
         else:
             self._response(punch, src, local)
@@ -227,8 +256,8 @@ class Puncher:
         pair = self.pairs.get((local, src))
         if pair is None and not self._may_learn():
             self.refused += 1
-            self.log.debug("probe from an unknown source refused ({n} peer-reflexive candidates, {state})",
-                           n=self._reflexive_count(), state="selected" if self.selected else "punching")
+            self.log.debug("probe from an unknown source refused ({n} peer-reflexive candidates, {phase})",
+                           n=self._reflexive_count(), phase=self.phase.value)
             return
         self._note_flags(punch)
         try:
@@ -247,7 +276,7 @@ class Puncher:
             # whose first probe met the peer's filter opens in one RTT,
             # not at the next scheduled round
             self._send_probe(local, src, pair)
-        elif self.selected is not None and now - pair.last_probe >= self.interval / 2:
+        elif self._lifecycle.rules.connected and now - pair.last_probe >= self.interval / 2:
             self._send_probe(local, src, pair)
         self._heard(src)
 
@@ -278,14 +307,15 @@ class Puncher:
     def _heard(self, src: Address) -> None:
         if self.on_heard is not None:
             self.on_heard(src)
-        self._consider()
+        if self._lifecycle.rules.chooses:
+            self._consider()
 
     def _reflexive_count(self) -> int:
         return sum(1 for p in self.pairs.values() if p.kind is CandidateKind.PRFLX)
 
     def _may_learn(self) -> bool:
         """May a probe from an unknown source become a candidate?"""
-        return self.selected is None and self._reflexive_count() < _MAX_PEER_REFLEXIVE
+        return self._lifecycle.rules.learns and self._reflexive_count() < _MAX_PEER_REFLEXIVE
 
     # -- choosing ----------------------------------------------------------
     def best(self) -> Optional[CandidatePair]:
@@ -297,32 +327,11 @@ class Puncher:
     def _consider(self) -> None:
         """A verified host pair, or the best verified pair when no host pair
         is pending, ends the punching; otherwise the LAN grace runs."""
-        if self.selected is not None or self._deferred is None:
-            return
         best = self.best()
         if best is None:
             return
         host_pending = any(p.kind is CandidateKind.HOST and p.pending for p in self.pairs.values())
         if best.kind is CandidateKind.HOST or not host_pending:
-            self._select(best)
-        elif self._grace_call is None:
-            # a LAN path, if there is one, answers faster than the public one
-            grace = min(self.lan_grace, max(0.05, 2 * (best.rtt or 0.0)))
-            self._grace_call = self.clock.callLater(grace, self._grace_over)
-
-    def _grace_over(self) -> None:
-        self._grace_call = None
-        best = self.best()
-        if best is not None and self.selected is None:
-            self._select(best)
-
-    def _select(self, p: CandidatePair) -> None:
-        self.selected_pair = p
-        self.selected = Path(p.address, p.kind.path_kind, p.rtt or 0.0, p.kind, p.local)
-        self.log.debug("punch selected {kind} path to {addr}", kind=p.kind.value, addr=p.address)
-        self.stop()
-        d, self._deferred = self._deferred, None
-        # tell the peer at once that we are done (and give it a probe to answer)
-        self._send_probe(p.local, p.address, p)
-        if d is not None:
-            d.callback(self.selected)
+            self._lifecycle.fire(PhaseEvent.SELECT)
+        else:
+            self._lifecycle.fire(PhaseEvent.NOMINATE)
