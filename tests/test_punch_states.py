@@ -157,6 +157,20 @@ def test_nominated_host_pair_verifies_selects_at_once():
     assert rig.clock.getDelayedCalls() == []  # the grace is cancelled
 
 
+def test_nominated_another_verified_pair_keeps_the_grace_running():
+    rig = Rig(lan=[B_LAN], lan_grace=0.3)
+    rig.start()
+    rig.clock.advance(0.05)
+    rig.verify(B_PUB)
+    grace = rig.a._lifecycle.calls["grace"]
+    rig.request(B_OTHER)  # b's NAT opens another port: a prflx pair verifies too
+    rig.respond(rig.probes(to=B_OTHER)[-1][0], B_OTHER)
+    assert rig.a.paths[B_OTHER].verified and rig.a.phase is Phase.NOMINATED
+    assert rig.a._lifecycle.calls["grace"] is grace  # not re-armed
+    rig.clock.advance(0.11)
+    assert rig.results[0].address == B_OTHER  # the best when the grace ends (lower RTT)
+
+
 def test_nominated_timeout_takes_the_verified_pair():
     rig = Rig(lan=[B_LAN], lan_grace=5.0, timeout=1.5)
     rig.start()
@@ -341,6 +355,14 @@ def test_pair_waiting_in_progress_one_way_out_verified():
     assert pair.state is PairState.VERIFIED and pair.one_way is None
 
 
+def test_pair_waiting_to_one_way_in_on_a_request_before_any_probe():
+    rig = Rig()
+    rig.request(B_PUB)  # IDLE: nothing probed yet
+    pair = rig.a.paths[B_PUB]
+    assert (pair.state, pair.one_way) == (PairState.SUCCEEDED_ONE_WAY, Direction.INBOUND)
+    assert len(rig.probes(to=B_PUB)) == 1 and rig.answers() == [B_PUB]
+
+
 def test_pair_one_way_in_then_verified_by_the_triggered_probe():
     rig = Rig()
     rig.start()
@@ -378,6 +400,18 @@ def test_pair_send_failure_fails_it_and_a_peer_message_revives_it():
     rig.request(B_LAN)
     assert (pair.state, pair.one_way) == (PairState.SUCCEEDED_ONE_WAY, Direction.INBOUND)
     assert rig.probes(to=B_LAN)  # the triggered probe went out
+
+
+def test_failed_pair_revived_by_a_late_response():
+    rig = Rig()
+    rig.start()
+    txid, _ = rig.probes(to=B_PUB)[0]
+    rig.wire.fail.add(B_PUB)
+    rig.clock.advance(0.1)
+    pair = rig.a.paths[B_PUB]
+    assert pair.state is PairState.FAILED
+    rig.respond(txid, B_PUB)  # the first probe did get through
+    assert (pair.state, pair.one_way) == (PairState.SUCCEEDED_ONE_WAY, Direction.OUTBOUND)
 
 
 def test_one_way_pair_fails_on_a_send_error():
