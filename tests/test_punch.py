@@ -1,11 +1,11 @@
-"""The punching machine and the connection's keepalives, on a Clock."""
+"""The puncher on a Clock, two of them wired through a fake network."""
 
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from natsalon import wire
-from natsalon.client.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, PunchFailed, Puncher
+from natsalon.client.punch import _MAX_PEER_REFLEXIVE, DIRECT, LAN, CandidateKind, PairState, PunchFailed, Puncher
 from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.stun import Address, decode
 
@@ -114,7 +114,7 @@ def test_forged_probes_ignored():
     other = session_keys(derive("room", "other"), net.nb, net.na)
     _, probe = wire.punch_request(net.nb, other.k_punch)
     assert not net.a.datagram(probe, tuple(B_PUB))
-    assert not net.a.paths[B_PUB].inbound
+    assert net.a.paths[B_PUB].state is PairState.WAITING  # nothing recorded
 
 
 def test_schedule_paced_and_bounded():
@@ -196,7 +196,7 @@ def test_many_captured_probes_bounded_peer_reflexive():
         net.a.datagram(probe, spoofed(i))
         net.clock.advance(0.01)
     net.clock.pump([0.01] * 200)
-    reflexive = [p for p in net.a.paths.values() if p.reflexive]
+    reflexive = [p for p in net.a.paths.values() if p.kind is CandidateKind.PRFLX]
     assert len(reflexive) == _MAX_PEER_REFLEXIVE and len(net.a.paths) == 2 + _MAX_PEER_REFLEXIVE
     assert net.a.refused == 200 - _MAX_PEER_REFLEXIVE
     to_spoofed = [to for to, _ in sent if to not in (B_PUB, B_LAN)]
@@ -245,3 +245,23 @@ def test_first_probe_filtered_opens_in_one_round_trip_not_one_interval():
     # it B would wait for its next scheduled probe, 100 ms after the first
     assert max(times.values()) < 0.005 + 4 * 0.01 + 0.003, times
     assert net.b.interval == 0.1
+
+
+@pytest.mark.parametrize("end", ["failed", "stopped"])
+def test_nothing_learnt_or_sent_once_failed_or_stopped(end):
+    # a late valid request of the peer, from a new source and from a known
+    # one, and a keepalive probe: claimed (not garbage), but neither
+    # answered, learnt nor probed back once the puncher is done
+    net, sent = a_alone(timeout=1.0)
+    net.clock.advance(0.5)
+    if end == "failed":
+        net.clock.pump([0.1] * 6)
+    else:
+        net.a.stop()
+    before, paths = len(sent), set(net.a.paths)
+    for source in (spoofed(1), tuple(B_PUB)):
+        _, probe = wire.punch_request(net.nb, net.b.session.k_punch, wire.FLAG_CONNECTED)
+        assert net.a.datagram(probe, source)
+    net.a.probe(B_PUB)
+    net.clock.advance(5)
+    assert len(sent) == before and set(net.a.paths) == paths and not net.a.peer_connected
