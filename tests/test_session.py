@@ -240,3 +240,67 @@ def test_inputs_without_a_transition_are_refused():
     a.stop()
     with pytest.raises(NoTransition):
         a._path_lost(1.0)
+
+
+def test_a_clean_stop_says_goodbye_and_the_peer_rejoins_at_once():
+    net = Net()
+    net.salon()
+    a, ca, events_a = net.client(A, keepalive=5, dead_after=3, retry=fixed(1.0))
+    b, cb, events_b = net.client(B, keepalive=5, dead_after=3, retry=fixed(1.0))
+    a.start()
+    b.start()
+    net.run(2)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    sent_to_salon = []
+    original = net.send
+
+    def send(src, dst, data):
+        if src == B and dst == SALON:
+            sent_to_salon.append(data)
+        original(src, dst, data)
+
+    net.send = send
+    b.stop()
+    net.run(0.05)  # one hop: A hears the goodbye at once, not after 15 s of silence
+    names = [e["event"] for e in events_a]
+    assert "peer-left" in names and names[names.index("peer-left") + 1] == "joined", names
+    assert ca.phase is not Phase.CONNECTED and ca.connection.path is None
+    # B told the salon too: a LEAVE with its token
+    from natsalon import wire
+    from natsalon.stun import Method, decode
+
+    leaves = [decode(d) for d in sent_to_salon if decode(d).method == Method.LEAVE]
+    assert len(leaves) == 1 and wire.parse_leave_request(leaves[0]).room_id == KEYS.room_id
+    a.stop()
+
+
+def test_a_forged_goodbye_and_replayed_probes_change_nothing():
+    net = Net()
+    net.salon()
+    a, ca, events_a = net.client(A, keepalive=5)
+    b, cb, _ = net.client(B, keepalive=5)
+    captured = []
+    original = net.send
+
+    def send(src, dst, data):
+        if src == B and dst == A:
+            captured.append(data)
+        original(src, dst, data)
+
+    net.send = send
+    a.start()
+    b.start()
+    net.run(2)
+    assert ca.phase is Phase.CONNECTED
+    # a LEAVING probe keyed with another session's key, and every probe B sent replayed
+    from natsalon import wire
+    from natsalon.crypto.secret import new_nonce
+
+    _, forged = wire.punch_request(new_nonce(), b"k" * 32, wire.FLAG_LEAVING)
+    net.nodes[A].datagramReceived(forged, B)
+    for data in captured:
+        net.nodes[A].datagramReceived(data, B)
+    net.run(1)
+    assert ca.phase is Phase.CONNECTED and "peer-left" not in [e["event"] for e in events_a]
+    a.stop()
+    b.stop()

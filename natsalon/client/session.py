@@ -23,8 +23,10 @@ Inputs and transitions::
     Punching     _verified(session)    -> Connected
     Punching     _failed(failure)      -> BackingOff   (PunchFailed)
     Connected    _path_lost(silent)    -> Joining      (re-join at once with a fresh nonce)
+    Connected    _peer_left            -> Joining      (the peer said goodbye: re-join at once)
+    Punching     _peer_left            -> Joining
     BackingOff   _retry                -> Joining
-    any          stop                  -> Stopped
+    any          stop                  -> Stopped      (LEAVE to the salon; goodbye to the peer)
     Stopped      start                 -> Joining
     any          when_connected(n)     -> (same)       a Deferred: the Connection now or
                                                          when next connected; fails after
@@ -131,6 +133,9 @@ class ClientInputs(Protocol):
     def _retry(self) -> None:
         """The backoff delay is over."""
 
+    def _peer_left(self) -> None:
+        """The peer said it ends the session (an authenticated LEAVING probe)."""
+
 
 @dataclass
 class Core:
@@ -212,6 +217,7 @@ class Punch:
                                intro.peer_address, intro.peer.candidates, interval=s.interval,
                                timeout=s.punch_timeout)
         core.socket.on_punch = self.puncher.datagram
+        self.puncher.on_peer_left = lambda: _peer_said_goodbye(machine, core)
         self.deferred = self.puncher.start()
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path)),
                                    _unless_cancelled(machine._failed))
@@ -219,6 +225,9 @@ class Punch:
     def cancel(self) -> None:
         self.deferred.cancel()
         self.puncher.stop()
+
+    def goodbye(self) -> None:
+        self.puncher.goodbye()
 
 
 class Live:
@@ -243,6 +252,16 @@ class Live:
         self.keepalive.stop()
         self.session.puncher.stop()
         connection.detach()
+
+    def goodbye(self) -> None:
+        self.session.puncher.goodbye()
+
+
+def _peer_said_goodbye(machine: ClientInputs, core: Core) -> None:
+    # said before the input, so "peer-left" comes before the re-join's events
+    core.log.info("the peer left; re-joining")
+    core.emit({"event": "peer-left"})
+    machine._peer_left()
 
 
 def _unless_cancelled(input_: Callable[[Failure], None]) -> Callable[[Failure], None]:
@@ -286,9 +305,12 @@ def _build():
     Punching.upon(ClientInputs._verified, nodata=True).to(Connected).returns(None)
     Punching.upon(ClientInputs._failed).to(BackingOff)(_attempt_failed)
     Connected.upon(ClientInputs._path_lost).to(Joining)(_path_lost)
+    Connected.upon(ClientInputs._peer_left).to(Joining)(_left_connected)
+    Punching.upon(ClientInputs._peer_left).to(Joining)(_left_punching)
     BackingOff.upon(ClientInputs._retry, nodata=True).to(Joining).returns(None)
-    for s in (Joining, Waiting, Punching, BackingOff):
+    for s in (Joining, Waiting, BackingOff):
         s.upon(ClientInputs.stop).to(Stopped)(_stop_pending)
+    Punching.upon(ClientInputs.stop).to(Stopped)(_stop_punching)
     Connected.upon(ClientInputs.stop).to(Stopped)(_stop_connected)
     for s in (Idle, Stopped):
         s.upon(ClientInputs.stop).to(Stopped)(_stop_idle)
@@ -350,9 +372,23 @@ def _stop_pending(m: ClientInputs, c: Core, pending: object) -> None:
     _stop_idle(m, c)
 
 
+def _stop_punching(m: ClientInputs, c: Core, punch: Punch) -> None:
+    punch.goodbye()
+    _stop_pending(m, c, punch)
+
+
 def _stop_connected(m: ClientInputs, c: Core, live: Live) -> None:
+    live.goodbye()
     live.cancel(c.connection)
     _stop_idle(m, c)
+
+
+def _left_connected(m: ClientInputs, c: Core, live: Live) -> None:
+    live.cancel(c.connection)
+
+
+def _left_punching(m: ClientInputs, c: Core, punch: Punch) -> None:
+    punch.cancel()
 
 
 def _stop_idle(m: ClientInputs, c: Core) -> None:

@@ -81,6 +81,8 @@ class Puncher:
         self.peer_connected = False
         self.probes_sent = 0
         self.on_heard: Optional[Callable[[Address], None]] = None
+        #: called when the peer says it ends the session (a valid LEAVING probe)
+        self.on_peer_left: Optional[Callable[[], None]] = None
         self._deferred: Optional[defer.Deferred] = None
         self._lifecycle = Lifecycle(clock, self)
         public = Address(*peer_public) if peer_public is not None else None
@@ -208,6 +210,21 @@ class Puncher:
         pair = self._pair_for(addr, local)
         self._send_probe(local or (pair.local if pair is not None else self.default_socket), addr, pair)
 
+    def goodbye(self) -> None:
+        """Tell the peer we end the session (a clean exit): one LEAVING
+        probe to the selected path, or to every live candidate while
+        punching.  Call it before :meth:`stop`; nothing once inert."""
+        if not self._lifecycle.rules.active:
+            return
+        chosen = self.selected_pair
+        pairs = [chosen] if chosen is not None else [p for p in self.pairs.values() if p.state is not PairState.FAILED]
+        for pair in pairs:
+            _, data = wire.punch_request(self.my_nonce, self.session.k_punch, self.flags | wire.FLAG_LEAVING)
+            try:
+                pair.local.send(data, tuple(pair.address))
+            except OSError:
+                pass
+
     def _send_probe(self, local: LocalSocket, addr: Address, pair: Optional[CandidatePair]) -> None:
         if not self._lifecycle.rules.active:
             return
@@ -252,6 +269,12 @@ class Puncher:
     def _request(self, punch: wire.Punch, src: Address, local: LocalSocket) -> None:
         # a replay (the same request again, from anywhere): nothing at all
         if self._replayed(punch.txid):
+            return
+        if punch.flags & wire.FLAG_LEAVING:
+            # the peer ends the session (authenticated, not a replay): no answer
+            self.log.debug("the peer left (from {src})", src=src)
+            if self.on_peer_left is not None:
+                self.on_peer_left()
             return
         pair = self.pairs.get((local, src))
         if pair is None and not self._may_learn():
