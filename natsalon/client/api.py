@@ -27,6 +27,7 @@ from twisted.internet import defer, threads
 from natsalon import wire
 from natsalon.client.connection import Connection
 from natsalon.client.demux import ClientSocket
+from natsalon.client.salonprobe import check_salon
 from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
 )
@@ -90,7 +91,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
         conn.on_event = on_event
     sock.on_frame = conn.frame_received
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
-                emit=lambda event: conn.on_event(event))
+                emit=lambda event: conn.on_event(event),
+                check_salon=lambda: check_salon(reactor, server_addr, interface))
     machine = ClientMachine(core)
 
     def closed() -> None:

@@ -73,6 +73,10 @@ class Joiner:
         self._attempt()
         return self._d
 
+    def abort(self, error: Exception) -> None:
+        """End the join with ``error`` (e.g. the salon is unreachable); no-op once finished."""
+        self._finish(error)
+
     def _stop(self) -> None:
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()

@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from natsalon import wire
 from natsalon.client.connection import Connection
 from natsalon.client.demux import ClientSocket
+from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import Path, Puncher
@@ -155,6 +156,8 @@ class Core:
     waiters: List[Tuple[defer.Deferred, Optional[int]]] = field(default_factory=list)
     #: (nonce, leave token) of our latest JOIN, until a LEAVE gives it up
     member: Optional[Tuple[bytes, bytes]] = None
+    #: () -> Deferred failing with SalonUnreachable at an ICMP port unreachable
+    check_salon: Optional[Callable[[], defer.Deferred]] = None
     log: Logger = field(default_factory=Logger)
 
     def leave_salon(self) -> None:
@@ -202,9 +205,18 @@ class Attempt:
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
+        self.check = core.check_salon() if core.check_salon is not None else None
+        if self.check is not None:
+            self.check.addErrback(self._unreachable)
+
+    def _unreachable(self, f: Failure) -> None:
+        if f.check(SalonUnreachable):
+            self.joiner.abort(f.value)
 
     def cancel(self) -> None:
         self.deferred.cancel()
+        if self.check is not None:
+            self.check.cancel()
 
 
 class Punch:
