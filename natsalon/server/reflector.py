@@ -4,8 +4,11 @@
 source is answered with :func:`natsalon.server.binding.fast_response` and a cached
 XOR-ed address; everything else goes through the full decoder and the
 method handlers (Binding, and the introducer's methods when the salon has
-one).  Bad input is counted and dropped, or answered with 400/420 where the
-RFC says so; nothing raises out of ``datagramReceived``.
+one).  A handler may answer later, with a Deferred (the introducer over a
+room registry across the network): the reply is sent when it fires, and a
+failure is counted and logged there.  Bad input is counted and dropped, or
+answered with 400/420 where the RFC says so; nothing raises out of
+``datagramReceived``.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ from __future__ import annotations
 import socket
 from typing import Callable, Dict, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from natsalon.server import binding
 from natsalon.server.layout import Key
 from natsalon.ops.stats import Stats
-from natsalon.stun import Address, Class, Method, StunDecodeError, decode
+from natsalon.stun import Address, Class, Message, Method, StunDecodeError, decode
 from natsalon.stun.constants import MAX_MESSAGE_SIZE
 
 _PLAIN = binding.PLAIN_REQUEST_PREFIX
 _TAIL_CACHE_SIZE = 4096
 
-#: handler(message, source, received_on_key) -> Optional[binding.Reply]
+#: handler(message, source, received_on_key) -> Optional[binding.Reply], or
+#: a Deferred firing with one (the introducer, over a registry that answers
+#: later)
 Handler = Callable
 
 
@@ -93,8 +99,7 @@ class ReflectorProtocol(DatagramProtocol):
                     return
             self._full(data, addr)
         except Exception:
-            self.state.stats["internal_error"] += 1
-            self.log.failure("unexpected error answering {n}-byte datagram from {addr}", n=len(data), addr=addr)
+            self._internal_error(len(data), addr)
 
     def fast_tail(self, addr) -> bytes:
         """The cached XOR-MAPPED-ADDRESS attribute for an IPv4 source, or
@@ -114,33 +119,47 @@ class ReflectorProtocol(DatagramProtocol):
             self.transport.write(data, addr)
             self.state.stats["answered_400"] += 1
 
-    def _full(self, data: bytes, addr) -> None:
-        stats = self.state.stats
+    def _decode(self, data: bytes, addr) -> Optional[Message]:
+        """The decoded message, or None when it was dropped (and counted)
+        or answered with a 400 here."""
         if len(data) > MAX_MESSAGE_SIZE:
-            stats["dropped_oversized"] += 1
-            return
+            self.state.stats["dropped_oversized"] += 1
+            return None
         try:
-            msg = decode(data)
+            return decode(data)
         except StunDecodeError as e:
-            stats["dropped_malformed"] += 1
+            self.state.stats["dropped_malformed"] += 1
             header = e.header
             if header is not None and header[1] == Class.REQUEST:
                 method, _, txid, classic = header
                 self._answer_error(binding.error_response(method, txid, classic, 400, request_size=len(data)), addr)
+            return None
+
+    def _full(self, data: bytes, addr) -> None:
+        msg = self._decode(data, addr)
+        if msg is None:
             return
-        source = Address(addr[0], addr[1])
         if msg.method == Method.BINDING:
-            reply = self.state.binding_handler(msg, source, self.key)
+            handler = self.state.binding_handler
         else:
             handler = self.state.handlers.get(msg.method)
-            if handler is None:
-                if msg.cls == Class.REQUEST:
-                    self._answer_error(binding.error_response(
-                        msg.method, msg.transaction_id, msg.classic, 400, request_size=len(data)), addr)
-                else:
-                    stats["dropped_unknown_method"] += 1
-                return
-            reply = handler(msg, source, self.key)
+        if handler is None:
+            if msg.cls == Class.REQUEST:
+                self._answer_error(binding.error_response(
+                    msg.method, msg.transaction_id, msg.classic, 400, request_size=len(data)), addr)
+            else:
+                self.state.stats["dropped_unknown_method"] += 1
+            return
+        reply = handler(msg, Address(addr[0], addr[1]), self.key)
+        if isinstance(reply, Deferred):
+            # answered later (an asynchronous room registry): send it then
+            reply.addCallback(self._send)
+            reply.addErrback(self._handler_failed, len(data), addr)
+        else:
+            self._send(reply)
+
+    def _send(self, reply: Optional[binding.Reply]) -> None:
+        stats = self.state.stats
         if reply is None:
             stats["not_answered"] += 1
             return
@@ -150,3 +169,12 @@ class ReflectorProtocol(DatagramProtocol):
             return
         transport.write(reply.data, reply.to)
         stats["answered"] += 1
+
+    def _handler_failed(self, failure, n: int, addr) -> None:
+        self._internal_error(n, addr, failure)
+
+    def _internal_error(self, n: int, addr, failure=None) -> None:
+        """Count and log an error of ours; the peer's address only at debug."""
+        self.state.stats["internal_error"] += 1
+        self.log.failure("unexpected error answering a {n}-byte datagram", failure, n=n)
+        self.log.debug("the datagram that met the error came from {addr}", addr=addr)
