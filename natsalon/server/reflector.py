@@ -55,6 +55,14 @@ class ServerState:
 
 
 class ReflectorProtocol(DatagramProtocol):
+    """One salon socket's protocol.  A datagram is rate-limited once, in
+    :meth:`datagramReceived`, then answered by :meth:`answer`: the one path
+    every datagram takes after rate limiting.  ``ReflectorPort``'s read
+    loop does the rate limiting itself and answers a plain Binding request
+    from a source in :attr:`tails` without calling out (the bytes
+    :meth:`answer` would send); it hands every other datagram to
+    :meth:`answer`."""
+
     log = Logger()
     noisy = False
 
@@ -63,7 +71,10 @@ class ReflectorProtocol(DatagramProtocol):
         self.state = state
         self.rcvbuf = rcvbuf
         self.fast_answers = 0  # folded into state.stats by flush_stats()
-        self._tails: Dict[tuple, bytes] = {}
+        #: source address -> its cached XOR-MAPPED-ADDRESS attribute, b""
+        #: for an IPv6 source (see :meth:`fast_tail`); filled here, read by
+        #: ReflectorPort's loop too
+        self.tails: Dict[tuple, bytes] = {}
 
     def startProtocol(self) -> None:
         self.state.transports[self.key] = self.transport
@@ -83,23 +94,34 @@ class ReflectorProtocol(DatagramProtocol):
             self.fast_answers = 0
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        """A datagram before rate limiting; nothing raises out of here."""
         try:
-            host = addr[0]
             limiter = self.state.limiter
-            if limiter is not None and not limiter.allow(host):
+            if limiter is not None and not limiter.allow(addr[0]):
                 self.state.stats["rate_limited"] += 1
                 return
-            if len(data) == 20 and data[:8] == _PLAIN and self.state.fast_plain:
-                tail = self._tails.get(addr)
-                if tail is None:
-                    tail = self.fast_tail(addr)
-                if tail:
-                    self.transport.write(binding.fast_response(data, tail), addr)
-                    self.fast_answers += 1
-                    return
-            self._full(data, addr)
+            self._answer(data, addr)
         except Exception:
             self._internal_error(len(data), addr)
+
+    def answer(self, data: bytes, addr) -> None:
+        """Answer a datagram the rate limiter has let through (and charged
+        once); nothing raises out of here."""
+        try:
+            self._answer(data, addr)
+        except Exception:
+            self._internal_error(len(data), addr)
+
+    def _answer(self, data: bytes, addr) -> None:
+        if len(data) == 20 and data[:8] == _PLAIN and self.state.fast_plain:
+            tail = self.tails.get(addr)
+            if tail is None:
+                tail = self.fast_tail(addr)
+            if tail:
+                if self._write(self.transport, binding.fast_response(data, tail), addr):
+                    self.fast_answers += 1
+                return
+        self._full(data, addr)
 
     def fast_tail(self, addr) -> bytes:
         """The cached XOR-MAPPED-ADDRESS attribute for an IPv4 source, or
@@ -107,16 +129,26 @@ class ReflectorProtocol(DatagramProtocol):
         The cache is bounded."""
         host, port = addr[0], addr[1]
         tail = b"" if ":" in host else binding.xor_mapped_tail(host, port)
-        if len(self._tails) >= _TAIL_CACHE_SIZE:
-            self._tails.clear()
-        self._tails[(host, port)] = tail
+        if len(self.tails) >= _TAIL_CACHE_SIZE:
+            self.tails.clear()
+        self.tails[(host, port)] = tail
         return tail
+
+    def _write(self, transport, data: bytes, addr) -> bool:
+        """Send; a send the kernel refuses (ENOBUFS under a flood, say) is
+        counted as ``send_failed``, not raised: the client retransmits."""
+        try:
+            transport.write(data, addr)
+        except OSError as e:
+            self.state.stats["send_failed"] += 1
+            self.log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+            return False
+        return True
 
     def _answer_error(self, data: Optional[bytes], addr) -> None:
         if data is None:
             self.state.stats["not_answered_too_large"] += 1
-        else:
-            self.transport.write(data, addr)
+        elif self._write(self.transport, data, addr):
             self.state.stats["answered_400"] += 1
 
     def _decode(self, data: bytes, addr) -> Optional[Message]:
@@ -167,8 +199,8 @@ class ReflectorProtocol(DatagramProtocol):
         if transport is None:
             stats["dropped_no_socket"] += 1
             return
-        transport.write(reply.data, reply.to)
-        stats["answered"] += 1
+        if self._write(transport, reply.data, reply.to):
+            stats["answered"] += 1
 
     def _handler_failed(self, failure, n: int, addr) -> None:
         self._internal_error(n, addr, failure)
