@@ -4,7 +4,8 @@ same way.
 
 :class:`UDPClock` is a :class:`twisted.internet.task.Clock` that can also
 "listen" on UDP ports (Twisted's ``MemoryReactor`` does not do UDP): each
-listening port is a :class:`natsalon.testing.FakeDatagramTransport`, so a
+listening port is a :class:`natsalon.testing.FakeDatagramTransport`
+(:class:`FakeUDPPort`), so a
 whole :class:`natsalon.server.service.SalonService` starts, ticks and
 answers without a socket.
 
@@ -25,19 +26,34 @@ from natsalon.server.introducer.rooms import IRoomRegistry, MemoryRooms
 from natsalon.testing import FakeDatagramTransport
 
 
+class FakeUDPPort(FakeDatagramTransport):
+    """A listening port made by :class:`UDPClock`: a fake transport that,
+    like a real port, stops its protocol when it stops listening."""
+
+    def __init__(self, host: str, port: int, protocol) -> None:
+        super().__init__(host, port)
+        self.protocol = protocol
+
+    def stopListening(self):
+        if not self.closed:
+            super().stopListening()
+            self.protocol.doStop()
+        return None
+
+
 class UDPClock(Clock):
     """A Clock with ``listenUDP``; a port asked for as 0 gets the next free
     number from ``first_port`` up."""
 
     def __init__(self, first_port: int = 40000) -> None:
         super().__init__()
-        self.udp: Dict[Tuple[str, int], FakeDatagramTransport] = {}
+        self.udp: Dict[Tuple[str, int], FakeUDPPort] = {}
         self._next_port = first_port
 
     def listenUDP(self, port: int, protocol, interface: str = "", maxPacketSize: int = 8192):
         if port == 0:
             port, self._next_port = self._next_port, self._next_port + 1
-        transport = FakeDatagramTransport(interface, port)
+        transport = FakeUDPPort(interface, port, protocol)
         protocol.makeConnection(transport)
         self.udp[(interface, port)] = transport
         return transport
