@@ -187,3 +187,37 @@ def test_salon_wires_introducer_and_pushes():
     # the answer to B and the indication pushed to A
     assert sorted(to for _, to in out) == sorted([tuple(A), tuple(B)])
     assert not SalonService(clock, SalonConfig(introducer=False)).state.handlers
+
+
+class _RefusingTransport(FakeDatagramTransport):
+    """Refuses (ENOBUFS) every send to one address."""
+
+    def __init__(self, refused) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def write(self, packet, addr=None):
+        if tuple(addr) == self.refused:
+            raise OSError(105, "No buffer space available")
+        super().write(packet, addr)
+
+
+def test_refused_push_is_counted_and_the_joiner_still_answered():
+    svc = SalonService(Clock(), SalonConfig(rate_limit=0))
+    proto = svc.protocols[0]
+    t = _RefusingTransport(None)
+    proto.makeConnection(t)
+    keys = derive("room", "s")
+    answers = []
+    for nonce, src in ((new_nonce(), A), (new_nonce(), B)):
+        _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join)
+        proto.datagramReceived(raw, tuple(src))
+        (data, _), = t.pop()
+        cookie = wire.parse_join_answer(decode(data)).cookie
+        _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie)
+        t.refused = tuple(A) if src == B else None  # the push to A fails
+        proto.datagramReceived(raw, tuple(src))
+        answers.append(t.pop())
+    (data, to), = answers[1]
+    assert to == tuple(B) and wire.parse_join_answer(decode(data)).status == "introduced"
+    assert svc.state.stats["send_failed"] == 1 and svc.state.stats["internal_error"] == 0

@@ -1,9 +1,11 @@
 """The reflector: one DatagramProtocol per server socket.
 
-``datagramReceived`` is the hot path.  A plain Binding request from an IPv4
-source is answered with :func:`natsalon.server.binding.fast_response` and a cached
-XOR-ed address; everything else goes through the full decoder and the
-method handlers (Binding, and the introducer's methods when the salon has
+``datagramReceived`` rate-limits a datagram, then ``answer`` answers it (on
+the salon's sockets, :class:`natsalon.server.fastport.ReflectorPort`'s read
+loop rate-limits and calls ``answer``).  A plain Binding request from an
+IPv4 source is answered with :func:`natsalon.server.binding.fast_response`
+and a cached XOR-ed address; everything else goes through the full decoder
+and the method handlers (Binding, and the introducer's methods when the salon has
 one).  A handler may answer later, with a Deferred (the introducer over a
 room registry across the network): the reply is sent when it fires, and a
 failure is counted and logged there.  Bad input is counted and dropped, or
@@ -40,6 +42,8 @@ class ServerState:
     are bound), the transports by key so a reply can leave from another
     socket, the method handlers, the counters and the rate limiter."""
 
+    log = Logger()
+
     def __init__(self, stats: Optional[Stats] = None, limiter=None) -> None:
         self.layout = None
         self.transports: Dict[Key, object] = {}
@@ -52,6 +56,17 @@ class ServerState:
 
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
+
+    def write(self, transport, data: bytes, addr) -> bool:
+        """Send; a send the kernel refuses (ENOBUFS under a flood, say) is
+        counted as ``send_failed``, not raised: the client retransmits."""
+        try:
+            transport.write(data, addr)
+        except OSError as e:
+            self.stats["send_failed"] += 1
+            self.log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+            return False
+        return True
 
 
 class ReflectorProtocol(DatagramProtocol):
@@ -118,7 +133,7 @@ class ReflectorProtocol(DatagramProtocol):
             if tail is None:
                 tail = self.fast_tail(addr)
             if tail:
-                if self._write(self.transport, binding.fast_response(data, tail), addr):
+                if self.state.write(self.transport, binding.fast_response(data, tail), addr):
                     self.fast_answers += 1
                 return
         self._full(data, addr)
@@ -134,21 +149,10 @@ class ReflectorProtocol(DatagramProtocol):
         self.tails[(host, port)] = tail
         return tail
 
-    def _write(self, transport, data: bytes, addr) -> bool:
-        """Send; a send the kernel refuses (ENOBUFS under a flood, say) is
-        counted as ``send_failed``, not raised: the client retransmits."""
-        try:
-            transport.write(data, addr)
-        except OSError as e:
-            self.state.stats["send_failed"] += 1
-            self.log.debug("send to {addr} failed: {err}", addr=addr, err=e)
-            return False
-        return True
-
     def _answer_error(self, data: Optional[bytes], addr) -> None:
         if data is None:
             self.state.stats["not_answered_too_large"] += 1
-        elif self._write(self.transport, data, addr):
+        elif self.state.write(self.transport, data, addr):
             self.state.stats["answered_400"] += 1
 
     def _decode(self, data: bytes, addr) -> Optional[Message]:
@@ -199,7 +203,7 @@ class ReflectorProtocol(DatagramProtocol):
         if transport is None:
             stats["dropped_no_socket"] += 1
             return
-        if self._write(transport, reply.data, reply.to):
+        if self.state.write(transport, reply.data, reply.to):
             stats["answered"] += 1
 
     def _handler_failed(self, failure, n: int, addr) -> None:

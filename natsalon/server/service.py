@@ -127,7 +127,7 @@ class SalonService(service.MultiService):
     def _push(self, reply) -> None:
         transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
         if transport is not None:
-            transport.write(reply.data, reply.to)
+            self.state.write(transport, reply.data, reply.to)
 
     def _tick(self) -> None:
         if self.introducer is not None:
