@@ -126,7 +126,8 @@ def test_handler_failing_later_is_counted_and_consumed(salon):
 def test_reply_for_a_closed_socket_is_dropped(salon):
     svc, clock, rooms, proto, transport = salon
     proto.datagramReceived(with_cookie(proto, transport, new_nonce(), A), A)
-    proto.stopProtocol()  # the socket went away while the registry thought
+    transport.stopListening()  # the socket went away while the registry thought
+    assert svc.state.transports.get(proto.key) is None
     rooms.answer()
     assert transport.pop() == []
     assert svc.state.stats["dropped_no_socket"] == 1
@@ -196,3 +197,16 @@ def _member(src):
     from natsalon.stun import Address
 
     return Member(new_nonce(), Address(*src), b"", (0, 0))
+
+
+def test_stopping_the_salon_cancels_a_running_prune(salon):
+    svc, clock, rooms, proto, transport = salon
+    clock.advance(1)
+    (pending, _), = rooms.queued
+    with capturedLogs() as events:
+        svc.stopService()
+    assert pending.called and pending.result is None
+    assert svc.state.stats["rooms_prune_failed"] == 0
+    assert not [e for e in events if "log_failure" in e]
+    svc.introducer.prune()  # no longer counts as running
+    assert len(rooms.queued) == 2

@@ -53,8 +53,10 @@ def test_bind_is_idempotent_and_unbind_closes():
 def test_start_binds_each_socket_once_and_stop_closes_them():
     svc, clock, _ = started(SalonConfig(interface="192.0.2.1", alt_ip="192.0.2.2", port=0, alt_port=0, rcvbuf=0))
     assert len(clock.udp) == 4
+    assert len(svc.state.transports) == 4
     svc.stopService()
     assert all(t.closed for t in clock.udp.values())
+    assert svc.state.transports == {}  # no reply can leave from a closed socket
     assert all(s.bound_port is None for s in svc.sockets.values())
 
 

@@ -90,8 +90,11 @@ class ReflectorProtocol(DatagramProtocol):
         #: for an IPv6 source (see :meth:`fast_tail`); filled here, read by
         #: ReflectorPort's loop too
         self.tails: Dict[tuple, bytes] = {}
+        self._registered = None  # the transport this put in state.transports
 
     def startProtocol(self) -> None:
+        # kept: by the time stopProtocol runs, doStop has cleared .transport
+        self._registered = self.transport
         self.state.transports[self.key] = self.transport
         if self.rcvbuf:
             try:
@@ -100,8 +103,9 @@ class ReflectorProtocol(DatagramProtocol):
                 self.log.warn("could not set receive buffer: {err}", err=e)
 
     def stopProtocol(self) -> None:
-        if self.state.transports.get(self.key) is self.transport:
+        if self.state.transports.get(self.key) is self._registered:
             del self.state.transports[self.key]
+        self._registered = None
 
     def flush_stats(self) -> None:
         if self.fast_answers:

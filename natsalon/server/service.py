@@ -124,6 +124,11 @@ class SalonService(service.MultiService):
             introducer="on" if self.introducer is not None else "off",
         )
 
+    def stopService(self):
+        if self.introducer is not None:
+            self.introducer.stop()
+        return service.MultiService.stopService(self)
+
     def _push(self, reply) -> None:
         transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
         if transport is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from natsalon import wire
@@ -81,11 +81,19 @@ class Introducer:
         result.addBoth(self._prune_done)
         return result
 
+    def stop(self) -> None:
+        """Cancel the registry's prune if one is running (the salon is
+        stopping)."""
+        if self._pruning is not None:
+            self._pruning.cancel()
+
     def _pruned(self, n: int) -> None:
         if n:
             self.stats["rooms_expired"] += n
 
     def _prune_failed(self, failure) -> None:
+        if failure.check(CancelledError):
+            return
         self.stats["rooms_prune_failed"] += 1
         self.log.failure("the room registry failed to prune", failure)
 
