@@ -141,12 +141,17 @@ class SalonService(service.MultiService):
             self.introducer.prune()
         if self.state.limiter is not None:
             self.state.limiter.new_window()
-        for proto in self.protocols:
-            proto.flush_stats()
+        self.flush_stats()
         self._since_report += 1.0
         if self._since_report >= self.config.stats_interval:
             self._since_report = 0.0
             log.info("stats: {summary}", summary=self.state.stats.summary())
+
+    def flush_stats(self) -> None:
+        """Fold the sockets' own counters into ``state.stats`` (the tick
+        does this every second)."""
+        for proto in self.protocols:
+            proto.flush_stats()
 
     @property
     def layout(self) -> Layout:
