@@ -147,3 +147,19 @@ def test_refused_send_is_counted_not_raised():
     proto.flush_stats()
     assert state.stats["send_failed"] == 2
     assert state.stats["internal_error"] == 0 and state.stats["answered"] == 0
+
+
+def test_loop_answers_new_ipv4_sources_inline():
+    """The loop's reason to exist: a plain request from a source never
+    seen before (most of a public server's traffic) is answered without
+    calling out to the protocol, whose path costs ~2.5x more per packet."""
+    state, proto = server("192.0.2.1")
+    handed = []
+    proto.answer = lambda data, addr: handed.append(addr)
+    port = ReflectorPort(3478, proto, "192.0.2.1", 8192, Clock())
+    sources = [("198.51.100.%d" % i, 40000 + i) for i in range(1, 50)]
+    port.socket = FakeSocket([(request(i), src) for i, src in enumerate(sources)], False)
+    proto.makeConnection(port)
+    port.doRead()
+    assert handed == []
+    assert [to for _, to in port.socket.sent] == sources

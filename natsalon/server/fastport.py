@@ -6,11 +6,11 @@ handful of attribute look-ups per packet.  At 150k+ requests/s that
 overhead is most of the cost, so :class:`ReflectorPort` runs the same loop
 with everything in locals.  It rate-limits each datagram once, as
 ``datagramReceived`` would, and answers the common case (a 20-byte RFC
-5389 Binding request with no attributes from a source whose answer tail
-the protocol has cached: an IPv4 source seen before) without leaving the
-loop.  Everything else goes to the protocol's ``answer`` (the path after
-rate limiting), so behaviour is identical: the unit tests drive both and
-compare, and the loopback tests drive this port.
+5389 Binding request with no attributes from an IPv4 source, with the
+answer tail the protocol computes and caches: ``fast_tail``) without
+leaving the loop.  Everything else goes to the protocol's ``answer`` (the
+path after rate limiting), so behaviour is identical: the unit tests drive
+both and compare, and the loopback tests drive this port.
 
 The protocol must be a :class:`natsalon.server.reflector.ReflectorProtocol`.
 """
@@ -39,6 +39,7 @@ class ReflectorPort(udp.Port):
         recvfrom = self.socket.recvfrom
         sendto = self.socket.sendto
         tails = proto.tails
+        tail_for = proto.fast_tail
         answer = proto.answer
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
@@ -62,6 +63,8 @@ class ReflectorPort(udp.Port):
                     continue
                 if len(data) == 20 and data[:8] == plain:
                     tail = tails.get(addr)
+                    if tail is None:
+                        tail = tail_for(addr)
                     if tail:
                         try:
                             sendto(head + data[8:20] + tail, addr)

@@ -74,9 +74,9 @@ class ReflectorProtocol(DatagramProtocol):
     :meth:`datagramReceived`, then answered by :meth:`answer`: the one path
     every datagram takes after rate limiting.  ``ReflectorPort``'s read
     loop does the rate limiting itself and answers a plain Binding request
-    from a source in :attr:`tails` without calling out (the bytes
-    :meth:`answer` would send); it hands every other datagram to
-    :meth:`answer`."""
+    from an IPv4 source with this protocol's :meth:`fast_tail` without
+    calling out (the bytes :meth:`answer` would send); it hands every
+    other datagram to :meth:`answer`."""
 
     log = Logger()
     noisy = False
