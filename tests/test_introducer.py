@@ -168,6 +168,16 @@ def test_cookie_for_scoped_ipv6_source():
     assert not jar.check(cookie, Address("fe80::2%eth0", 5000), b"r" * 16, 100.0)
 
 
+def join_through(proto, transport, keys, nonce, src):
+    """The JOIN, with the cookie the salon gave ``src``, as bytes (the
+    cookie round trip goes through ``proto``)."""
+    _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join)
+    proto.datagramReceived(raw, tuple(src))
+    (data, _), = transport.pop()
+    cookie = wire.parse_join_answer(decode(data)).cookie
+    return wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie)[1]
+
+
 def test_salon_wires_introducer_and_pushes():
     clock = Clock()
     svc = SalonService(clock, SalonConfig(rate_limit=0))
@@ -176,14 +186,39 @@ def test_salon_wires_introducer_and_pushes():
     t = FakeDatagramTransport()
     proto.makeConnection(t)
     keys = derive("room", "s")
-    for nonce, src in ((new_nonce(), A), (new_nonce(), B)):
-        _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join)
-        proto.datagramReceived(raw, tuple(src))
-        (data, to), = t.pop()
-        cookie = wire.parse_join_answer(decode(data)).cookie
-        _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie)
-        proto.datagramReceived(raw, tuple(src))
+    for src in (A, B):
+        proto.datagramReceived(join_through(proto, t, keys, new_nonce(), src), tuple(src))
         out = t.pop()
     # the answer to B and the indication pushed to A
     assert sorted(to for _, to in out) == sorted([tuple(A), tuple(B)])
     assert not SalonService(clock, SalonConfig(introducer=False)).state.handlers
+
+
+class _RefusingTransport(FakeDatagramTransport):
+    """Refuses (ENOBUFS) every send to one address."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = None
+
+    def write(self, packet, addr=None):
+        if tuple(addr) == self.refused:
+            raise OSError(105, "No buffer space available")
+        super().write(packet, addr)
+
+
+def test_refused_push_is_counted_and_the_joiner_still_answered():
+    svc = SalonService(Clock(), SalonConfig(rate_limit=0))
+    proto = svc.protocols[0]
+    t = _RefusingTransport()
+    proto.makeConnection(t)
+    keys = derive("room", "s")
+    proto.datagramReceived(join_through(proto, t, keys, new_nonce(), A), tuple(A))
+    (_, to), = t.pop()
+    assert to == tuple(A)
+    raw = join_through(proto, t, keys, new_nonce(), B)
+    t.refused = tuple(A)  # the introduction pushed to A is refused
+    proto.datagramReceived(raw, tuple(B))
+    (data, to), = t.pop()
+    assert to == tuple(B) and wire.parse_join_answer(decode(data)).status == "introduced"
+    assert svc.state.stats["send_failed"] == 1 and svc.state.stats["internal_error"] == 0

@@ -1,6 +1,8 @@
 """The room registry: pure functions of ``now``."""
 
-from natsalon.server.introducer.rooms import Member, MemoryRooms, Outcome
+from zope.interface.verify import verifyClass, verifyObject
+
+from natsalon.server.introducer.rooms import IRoomRegistry, Member, MemoryRooms, Outcome
 from natsalon.stun import Address
 
 A = Address("192.0.2.1", 1000)
@@ -10,6 +12,14 @@ C = Address("192.0.2.3", 3000)
 
 def m(nonce, addr):
     return Member(nonce * 16, addr, b"blob-" + nonce)
+
+
+def test_memory_rooms_provides_the_registry_interface():
+    assert IRoomRegistry.implementedBy(MemoryRooms)
+    verifyClass(IRoomRegistry, MemoryRooms)
+    verifyObject(IRoomRegistry, MemoryRooms())
+    # the interface is what the introducer calls, nothing more
+    assert sorted(IRoomRegistry.names()) == ["join", "prune"]
 
 
 def test_pair_and_introduce_both():

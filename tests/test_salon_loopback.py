@@ -57,7 +57,7 @@ def test_plain_request_and_stats(salon, client):
     msg = Message(Method.BINDING, Class.REQUEST, os.urandom(12))
     resp = yield proto.request(msg, ("127.0.0.1", salon.layout.ports[0]))
     assert resp.message.attributes == ((Attr.XOR_MAPPED_ADDRESS, Address("127.0.0.1", local_port)),)
-    salon._tick()
+    salon.flush_stats()
     assert salon.state.stats["answered"] >= 1
 
 

@@ -81,6 +81,22 @@ def _error_reply(msg: Message, via: Key, to: tuple, code: int, unknown=()) -> Op
     return Reply(via, to, data) if data is not None else None
 
 
+#: a success answer's address attributes: the source as seen, the socket
+#: answering, the socket differing in IP and port (RFC 5389 / RFC 5780)
+_ADDRESSES = (Attr.XOR_MAPPED_ADDRESS, Attr.RESPONSE_ORIGIN, Attr.OTHER_ADDRESS)
+#: the same in an RFC 3489 (classic) answer
+_CLASSIC_ADDRESSES = (Attr.MAPPED_ADDRESS, Attr.SOURCE_ADDRESS, Attr.CHANGED_ADDRESS)
+
+
+def _address_attrs(names, source: Address, via: Key, layout: Layout) -> list:
+    mapped, origin, other = names
+    attrs = [(mapped, source)]
+    for name, address in ((origin, layout.address(via)), (other, layout.other(via))):
+        if address is not None:
+            attrs.append((name, address))
+    return attrs
+
+
 def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> Optional[Reply]:
     """The reply to a decoded Binding message, or None when it gets none
     (indications and responses are never answered)."""
@@ -103,30 +119,20 @@ def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> O
     response_port = msg.get(Attr.RESPONSE_PORT)
     to = (source.host, response_port if response_port else source.port)
 
-    origin = layout.address(via)
     if msg.classic:
-        attrs = [(Attr.MAPPED_ADDRESS, source)]
-        if origin is not None:
-            attrs.append((Attr.SOURCE_ADDRESS, origin))
-        other = layout.other(via)
-        if other is not None:
-            attrs.append((Attr.CHANGED_ADDRESS, other))
-        return Reply(via, to, encode(Message(msg.method, Class.SUCCESS, msg.transaction_id, tuple(attrs), True)))
-
-    attrs = [(Attr.XOR_MAPPED_ADDRESS, source)]
-    if origin is not None:
-        attrs.append((Attr.RESPONSE_ORIGIN, origin))
-    other = layout.other(via)
-    if other is not None:
-        attrs.append((Attr.OTHER_ADDRESS, other))
+        attrs = _address_attrs(_CLASSIC_ADDRESSES, source, via, layout)
+        return Reply(via, to, _success(msg, attrs))
+    attrs = _address_attrs(_ADDRESSES, source, via, layout)
     fingerprint = msg.has(Attr.FINGERPRINT)
-    padding = msg.get(Attr.PADDING)
-    if padding is not None:
-        # RFC 5780 section 7.6: pad the response to the size of the request,
-        # never beyond it (no amplification).
-        base = len(encode(Message(msg.method, Class.SUCCESS, msg.transaction_id, tuple(attrs)), fingerprint=fingerprint))
-        room = len(msg.raw) - base - 4
+    if msg.get(Attr.PADDING) is not None:
+        # RFC 5780 section 7.6: pad the response to the size of the
+        # request, never beyond it (no amplification).
+        room = len(msg.raw) - len(_success(msg, attrs, fingerprint)) - 4
         if room > 0:
             attrs.append((Attr.PADDING, b"\x00" * (room & ~3)))
-    data = encode(Message(msg.method, Class.SUCCESS, msg.transaction_id, tuple(attrs)), fingerprint=fingerprint)
-    return Reply(via, to, data)
+    return Reply(via, to, _success(msg, attrs, fingerprint))
+
+
+def _success(msg: Message, attrs: list, fingerprint: bool = False) -> bytes:
+    return encode(Message(msg.method, Class.SUCCESS, msg.transaction_id, tuple(attrs), msg.classic),
+                  fingerprint=fingerprint)

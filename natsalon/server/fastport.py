@@ -4,11 +4,13 @@ Twisted's ``udp.Port.doRead`` calls ``protocol.datagramReceived`` for each
 datagram, which then calls ``transport.write``: two Python frames and a
 handful of attribute look-ups per packet.  At 150k+ requests/s that
 overhead is most of the cost, so :class:`ReflectorPort` runs the same loop
-with everything in locals and answers the common case (a 20-byte RFC 5389
-Binding request with no attributes, from an IPv4 source, within the rate
-limit) without leaving the loop.  Everything else goes to the protocol's
-``datagramReceived`` unchanged, so behaviour is identical: the unit tests
-drive the protocol directly and the loopback tests drive this port.
+with everything in locals.  It rate-limits each datagram once, as
+``datagramReceived`` would, and answers the common case (a 20-byte RFC
+5389 Binding request with no attributes from an IPv4 source, with the
+answer tail the protocol computes and caches: ``fast_tail``) without
+leaving the loop.  Everything else goes to the protocol's ``answer`` (the
+path after rate limiting), so behaviour is identical: the unit tests drive
+both and compare, and the loopback tests drive this port.
 
 The protocol must be a :class:`natsalon.server.reflector.ReflectorProtocol`.
 """
@@ -36,16 +38,16 @@ class ReflectorPort(udp.Port):
         proto = self.protocol
         recvfrom = self.socket.recvfrom
         sendto = self.socket.sendto
+        tails = proto.tails
         tail_for = proto.fast_tail
-        tails = proto._tails
-        slow = proto.datagramReceived
+        answer = proto.answer
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
         v6 = self.addressFamily == socket.AF_INET6
         plain = PLAIN_REQUEST_PREFIX if proto.state.fast_plain else None
         head = RESPONSE_HEAD
         size = self.maxPacketSize
-        answered = 0
+        answered = limited = failed = 0
         try:
             for _ in range(_BATCH):
                 try:
@@ -56,24 +58,33 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
-                if len(data) == 20 and data[:8] == plain and (allow is None or allow(addr[0])):
+                if allow is not None and not allow(addr[0]):
+                    limited += 1
+                    continue
+                if len(data) == 20 and data[:8] == plain:
                     tail = tails.get(addr)
                     if tail is None:
                         tail = tail_for(addr)
                     if tail:
                         try:
                             sendto(head + data[8:20] + tail, addr)
+                            answered += 1
                         except OSError:
-                            pass  # e.g. ENOBUFS: the client retransmits
-                        answered += 1
+                            failed += 1  # e.g. ENOBUFS: the client retransmits
                         continue
-                    slow(data, addr)
-                elif allow is None or len(data) != 20 or data[:8] != plain:
-                    slow(data, addr)
-                else:
-                    proto.state.stats["rate_limited"] += 1
+                answer(data, addr)
         finally:
-            proto.fast_answers += answered
+            _fold(proto, answered, limited, failed)
+
+
+def _fold(proto, answered: int, limited: int, failed: int) -> None:
+    """Add a batch's counts to the protocol's (kept out of the loop)."""
+    proto.fast_answers += answered
+    stats = proto.state.stats
+    if limited:
+        stats["rate_limited"] += limited
+    if failed:
+        stats["send_failed"] += failed
 
 
 def listen_reflector(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):

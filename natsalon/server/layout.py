@@ -19,6 +19,16 @@ Key = Tuple[int, int]
 PRIMARY: Key = (0, 0)
 
 
+def hostport(host: Optional[str], port: int) -> str:
+    """``host:port`` for people: ``[v6]:port`` for IPv6, ``*:port`` when
+    the host is unknown or the wildcard address."""
+    if not host:
+        host = "*"
+    elif ":" in host:
+        host = "[%s]" % host
+    return "%s:%d" % (host, port)
+
+
 @dataclass(frozen=True)
 class Layout:
     #: advertised IPs; ``ips[0]`` may be None when the server binds the
@@ -29,6 +39,12 @@ class Layout:
     @property
     def has_alt_ip(self) -> bool:
         return self.ips[1] is not None
+
+    def describe(self) -> str:
+        """The advertised addresses for a log line, e.g.
+        ``203.0.113.10:3478, alt port 3479, alt IP none``."""
+        return "%s, alt port %d, alt IP %s" % (
+            hostport(self.ips[0], self.ports[0]), self.ports[1], self.ips[1] or "none")
 
     def keys(self):
         ip_indexes = (0, 1) if self.has_alt_ip else (0,)

@@ -1,11 +1,16 @@
 """The reflector: one DatagramProtocol per server socket.
 
-``datagramReceived`` is the hot path.  A plain Binding request from an IPv4
-source is answered with :func:`natsalon.server.binding.fast_response` and a cached
-XOR-ed address; everything else goes through the full decoder and the
-method handlers (Binding, and the introducer's methods when the salon has
-one).  Bad input is counted and dropped, or answered with 400/420 where the
-RFC says so; nothing raises out of ``datagramReceived``.
+``datagramReceived`` rate-limits a datagram, then ``answer`` answers it (on
+the salon's sockets, :class:`natsalon.server.fastport.ReflectorPort`'s read
+loop rate-limits and calls ``answer``).  A plain Binding request from an
+IPv4 source is answered with :func:`natsalon.server.binding.fast_response`
+and a cached XOR-ed address; everything else goes through the full decoder
+and the method handlers (Binding, and the introducer's methods when the salon has
+one).  A handler may answer later, with a Deferred (the introducer over a
+room registry across the network): the reply is sent when it fires, and a
+failure is counted and logged there.  Bad input is counted and dropped, or
+answered with 400/420 where the RFC says so; nothing raises out of
+``datagramReceived``.
 """
 
 from __future__ import annotations
@@ -13,19 +18,22 @@ from __future__ import annotations
 import socket
 from typing import Callable, Dict, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from natsalon.server import binding
 from natsalon.server.layout import Key
 from natsalon.ops.stats import Stats
-from natsalon.stun import Address, Class, Method, StunDecodeError, decode
+from natsalon.stun import Address, Class, Message, Method, StunDecodeError, decode
 from natsalon.stun.constants import MAX_MESSAGE_SIZE
 
 _PLAIN = binding.PLAIN_REQUEST_PREFIX
 _TAIL_CACHE_SIZE = 4096
 
-#: handler(message, source, received_on_key) -> Optional[binding.Reply]
+#: handler(message, source, received_on_key) -> Optional[binding.Reply], or
+#: a Deferred firing with one (the introducer, over a registry that answers
+#: later)
 Handler = Callable
 
 
@@ -33,6 +41,8 @@ class ServerState:
     """What the salon's protocols share: the layout (set once the sockets
     are bound), the transports by key so a reply can leave from another
     socket, the method handlers, the counters and the rate limiter."""
+
+    log = Logger()
 
     def __init__(self, stats: Optional[Stats] = None, limiter=None) -> None:
         self.layout = None
@@ -47,8 +57,27 @@ class ServerState:
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
 
+    def write(self, transport, data: bytes, addr) -> bool:
+        """Send; a send the kernel refuses (ENOBUFS under a flood, say) is
+        counted as ``send_failed``, not raised: the client retransmits."""
+        try:
+            transport.write(data, addr)
+        except OSError as e:
+            self.stats["send_failed"] += 1
+            self.log.debug("send to {addr} failed: {err}", addr=addr, err=e)
+            return False
+        return True
+
 
 class ReflectorProtocol(DatagramProtocol):
+    """One salon socket's protocol.  A datagram is rate-limited once, in
+    :meth:`datagramReceived`, then answered by :meth:`answer`: the one path
+    every datagram takes after rate limiting.  ``ReflectorPort``'s read
+    loop does the rate limiting itself and answers a plain Binding request
+    from an IPv4 source with this protocol's :meth:`fast_tail` without
+    calling out (the bytes :meth:`answer` would send); it hands every
+    other datagram to :meth:`answer`."""
+
     log = Logger()
     noisy = False
 
@@ -57,9 +86,15 @@ class ReflectorProtocol(DatagramProtocol):
         self.state = state
         self.rcvbuf = rcvbuf
         self.fast_answers = 0  # folded into state.stats by flush_stats()
-        self._tails: Dict[tuple, bytes] = {}
+        #: source address -> its cached XOR-MAPPED-ADDRESS attribute, b""
+        #: for an IPv6 source (see :meth:`fast_tail`); filled here, read by
+        #: ReflectorPort's loop too
+        self.tails: Dict[tuple, bytes] = {}
+        self._registered = None  # the transport this put in state.transports
 
     def startProtocol(self) -> None:
+        # kept: by the time stopProtocol runs, doStop has cleared .transport
+        self._registered = self.transport
         self.state.transports[self.key] = self.transport
         if self.rcvbuf:
             try:
@@ -68,8 +103,9 @@ class ReflectorProtocol(DatagramProtocol):
                 self.log.warn("could not set receive buffer: {err}", err=e)
 
     def stopProtocol(self) -> None:
-        if self.state.transports.get(self.key) is self.transport:
+        if self.state.transports.get(self.key) is self._registered:
             del self.state.transports[self.key]
+        self._registered = None
 
     def flush_stats(self) -> None:
         if self.fast_answers:
@@ -77,24 +113,34 @@ class ReflectorProtocol(DatagramProtocol):
             self.fast_answers = 0
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        """A datagram before rate limiting; nothing raises out of here."""
         try:
-            host = addr[0]
             limiter = self.state.limiter
-            if limiter is not None and not limiter.allow(host):
+            if limiter is not None and not limiter.allow(addr[0]):
                 self.state.stats["rate_limited"] += 1
                 return
-            if len(data) == 20 and data[:8] == _PLAIN and self.state.fast_plain:
-                tail = self._tails.get(addr)
-                if tail is None:
-                    tail = self.fast_tail(addr)
-                if tail:
-                    self.transport.write(binding.fast_response(data, tail), addr)
-                    self.fast_answers += 1
-                    return
-            self._full(data, addr)
+            self._answer(data, addr)
         except Exception:
-            self.state.stats["internal_error"] += 1
-            self.log.failure("unexpected error answering {n}-byte datagram from {addr}", n=len(data), addr=addr)
+            self._internal_error(len(data), addr)
+
+    def answer(self, data: bytes, addr) -> None:
+        """Answer a datagram the rate limiter has let through (and charged
+        once); nothing raises out of here."""
+        try:
+            self._answer(data, addr)
+        except Exception:
+            self._internal_error(len(data), addr)
+
+    def _answer(self, data: bytes, addr) -> None:
+        if len(data) == 20 and data[:8] == _PLAIN and self.state.fast_plain:
+            tail = self.tails.get(addr)
+            if tail is None:
+                tail = self.fast_tail(addr)
+            if tail:
+                if self.state.write(self.transport, binding.fast_response(data, tail), addr):
+                    self.fast_answers += 1
+                return
+        self._full(data, addr)
 
     def fast_tail(self, addr) -> bytes:
         """The cached XOR-MAPPED-ADDRESS attribute for an IPv4 source, or
@@ -102,45 +148,58 @@ class ReflectorProtocol(DatagramProtocol):
         The cache is bounded."""
         host, port = addr[0], addr[1]
         tail = b"" if ":" in host else binding.xor_mapped_tail(host, port)
-        if len(self._tails) >= _TAIL_CACHE_SIZE:
-            self._tails.clear()
-        self._tails[(host, port)] = tail
+        if len(self.tails) >= _TAIL_CACHE_SIZE:
+            self.tails.clear()
+        self.tails[(host, port)] = tail
         return tail
 
     def _answer_error(self, data: Optional[bytes], addr) -> None:
         if data is None:
             self.state.stats["not_answered_too_large"] += 1
-        else:
-            self.transport.write(data, addr)
+        elif self.state.write(self.transport, data, addr):
             self.state.stats["answered_400"] += 1
 
-    def _full(self, data: bytes, addr) -> None:
-        stats = self.state.stats
+    def _decode(self, data: bytes, addr) -> Optional[Message]:
+        """The decoded message, or None when it was dropped (and counted)
+        or answered with a 400 here."""
         if len(data) > MAX_MESSAGE_SIZE:
-            stats["dropped_oversized"] += 1
-            return
+            self.state.stats["dropped_oversized"] += 1
+            return None
         try:
-            msg = decode(data)
+            return decode(data)
         except StunDecodeError as e:
-            stats["dropped_malformed"] += 1
+            self.state.stats["dropped_malformed"] += 1
             header = e.header
             if header is not None and header[1] == Class.REQUEST:
                 method, _, txid, classic = header
                 self._answer_error(binding.error_response(method, txid, classic, 400, request_size=len(data)), addr)
+            return None
+
+    def _full(self, data: bytes, addr) -> None:
+        msg = self._decode(data, addr)
+        if msg is None:
             return
-        source = Address(addr[0], addr[1])
         if msg.method == Method.BINDING:
-            reply = self.state.binding_handler(msg, source, self.key)
+            handler = self.state.binding_handler
         else:
             handler = self.state.handlers.get(msg.method)
-            if handler is None:
-                if msg.cls == Class.REQUEST:
-                    self._answer_error(binding.error_response(
-                        msg.method, msg.transaction_id, msg.classic, 400, request_size=len(data)), addr)
-                else:
-                    stats["dropped_unknown_method"] += 1
-                return
-            reply = handler(msg, source, self.key)
+        if handler is None:
+            if msg.cls == Class.REQUEST:
+                self._answer_error(binding.error_response(
+                    msg.method, msg.transaction_id, msg.classic, 400, request_size=len(data)), addr)
+            else:
+                self.state.stats["dropped_unknown_method"] += 1
+            return
+        reply = handler(msg, Address(addr[0], addr[1]), self.key)
+        if isinstance(reply, Deferred):
+            # answered later (an asynchronous room registry): send it then
+            reply.addCallback(self._send)
+            reply.addErrback(self._handler_failed, len(data), addr)
+        else:
+            self._send(reply)
+
+    def _send(self, reply: Optional[binding.Reply]) -> None:
+        stats = self.state.stats
         if reply is None:
             stats["not_answered"] += 1
             return
@@ -148,5 +207,14 @@ class ReflectorProtocol(DatagramProtocol):
         if transport is None:
             stats["dropped_no_socket"] += 1
             return
-        transport.write(reply.data, reply.to)
-        stats["answered"] += 1
+        if self.state.write(transport, reply.data, reply.to):
+            stats["answered"] += 1
+
+    def _handler_failed(self, failure, n: int, addr) -> None:
+        self._internal_error(n, addr, failure)
+
+    def _internal_error(self, n: int, addr, failure=None) -> None:
+        """Count and log an error of ours; the peer's address only at debug."""
+        self.state.stats["internal_error"] += 1
+        self.log.failure("unexpected error answering a {n}-byte datagram", failure, n=n)
+        self.log.debug("the datagram that met the error came from {addr}", addr=addr)

@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from natsalon.server.introducer.handler import Introducer
-from natsalon.server.layout import PRIMARY, Layout
+from natsalon.server.layout import PRIMARY, Layout, hostport
 from natsalon.server.ratelimit import SourceLimiter
 from natsalon.server.reflector import ReflectorProtocol, ServerState
 from natsalon.server.introducer.rooms import MemoryRooms
@@ -88,18 +88,16 @@ class SalonService(service.MultiService):
         self._since_report = 0.0
 
     def _bind(self) -> None:
-        # Bind the primary-IP sockets first: when asked for port 0, the
+        """Bind every socket not bound yet, then set the layout."""
+        # The primary-IP sockets first: when asked for port 0, the
         # alternate-IP sockets must use the same two ports (RFC 5780 grid).
-        for p in (0, 1):
-            if self.sockets[(0, p)].listening is None:
-                self.sockets[(0, p)]._listen()
+        ports = tuple(self.sockets[(0, p)].bind().getHost().port for p in (0, 1))
         for p in (0, 1):
             alt = self.sockets.get((1, p))
-            if alt is not None and alt.listening is None:
-                alt.port = self.sockets[(0, p)].bound_port
-                alt._listen()
+            if alt is not None:
+                alt.port = ports[p]
+                alt.bind()
         cfg = self.config
-        ports = (self.sockets[(0, 0)].bound_port, self.sockets[(0, 1)].bound_port)
         ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
         ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
         self.state.layout = Layout((ip0, ip1), ports)
@@ -111,38 +109,49 @@ class SalonService(service.MultiService):
             self._bind()
         except CannotListenError as e:
             for svc in self.sockets.values():
-                if svc.listening is not None:
-                    svc.listening.stopListening()
-                    svc.listening = None
-            raise SystemExit("natsalon: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
+                svc.unbind()
+            raise SystemExit("natsalon: cannot listen on %s: %s" % (hostport(e.interface, e.port), e.socketError))
         service.MultiService.privilegedStartService(self)
 
     def startService(self) -> None:
         self._bind()
         service.MultiService.startService(self)
         log.info(
-            "natsalon serving STUN on {sockets}; advertised {layout}; rate limit {rate}/s per source",
-            sockets=", ".join("%s:%d" % (s.interface or "*", s.bound_port) for s in self.sockets.values()),
-            layout=self.state.layout,
-            rate=self.config.rate_limit or "off",
+            "natsalon serving STUN on {sockets}; advertised {advertised}; rate limit {rate}; introducer {introducer}",
+            sockets=", ".join(hostport(s.interface, s.bound_port) for s in self.sockets.values()),
+            advertised=self.state.layout.describe(),
+            rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
+            introducer="on" if self.introducer is not None else "off",
         )
+
+    def stopService(self):
+        if self.introducer is not None:
+            self.introducer.stop()
+        return service.MultiService.stopService(self)
 
     def _push(self, reply) -> None:
         transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
         if transport is not None:
-            transport.write(reply.data, reply.to)
+            self.state.write(transport, reply.data, reply.to)
 
     def _tick(self) -> None:
         if self.introducer is not None:
+            # not returned: a registry that answers later must not hold up
+            # the tick (the introducer skips prunes while one runs)
             self.introducer.prune()
         if self.state.limiter is not None:
             self.state.limiter.new_window()
-        for proto in self.protocols:
-            proto.flush_stats()
+        self.flush_stats()
         self._since_report += 1.0
         if self._since_report >= self.config.stats_interval:
             self._since_report = 0.0
             log.info("stats: {summary}", summary=self.state.stats.summary())
+
+    def flush_stats(self) -> None:
+        """Fold the sockets' own counters into ``state.stats`` (the tick
+        does this every second)."""
+        for proto in self.protocols:
+            proto.flush_stats()
 
     @property
     def layout(self) -> Layout:

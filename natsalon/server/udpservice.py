@@ -1,11 +1,13 @@
 """A service that keeps one UDP socket open while it runs.
 
 Like ``twisted.application.internet.UDPServer``, but takes the reactor as an
-argument and exposes the listening port, so the owner can learn the port
-the kernel chose when asked for port 0.
+argument and lets its owner bind early and learn the port the kernel chose
+when asked for port 0 (:meth:`DatagramService.bind`).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 from twisted.application import service
 
@@ -15,36 +17,47 @@ class DatagramService(service.Service):
         self.reactor = reactor
         #: listen(reactor, port, protocol, interface) -> IListeningPort
         self.listen = listen
+        #: the port to bind (0: the kernel picks); read when binding
         self.port = port
         self.protocol = protocol
         self.interface = interface
-        self.listening = None
+        self._listening = None
 
-    def privilegedStartService(self) -> None:
-        # bind here, like twisted.application.internet's servers: before
-        # twistd drops privileges, and so a bind error stops start-up early
-        service.Service.privilegedStartService(self)
-        if self.listening is None:
-            self._listen()
+    def bind(self):
+        """Open the socket unless it is open; return the listening port
+        (an ``IListeningPort``).  Raises ``CannotListenError``."""
+        if self._listening is None:
+            if self.listen is not None:
+                self._listening = self.listen(self.reactor, self.port, self.protocol, self.interface)
+            else:
+                self._listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
+        return self._listening
 
-    def startService(self) -> None:
-        service.Service.startService(self)
-        if self.listening is None:
-            self._listen()
-
-    def _listen(self) -> None:
-        if self.listen is not None:
-            self.listening = self.listen(self.reactor, self.port, self.protocol, self.interface)
-        else:
-            self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
-
-    def stopService(self):
-        service.Service.stopService(self)
-        listening, self.listening = self.listening, None
+    def unbind(self):
+        """Close the socket if it is open; return what ``stopListening``
+        returns (a Deferred, or None)."""
+        listening, self._listening = self._listening, None
         if listening is not None:
             return listening.stopListening()
         return None
 
     @property
-    def bound_port(self) -> int:
-        return self.listening.getHost().port
+    def bound_port(self) -> Optional[int]:
+        """The port number the socket is bound to; None while unbound."""
+        if self._listening is None:
+            return None
+        return self._listening.getHost().port
+
+    def privilegedStartService(self) -> None:
+        # bind here, like twisted.application.internet's servers: before
+        # twistd drops privileges, and so a bind error stops start-up early
+        service.Service.privilegedStartService(self)
+        self.bind()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.bind()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self.unbind()

@@ -16,9 +16,8 @@ its last join.
 
 from __future__ import annotations
 
-import ipaddress
-
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -60,17 +59,33 @@ class JoinResult:
 
 
 class IRoomRegistry(Interface):
-    def join(room_id: bytes, member: Member, now: float) -> JoinResult:
-        """Register ``member`` in ``room_id``, refresh it, or pair it."""
+    """Where the introducer keeps its rooms: exactly the calls
+    :class:`natsalon.server.introducer.handler.Introducer` makes.
 
-    def prune(now: float) -> int:
-        """Forget expired rooms; return how many went."""
+    Every call may answer at once or later: it returns its result, or a
+    :class:`twisted.internet.defer.Deferred` that fires with that result (a
+    registry shared through Redis answers over the network).  A failed call
+    raises, or its Deferred fails; the introducer counts the failure and
+    leaves the JOIN unanswered, so the client's retransmission retries it.
 
-    def __len__() -> int:
-        """Rooms held."""
+    Time is an argument (seconds, from the salon's clock), never read from
+    a clock of the registry's own, so a registry is tested with plain
+    numbers.
+    """
+
+    def join(room_id: bytes, member: Member, now: float):
+        """Register ``member`` in ``room_id``, refresh it, or pair it.
+
+        :return: a :class:`JoinResult`, or a Deferred firing with one.
+        """
+
+    def prune(now: float):
+        """Forget the rooms expired at ``now``.
+
+        :return: how many went (an ``int``), or a Deferred firing with it.
+        """
 
 
-@implementer(IRoomRegistry)
 def source_key(host: str) -> str:
     """What the per-source limit counts: an IPv4 address, or an IPv6
     address's /64 (one host usually holds a whole /64)."""
@@ -80,7 +95,10 @@ def source_key(host: str) -> str:
     return str(net.network_address) + "/64"
 
 
+@implementer(IRoomRegistry)
 class MemoryRooms:
+    """The in-memory registry: answers every call at once."""
+
     def __init__(self, max_rooms: int = 10000, timeout: float = 60.0, linger: float = 15.0,
                  max_per_source: int = 16) -> None:
         self.max_rooms = max_rooms
