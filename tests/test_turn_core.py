@@ -37,9 +37,10 @@ class FakeOpener:
         self.to_peers = []  # (allocation, data, peer)
         self.to_clients = []  # (data, client)
 
-    def open(self, alloc):
+    def open(self, alloc, even=False):
         if self.fail:
             return None
+        self.even = even
         alloc.relay_write = lambda data, addr: self.to_peers.append((alloc, data, addr))
         alloc.client_write = lambda data, addr: self.to_clients.append((data, addr))
         return Address(self.ip, next(self.ports))
@@ -269,7 +270,7 @@ def test_second_allocate_is_437_but_a_retransmission_is_answered_again(core):
     (((Attr.REQUESTED_TRANSPORT, 6),), 442),
     (((Attr.REQUESTED_TRANSPORT, 17), (Attr.DONT_FRAGMENT, b"")), 420),
     (((Attr.REQUESTED_TRANSPORT, 17), (0x7F00, b"??")), 420),
-    (((Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, True)), 508),
+    (((Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, True)), 508),  # R bit: no reservations
     (((Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, bytes(8))), 508),
     (((Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, bytes(8)), (Attr.EVEN_PORT, False)), 400),
     (((Attr.REQUESTED_TRANSPORT, 17), (Attr.RESERVATION_TOKEN, bytes(8)), (Attr.REQUESTED_ADDRESS_FAMILY, 1)),
@@ -288,6 +289,12 @@ def test_allocate_errors(core, attrs, expected):
     if expected == 420:
         assert resp.get(Attr.UNKNOWN_ATTRIBUTES)
     assert len(core) == 0
+
+
+def test_even_port_without_reservation_is_honoured(core):
+    core, opener = core
+    assert Client(core).allocate(((Attr.REQUESTED_TRANSPORT, 17), (Attr.EVEN_PORT, False))).cls == Class.SUCCESS
+    assert opener.even is True
 
 
 def test_additional_family_ipv6_gets_ipv4_and_address_error(core):
@@ -443,12 +450,23 @@ def test_send_and_data_indications(core):
     assert len(opener.to_peers) == 1
 
 
-@pytest.mark.parametrize("number", [0x3FFF, 0x5000, 0x7FFF, 0])
+@pytest.mark.parametrize("number", [0x3FFF, 0x8000, 0xFFFF, 0])
 def test_channel_number_out_of_range_is_400(core, number):
     core, _ = core
     c = Client(core)
     c.allocate()
     assert code(c.bind(number, PEER)) == 400
+
+
+def test_channel_ranges():
+    """0x5000-0x7FFF: RFC 5766's range, used by turnutils_uclient; refused
+    in strict RFC 8656 mode."""
+    for strict, expected in ((False, Class.SUCCESS), (True, Class.ERROR)):
+        core, _ = make_core(rfc5766_channels=not strict)
+        c = Client(core)
+        c.allocate()
+        assert c.bind(0x4FFF, PEER).cls == Class.SUCCESS
+        assert c.bind(0x7FFF, Address(PEER.host, 1)).cls == expected
 
 
 def test_channel_bind_and_channel_data_both_ways(core):
@@ -574,3 +592,12 @@ def test_close_all_is_idempotent(core):
     core.close_all()
     core.close_all()
     assert len(core) == 0 and len(opener.closed) == 3
+
+
+def test_core_loads_no_reactor():
+    import subprocess
+    import sys
+
+    code = "import sys, natsalon.server.turn; print([m for m in sys.modules if m.startswith('twisted.internet')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -24,6 +24,8 @@ from natsalon.stun.constants import MAX_MESSAGE_SIZE
 
 _PLAIN = binding.PLAIN_REQUEST_PREFIX
 _TAIL_CACHE_SIZE = 4096
+#: first bytes of a TURN ChannelData frame (channels 0x4000-0x7FFF; STUN's are 0x00-0x3F)
+_CHANNEL_FIRST = frozenset(bytes([b]) for b in range(0x40, 0x80))
 
 #: handler(message, source, received_on_key) -> Optional[binding.Reply]
 Handler = Callable
@@ -43,6 +45,8 @@ class ServerState:
         #: answer plain Binding requests with XOR-MAPPED-ADDRESS only
         #: (False: with the RFC 5780 attributes, through the full path)
         self.fast_plain = True
+        #: channel_data(data, addr, key): TURN ChannelData, when a relay runs
+        self.channel_data: Optional[Callable] = None
 
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
@@ -78,6 +82,9 @@ class ReflectorProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
+            if data[:1] in _CHANNEL_FIRST and self.state.channel_data is not None:
+                self.state.channel_data(data, addr, self.key)
+                return
             host = addr[0]
             limiter = self.state.limiter
             if limiter is not None and not limiter.allow(host):

@@ -103,6 +103,9 @@ FAMILY_IPV6 = 0x02
 #: ChannelData channel numbers (RFC 8656 section 12)
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
+#: RFC 5766's upper bound, still used by coturn's clients (turnutils_uclient
+#: binds up to 0x7FFF) and accepted by coturn and pion
+CHANNEL_MAX_RFC5766 = 0x7FFF
 
 
 def message_type(method: int, cls: int) -> int:

@@ -7,8 +7,9 @@ time, and one :meth:`TurnCore.sweep` a second that expires them and
 refills the bandwidth credits.  No reactor and no sockets: ``now`` is
 passed in, and the relayed sockets come from an injected *opener*::
 
-    opener.open(allocation) -> Optional[Address]   # binds; sets relay_write,
-                                                   # client_write; None: 508
+    opener.open(allocation, even) -> Optional[Address]  # binds (an even port
+                                        # if asked); sets relay_write and
+                                        # client_write; None: 508
     opener.close(allocation)                       # idempotent
 
 The hot paths, :meth:`TurnCore.channel_data` (client to peer) and
@@ -36,6 +37,7 @@ from natsalon.stun import Address, Attr, Class, ErrorCode, Message, Method, enco
 from natsalon.stun.attributes import AddressErrorCode
 from natsalon.stun.constants import (
     CHANNEL_MAX,
+    CHANNEL_MAX_RFC5766,
     CHANNEL_MIN,
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -80,6 +82,9 @@ class TurnConfig(NamedTuple):
     max_cached: int = 65536
     #: seconds between sweeps (the bandwidth window)
     sweep_interval: float = 1.0
+    #: accept channel numbers up to 0x7FFF (RFC 5766) as coturn and pion do,
+    #: for coturn's own clients; False: RFC 8656's 0x4000-0x4FFF only
+    rfc5766_channels: bool = True
 
 
 class Allocation:
@@ -319,8 +324,9 @@ class TurnCore:
             return self._error(msg, auth, 508)  # no token is ever valid: we make no reservations
         if additional is not None and (family is not None or additional != FAMILY_IPV6):
             return self._error(msg, auth, 400)
-        if msg.has(Attr.EVEN_PORT):
-            return self._error(msg, auth, 508)  # we do not reserve port pairs
+        even = msg.get(Attr.EVEN_PORT)
+        if even:
+            return self._error(msg, auth, 508)  # R bit: we do not reserve port pairs
         if family is not None and family != FAMILY_IPV4:
             return self._error(msg, auth, 440)
         if self._count >= cfg.max_allocations:
@@ -329,7 +335,7 @@ class TurnCore:
         if cfg.user_quota and self._per_user.get(auth.user, 0) >= cfg.user_quota:
             return self._error(msg, auth, 486)
         alloc = Allocation(client, via, auth.username, auth.user, auth.key, now)
-        relayed = self.opener.open(alloc)
+        relayed = self.opener.open(alloc, even=even is not None)
         if relayed is None:
             self.stats["turn_no_relay_port"] += 1
             return self._error(msg, auth, 508)
@@ -435,7 +441,8 @@ class TurnCore:
             return alloc
         number = msg.get(Attr.CHANNEL_NUMBER)
         peer = msg.get(Attr.XOR_PEER_ADDRESS)
-        if number is None or peer is None or not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        top = CHANNEL_MAX_RFC5766 if self.config.rfc5766_channels else CHANNEL_MAX
+        if number is None or peer is None or not CHANNEL_MIN <= number <= top:
             return self._error(msg, auth, 400)
         peer = Address(*peer)
         key = (peer.host, peer.port)
