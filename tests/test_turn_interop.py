@@ -119,7 +119,7 @@ def uclient_totals(out: str):
     return int(sent[-1][0]), int(sent[-1][1]), int(lost.group(1))
 
 
-@pytest.mark.parametrize("mode", ["channels", "send-indications"])
+@pytest.mark.parametrize("mode", ["channels", "send-indications", "tcp"])
 @pytest_twisted.inlineCallbacks
 def test_turnutils_uclient_relays_to_turnutils_peer(salon, turn_peer, mode):
     need("turnutils_uclient")
@@ -128,6 +128,8 @@ def test_turnutils_uclient_relays_to_turnutils_peer(salon, turn_peer, mode):
             "-p", str(salon.layout.ports[0]), "-n", str(n), "-l", "100", "-z", "2"]
     if mode == "send-indications":
         args.append("-s")
+    if mode == "tcp":
+        args.append("-t")
     out, err, rc = yield utils.getProcessOutputAndValue(shutil.which("turnutils_uclient"), args + ["127.0.0.1"],
                                                         env=os.environ)
     text = (out + err).decode("utf-8", "replace")
@@ -135,8 +137,11 @@ def test_turnutils_uclient_relays_to_turnutils_peer(salon, turn_peer, mode):
     sent, received, lost = uclient_totals(text)
     assert (sent, received, lost) == (n, n, 0), text
     assert salon.state.stats["turn_allocations"] >= 1
-    if mode == "channels":
+    if mode != "send-indications":
         assert salon.state.stats["turn_channels"] >= 1
+    yield deferLater(reactor, 0.2, lambda: None)
+    if mode == "tcp":  # the client's connection closed: its allocation went with it
+        assert len(salon.turn.core) == 0 and salon.state.stats["turn_allocations_closed"] >= 1
 
 
 @pytest_twisted.inlineCallbacks
@@ -150,7 +155,7 @@ def test_turnutils_uclient_with_a_wrong_secret_relays_nothing(salon, turn_peer):
     assert salon.state.stats["turn_auth_failed"] >= 1
 
 
-def _aioice_scenario(server, username, password, n):
+def _aioice_scenario(server, username, password, n, transport="udp"):
     """Runs in a thread with its own asyncio loop: allocate with aioice,
     exchange ``n`` datagrams each way with a plain UDP socket."""
     from aioice.turn import create_turn_endpoint
@@ -165,7 +170,7 @@ def _aioice_scenario(server, username, password, n):
     async def run():
         loop = asyncio.get_running_loop()
         turn, client = await create_turn_endpoint(Collect, server_addr=server, username=username,
-                                                  password=password)
+                                                  password=password, transport=transport)
         peer_t, peer = await loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
         try:
             relayed = turn.get_extra_info("sockname")
@@ -189,12 +194,14 @@ def _aioice_scenario(server, username, password, n):
     return asyncio.run(run())
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest_twisted.inlineCallbacks
-def test_aioice_turn_client_relays_both_ways(salon):
+def test_aioice_turn_client_relays_both_ways(salon, transport):
     pytest.importorskip("aioice")
     username, password = mint(SECRET, "aioice", int(time.time()) + 600)
     server = ("127.0.0.1", salon.layout.ports[0])
-    relayed, to_peer, to_client = yield threads.deferToThread(_aioice_scenario, server, username, password, 100)
+    relayed, to_peer, to_client = yield threads.deferToThread(_aioice_scenario, server, username, password, 100,
+                                                              transport)
     assert relayed[0] == "127.0.0.1" and 49152 <= relayed[1] <= 65535
     assert (to_peer, to_client) == (100, 100)
     assert salon.state.stats["turn_channels"] == 1

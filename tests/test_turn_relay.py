@@ -48,6 +48,7 @@ class FakeUdpReactor(Clock):
 
 def salon(reactor, **turn):
     turn.setdefault("secrets", (SECRET,))
+    turn.setdefault("tcp", False)  # TCP: see test_turn_stream
     state = ServerState()
     state.layout = Layout((SALON[0], None), (SALON[1], 3479))
     proto = ReflectorProtocol((0, 0), state, rcvbuf=0)

@@ -50,6 +50,11 @@ def test_advertise_gives_the_relay_ip():
     assert svc.turn.relays.relay_ip == "203.0.113.1"
 
 
+def test_no_turn_tcp():
+    assert parse("--interface", "127.0.0.1", "--turn-secret", "s").config.turn.tcp
+    assert not parse("--interface", "127.0.0.1", "--turn-secret", "s", "--no-turn-tcp").config.turn.tcp
+
+
 def test_no_turn_wins():
     assert parse("--interface", "127.0.0.1", "--turn-secret", "s", "--no-turn").config.turn is None
 

@@ -85,6 +85,8 @@ class TurnConfig(NamedTuple):
     #: accept channel numbers up to 0x7FFF (RFC 5766) as coturn and pion do,
     #: for coturn's own clients; False: RFC 8656's 0x4000-0x4FFF only
     rfc5766_channels: bool = True
+    #: TURN over TCP on the salon's primary port too
+    tcp: bool = True
 
 
 class Allocation:

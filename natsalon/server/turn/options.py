@@ -40,6 +40,7 @@ class TurnOptionsMixin:
     ]
     turnFlags = [
         ["no-turn", None, "No TURN relay, even with secrets."],
+        ["no-turn-tcp", None, "TURN over UDP only (no TCP listener on the salon's port)."],
     ]
 
     def opt_turn_secret(self, secret: str) -> None:
@@ -93,4 +94,5 @@ class TurnOptionsMixin:
             byte_quota=_whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
             max_lifetime=max_lifetime,
             default_lifetime=min(_D.default_lifetime, max_lifetime),
+            tcp=not self["no-turn-tcp"],
         )

@@ -3,7 +3,8 @@
 :class:`TurnService` is a child of the salon service.  It registers the
 TURN methods in the salon's ``ServerState.handlers`` and the ChannelData
 hook (``ServerState.channel_data``), opens one relayed UDP socket per
-allocation (:class:`UdpRelays`, ports from a range, errors as values), and
+allocation (:class:`UdpRelays`, ports from a range, errors as values),
+listens for TURN over TCP on the salon's primary port (:mod:`.stream`), and
 runs the core's sweep once a second.
 """
 
@@ -17,12 +18,14 @@ from functools import partial
 from typing import Optional, Tuple
 
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from natsalon.server.binding import Reply
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
+from natsalon.server.turn.stream import TurnStreamFactory
 from natsalon.stun import Address, Method
 
 #: the methods the salon hands to the TURN core
@@ -76,11 +79,16 @@ class UdpRelays:
         self.rng = rng or random.SystemRandom()
         self.attempts = attempts
         self.core: Optional[TurnCore] = None
+        #: via -> write(data, addr) of the TCP connections (see .stream)
+        self.writers: dict = {}
 
     def open(self, alloc: Allocation, even: bool = False) -> Optional[Address]:
-        transport = self.state.transports.get(alloc.via)
-        if transport is None:
-            return None
+        client_write = self.writers.get(alloc.via)
+        if client_write is None:
+            transport = self.state.transports.get(alloc.via)
+            if transport is None:
+                return None
+            client_write = _sender(transport)
         lo, hi = self.ports
         proto = RelayProtocol(self.core, alloc)
         for _ in range(min(self.attempts, hi - lo + 1)):
@@ -102,7 +110,7 @@ class UdpRelays:
                 pass
             alloc.handle = listening
             alloc.relay_write = _sender(listening)
-            alloc.client_write = _sender(transport)
+            alloc.client_write = client_write
             return Address(self.relay_ip, listening.getHost().port)
         return None
 
@@ -129,6 +137,9 @@ class TurnService(service.MultiService):
         for method in TURN_METHODS:
             state.handlers[method] = self.handle
         state.channel_data = self.core.channel_data
+        self.interface = interface
+        self.tcp = None
+        self.streams = TurnStreamFactory(reactor, state, self.core, self.relays, TURN_METHODS)
         sweep = internet.TimerService(config.sweep_interval, self._sweep)
         sweep.clock = reactor
         sweep.setServiceParent(self)
@@ -149,6 +160,12 @@ class TurnService(service.MultiService):
                 if addr is not None:
                     self.core.service_addresses.add((addr.host, addr.port))
         super().startService()
+        if self.config.tcp and layout is not None and self.tcp is None:
+            try:
+                self.tcp = self.reactor.listenTCP(layout.ports[0], self.streams, interface=self.interface)
+            except CannotListenError as e:
+                self.core.log.error("TURN over TCP off: cannot listen on TCP port {port}: {err}",
+                                    port=layout.ports[0], err=e.socketError)
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
                            ip=self.relays.relay_ip)
@@ -156,4 +173,7 @@ class TurnService(service.MultiService):
     def stopService(self):
         d = super().stopService()
         self.core.close_all()
+        tcp, self.tcp = self.tcp, None
+        if tcp is not None:
+            return defer.gatherResults([defer.maybeDeferred(tcp.stopListening), defer.maybeDeferred(lambda: d)])
         return d
