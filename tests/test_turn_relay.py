@@ -158,3 +158,14 @@ def test_channel_data_bypasses_the_rate_limiter_and_unknown_frames_are_dropped()
 def test_relay_ip_must_be_known():
     with pytest.raises(ValueError):
         TurnService(FakeUdpReactor(), ServerState(), TurnConfig(secrets=(SECRET,)), "0.0.0.0", "0.0.0.0")
+
+
+def test_salon_sockets_are_never_peers_even_when_loopback_is_allowed():
+    reactor = FakeUdpReactor()
+    svc, proto, wire = salon(reactor, allow_peer=("127.0.0.0/8",))
+    c = Client(proto, wire)
+    c.request(Method.ALLOCATE, ((Attr.REQUESTED_TRANSPORT, 17),))
+    for number, peer, expected in [(0x4000, ("127.0.0.1", 3478), 403), (0x4001, ("127.0.0.1", 3479), 403),
+                                   (0x4002, SALON, 403), (0x4003, ("127.0.0.1", 9999), None)]:
+        resp = c.request(Method.CHANNEL_BIND, ((Attr.CHANNEL_NUMBER, number), (Attr.XOR_PEER_ADDRESS, Address(*peer))))
+        assert (resp.get(Attr.ERROR_CODE).code if resp.cls == Class.ERROR else None) == expected, peer

@@ -154,11 +154,16 @@ class TurnService(service.MultiService):
     def startService(self) -> None:
         layout = self.state.layout
         if layout is not None:
-            # the salon's own sockets are never peers
+            # the salon's own sockets are never peers: at their advertised
+            # and bound addresses, and on loopback when bound to the wildcard
+            own = self.core.service_addresses
             for key in layout.keys():
                 addr = layout.address(key)
                 if addr is not None:
-                    self.core.service_addresses.add((addr.host, addr.port))
+                    own.add((addr.host, addr.port))
+            hosts = {self.interface} | ({"127.0.0.1", "::1"} if ipaddress.ip_address(self.interface).is_unspecified
+                                        else set())
+            own.update((h, p) for h in hosts for p in layout.ports)
         super().startService()
         if self.config.tcp and layout is not None and self.tcp is None:
             try:
