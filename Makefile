@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks use: command -> package
-SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux
+SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn
 ARGS ?=
 PYTEST_ARGS ?=
 

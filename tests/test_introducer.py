@@ -220,5 +220,5 @@ def test_refused_push_is_counted_and_the_joiner_still_answered():
     t.refused = tuple(A)  # the introduction pushed to A is refused
     proto.datagramReceived(raw, tuple(B))
     (data, to), = t.pop()
-    assert to == tuple(B) and wire.parse_join_answer(decode(data)).status == "introduced"
+    assert to == tuple(B) and wire.parse_join_answer(decode(data)).kind is wire.Answer.INTRODUCED
     assert svc.state.stats["send_failed"] == 1 and svc.state.stats["internal_error"] == 0

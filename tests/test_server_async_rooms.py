@@ -61,7 +61,7 @@ def test_join_answered_when_the_registry_answers(salon):
     assert svc.state.stats["answered"] == answered
     rooms.answer()
     (data, to), = transport.pop()
-    assert to == A and wire.parse_join_answer(decode(data)).status == "waiting"
+    assert to == A and wire.parse_join_answer(decode(data)).kind is wire.Answer.WAITING
     assert svc.state.stats["answered"] == answered + 1 and svc.state.stats["join_waiting"] == 1
 
     proto.datagramReceived(with_cookie(proto, transport, nb, B), B)
@@ -69,7 +69,7 @@ def test_join_answered_when_the_registry_answers(salon):
     rooms.answer()
     out = {to: decode(data) for data, to in transport.pop()}
     assert set(out) == {A, B}
-    assert wire.parse_join_answer(out[B]).status == "introduced"
+    assert wire.parse_join_answer(out[B]).kind is wire.Answer.INTRODUCED
     assert out[A].cls == Class.INDICATION and out[A].method == Method.JOIN  # pushed to the waiting member
     assert wire.parse_join_answer(out[A]).nonce == na
     assert svc.state.stats["introductions_pushed"] == 1
@@ -105,7 +105,7 @@ def test_registry_failure_is_counted_logged_and_dropped(salon):
     proto.datagramReceived(raw, A)
     rooms.answer()
     (data, to), = transport.pop()
-    assert to == A and wire.parse_join_answer(decode(data)).status == "waiting"
+    assert to == A and wire.parse_join_answer(decode(data)).kind is wire.Answer.WAITING
 
 
 def test_handler_failing_later_is_counted_and_consumed(salon):
@@ -142,7 +142,7 @@ def test_synchronous_registry_answers_without_a_deferred():
     _, raw = wire.join_request(KEYS.room_id, nonce, (), KEYS.k_join, cookie=cookie)
     reply = intro.handle(decode(raw), Address(*A), (0, 0))
     assert not isinstance(reply, Deferred)
-    assert wire.parse_join_answer(decode(reply.data)).status == "waiting"
+    assert wire.parse_join_answer(decode(reply.data)).kind is wire.Answer.WAITING
 
 
 def test_prunes_never_overlap_and_failures_do_not_stop_them():

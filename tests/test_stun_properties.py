@@ -24,7 +24,7 @@ from natsalon.stun import (
     split_type,
     verify_integrity,
 )
-from natsalon.stun.attributes import CODECS
+from natsalon.stun.attributes import CODECS, AddressErrorCode, Icmp
 
 COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
 COMPUTED = (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT)
@@ -64,6 +64,8 @@ ADDRESS_TYPES = [
     Attr.RESPONSE_ORIGIN,
     Attr.OTHER_ADDRESS,
     Attr.NS_PEER_ADDRESS,
+    Attr.XOR_PEER_ADDRESS,
+    Attr.XOR_RELAYED_ADDRESS,
 ]
 
 VALUE_STRATEGIES = {
@@ -89,6 +91,18 @@ VALUE_STRATEGIES = {
     Attr.NS_NONCE: small_bytes,
     Attr.NS_ROLE: u32,
     Attr.NS_STATUS: u32,
+    # TURN (RFC 8656)
+    Attr.CHANNEL_NUMBER: ports,
+    Attr.LIFETIME: u32,
+    Attr.DATA: st.binary(max_size=200),
+    Attr.REQUESTED_ADDRESS_FAMILY: st.integers(0, 0xFF),
+    Attr.EVEN_PORT: st.booleans(),
+    Attr.REQUESTED_TRANSPORT: st.integers(0, 0xFF),
+    Attr.DONT_FRAGMENT: st.just(b""),
+    Attr.RESERVATION_TOKEN: st.binary(min_size=8, max_size=8),
+    Attr.ADDITIONAL_ADDRESS_FAMILY: st.integers(0, 0xFF),
+    Attr.ADDRESS_ERROR_CODE: st.builds(AddressErrorCode, st.integers(0, 0xFF), st.integers(300, 699), _text(400)),
+    Attr.ICMP: st.builds(Icmp, st.integers(0, 0xFF), st.integers(0, 0xFF), u32),
 }
 for _t in ADDRESS_TYPES:
     VALUE_STRATEGIES[_t] = addresses

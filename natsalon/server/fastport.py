@@ -24,6 +24,7 @@ from twisted.internet import udp
 from twisted.logger import Logger
 
 from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD
+from natsalon.server.reflector import CHANNEL_FIRST
 
 _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _REFUSED = (errno.ECONNREFUSED,)
@@ -41,6 +42,8 @@ class ReflectorPort(udp.Port):
         tails = proto.tails
         tail_for = proto.fast_tail
         answer = proto.answer
+        channel = proto.state.channel_data
+        key = proto.key
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
         v6 = self.addressFamily == socket.AF_INET6
@@ -58,6 +61,9 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
+                if channel is not None and data[:1] in CHANNEL_FIRST:
+                    channel(data, addr, key)  # TURN ChannelData: not rate limited as requests are
+                    continue
                 if allow is not None and not allow(addr[0]):
                     limited += 1
                     continue

@@ -30,6 +30,8 @@ from natsalon.stun.constants import MAX_MESSAGE_SIZE
 
 _PLAIN = binding.PLAIN_REQUEST_PREFIX
 _TAIL_CACHE_SIZE = 4096
+#: first bytes of a TURN ChannelData frame (channels 0x4000-0x7FFF; STUN's are 0x00-0x3F)
+CHANNEL_FIRST = frozenset(bytes([b]) for b in range(0x40, 0x80))
 
 #: handler(message, source, received_on_key) -> Optional[binding.Reply], or
 #: a Deferred firing with one (the introducer, over a registry that answers
@@ -53,6 +55,8 @@ class ServerState:
         #: answer plain Binding requests with XOR-MAPPED-ADDRESS only
         #: (False: with the RFC 5780 attributes, through the full path)
         self.fast_plain = True
+        #: channel_data(data, addr, key): TURN ChannelData, when a relay runs
+        self.channel_data: Optional[Callable] = None
 
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
@@ -115,6 +119,10 @@ class ReflectorProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr) -> None:
         """A datagram before rate limiting; nothing raises out of here."""
         try:
+            if data[:1] in CHANNEL_FIRST and self.state.channel_data is not None:
+                # TURN ChannelData: the relay's hot path, not rate limited as requests are
+                self.state.channel_data(data, addr, self.key)
+                return
             limiter = self.state.limiter
             if limiter is not None and not limiter.allow(addr[0]):
                 self.state.stats["rate_limited"] += 1

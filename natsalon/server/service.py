@@ -46,6 +46,8 @@ class SalonConfig:
     max_rooms: int = 10000
     room_timeout: float = 60.0  # seconds a member waits for its peer
     max_waiting_per_ip: int = 16
+    #: the TURN relay's settings (natsalon.server.turn.TurnConfig); None: off
+    turn: Optional[object] = None
 
 
 def _is_wildcard(ip: str) -> bool:
@@ -82,6 +84,13 @@ class SalonService(service.MultiService):
             svc.setServiceParent(self)
             self.protocols.append(proto)
             self.sockets[key] = svc
+        self.turn = None
+        if config.turn is not None:
+            from natsalon.server.turn.relay import TurnService
+
+            relay_ip = config.advertise or config.interface
+            self.turn = TurnService(reactor, self.state, config.turn, config.interface, relay_ip)
+            self.turn.setServiceParent(self)
         tick = internet.TimerService(1.0, self._tick)
         tick.clock = reactor
         tick.setServiceParent(self)

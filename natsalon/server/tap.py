@@ -7,6 +7,7 @@ import ipaddress
 from twisted.python import usage
 
 from natsalon.server.service import SalonConfig, make_salon
+from natsalon.server.turn.options import TurnOptionsMixin
 
 
 def _ip(value: str, name: str) -> str:
@@ -26,7 +27,7 @@ def _int(value, name: str, low: int, high: int) -> int:
     return n
 
 
-class Options(usage.Options):
+class Options(TurnOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the natsalon server: a STUN reflector (RFC 8489) with RFC 5780 "
@@ -48,13 +49,13 @@ class Options(usage.Options):
         ["max-rooms", None, "10000", "Rooms the introducer holds at once."],
         ["room-timeout", None, "60", "Seconds a room member waits for its peer."],
         ["max-waiting-per-ip", None, "16", "Members one source IP may have waiting at once."],
-    ]
+    ] + TurnOptionsMixin.turnParameters
     optFlags = [
         ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
         ["full-plain-answers", None, "Answer attribute-less Binding requests with RESPONSE-ORIGIN and "
                                      "OTHER-ADDRESS too, for RFC 5780 clients such as turnutils_natdiscovery "
                                      "(reply/request byte ratio 2.8 instead of 1.6)."],
-    ]
+    ] + TurnOptionsMixin.turnFlags
 
     def postOptions(self) -> None:
         o = self
@@ -91,6 +92,7 @@ class Options(usage.Options):
             max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
             room_timeout=float(_int(o["room-timeout"], "--room-timeout", 1, 86400)),
             max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
+            turn=self.turn_config(advertise or interface),
         )
 
 

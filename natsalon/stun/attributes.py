@@ -215,6 +215,86 @@ def _dec_sha256_mac(raw, txid):
     return bytes(raw)
 
 
+class AddressErrorCode(NamedTuple):
+    """RFC 8656 ADDRESS-ERROR-CODE: why one address family was not allocated."""
+
+    family: int
+    code: int
+    reason: str
+
+
+class Icmp(NamedTuple):
+    """RFC 8656 ICMP attribute: the ICMP type and code a peer's packet caused."""
+
+    type: int
+    code: int
+    data: int
+
+
+def _enc_channel(value, txid):
+    if not 0 <= value <= 0xFFFF:
+        raise AttributeValueError("CHANNEL-NUMBER %r out of range" % (value,))
+    return struct.pack("!HH", value, 0)
+
+
+def _dec_channel(raw, txid):
+    if len(raw) != 4:
+        raise AttributeValueError("CHANNEL-NUMBER of %d bytes" % len(raw))
+    return struct.unpack_from("!H", raw)[0]
+
+
+def _enc_byte_rffu(value, txid):
+    """One byte followed by three reserved bytes (REQUESTED-TRANSPORT, the
+    address family attributes)."""
+    if not 0 <= value <= 0xFF:
+        raise AttributeValueError("one-byte attribute value %r out of range" % (value,))
+    return struct.pack("!B3x", value)
+
+
+def _dec_byte_rffu(raw, txid):
+    if len(raw) != 4:
+        raise AttributeValueError("attribute of %d bytes, want 4" % len(raw))
+    return raw[0]
+
+
+def _enc_even_port(value, txid):
+    return b"\x80" if value else b"\x00"
+
+
+def _dec_even_port(raw, txid):
+    if len(raw) != 1:
+        raise AttributeValueError("EVEN-PORT of %d bytes" % len(raw))
+    return bool(raw[0] & 0x80)
+
+
+def _enc_address_error(value, txid):
+    family, code, reason = value
+    if not 0 <= family <= 0xFF:
+        raise AttributeValueError("address family %r out of range" % (family,))
+    return struct.pack("!B", family) + _enc_error((code, reason), txid)[1:]
+
+
+def _dec_address_error(raw, txid):
+    if len(raw) < 4:
+        raise AttributeValueError("ADDRESS-ERROR-CODE of %d bytes" % len(raw))
+    err = _dec_error(b"\x00" + raw[1:], txid)
+    return AddressErrorCode(raw[0], err.code, err.reason)
+
+
+def _enc_icmp(value, txid):
+    icmp_type, code, data = value
+    if not (0 <= icmp_type <= 0xFF and 0 <= code <= 0xFF and 0 <= data <= 0xFFFFFFFF):
+        raise AttributeValueError("ICMP value %r out of range" % (value,))
+    return struct.pack("!HBBI", 0, icmp_type, code, data)
+
+
+def _dec_icmp(raw, txid):
+    if len(raw) != 8:
+        raise AttributeValueError("ICMP of %d bytes" % len(raw))
+    _, icmp_type, code, data = struct.unpack("!HBBI", raw)
+    return Icmp(icmp_type, code, data)
+
+
 _ADDR = _address(False)
 _XADDR = _address(True)
 
@@ -256,6 +336,20 @@ CODECS: Dict[int, Tuple[Callable, Callable]] = {
     Attr.NS_STATUS: (_enc_u32, _dec_u32),
     Attr.NS_PEER_ADDRESS: _XADDR,
     Attr.NS_LEAVE: (_enc_bytes, _dec_bytes),
+    # TURN (RFC 8656)
+    Attr.CHANNEL_NUMBER: (_enc_channel, _dec_channel),
+    Attr.LIFETIME: (_enc_u32, _dec_u32),
+    Attr.XOR_PEER_ADDRESS: _XADDR,
+    Attr.DATA: (_enc_bytes, _dec_bytes),
+    Attr.XOR_RELAYED_ADDRESS: _XADDR,
+    Attr.REQUESTED_ADDRESS_FAMILY: (_enc_byte_rffu, _dec_byte_rffu),
+    Attr.EVEN_PORT: (_enc_even_port, _dec_even_port),
+    Attr.REQUESTED_TRANSPORT: (_enc_byte_rffu, _dec_byte_rffu),
+    Attr.DONT_FRAGMENT: _fixed_bytes(0),
+    Attr.RESERVATION_TOKEN: _fixed_bytes(8),
+    Attr.ADDITIONAL_ADDRESS_FAMILY: (_enc_byte_rffu, _dec_byte_rffu),
+    Attr.ADDRESS_ERROR_CODE: (_enc_address_error, _dec_address_error),
+    Attr.ICMP: (_enc_icmp, _dec_icmp),
 }
 
 

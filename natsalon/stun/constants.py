@@ -17,6 +17,13 @@ MAX_MESSAGE_SIZE = 2048
 
 class Method(enum.IntEnum):
     BINDING = 0x001
+    # TURN (RFC 8656)
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    SEND = 0x006
+    DATA = 0x007
+    CREATE_PERMISSION = 0x008
+    CHANNEL_BIND = 0x009
     #: natsalon's introducer methods, from the unassigned 0x3xx range; they
     #: travel only between natsalon peers and the salon.
     JOIN = 0x3A1
@@ -44,15 +51,28 @@ class Attr(enum.IntEnum):
     ERROR_CODE = 0x0009
     UNKNOWN_ATTRIBUTES = 0x000A
     REFLECTED_FROM = 0x000B  # RFC 3489
+    CHANNEL_NUMBER = 0x000C  # RFC 8656 (TURN)
+    LIFETIME = 0x000D  # TURN
+    XOR_PEER_ADDRESS = 0x0012  # TURN
+    DATA = 0x0013  # TURN
     REALM = 0x0014
     NONCE = 0x0015
+    XOR_RELAYED_ADDRESS = 0x0016  # TURN
+    REQUESTED_ADDRESS_FAMILY = 0x0017  # TURN
+    EVEN_PORT = 0x0018  # TURN
+    REQUESTED_TRANSPORT = 0x0019  # TURN
+    DONT_FRAGMENT = 0x001A  # TURN
     MESSAGE_INTEGRITY_SHA256 = 0x001C
     XOR_MAPPED_ADDRESS = 0x0020
     PRIORITY = 0x0024  # RFC 8445 (ICE)
     USE_CANDIDATE = 0x0025  # RFC 8445 (ICE)
     PADDING = 0x0026
     RESPONSE_PORT = 0x0027
+    RESERVATION_TOKEN = 0x0022  # TURN
     # comprehension-optional (0x8000-0xFFFF)
+    ADDITIONAL_ADDRESS_FAMILY = 0x8000  # TURN
+    ADDRESS_ERROR_CODE = 0x8001  # TURN
+    ICMP = 0x8004  # TURN
     XOR_MAPPED_ADDRESS_DRAFT = 0x8020  # pre-RFC 5389 servers (e.g. old Vovida)
     SOFTWARE = 0x8022
     ALTERNATE_SERVER = 0x8023
@@ -75,6 +95,19 @@ class Attr(enum.IntEnum):
 
 CHANGE_IP = 0x04
 CHANGE_PORT = 0x02
+
+#: REQUESTED-TRANSPORT value for UDP (RFC 8656 section 18.11)
+TRANSPORT_UDP = 17
+#: address family values of REQUESTED-ADDRESS-FAMILY and
+#: ADDITIONAL-ADDRESS-FAMILY (RFC 8656 section 18.7)
+FAMILY_IPV4 = 0x01
+FAMILY_IPV6 = 0x02
+#: ChannelData channel numbers (RFC 8656 section 12)
+CHANNEL_MIN = 0x4000
+CHANNEL_MAX = 0x4FFF
+#: RFC 5766's upper bound, still used by coturn's clients (turnutils_uclient
+#: binds up to 0x7FFF) and accepted by coturn and pion
+CHANNEL_MAX_RFC5766 = 0x7FFF
 
 
 def message_type(method: int, cls: int) -> int:
@@ -102,6 +135,14 @@ REASONS = {
     403: "Forbidden",
     420: "Unknown Attribute",
     438: "Stale Nonce",
+    # TURN (RFC 8656)
+    437: "Allocation Mismatch",
+    440: "Address Family not Supported",
+    441: "Wrong Credentials",
+    442: "Unsupported Transport Protocol",
+    443: "Peer Address Family Mismatch",
+    486: "Allocation Quota Reached",
+    508: "Insufficient Capacity",
     500: "Server Error",
     # natsalon introducer
     409: "Room Full",

@@ -1,0 +1,98 @@
+"""The TURN options of ``twistd natsalon`` (mixed into its Options).
+
+The relay runs when at least one shared secret is given (``--turn-secret``
+or ``--turn-secret-file``), unless ``--no-turn``: nothing is relayed
+without valid credentials.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import List, Optional
+
+from twisted.python import usage
+
+from natsalon.server.turn.core import TurnConfig
+
+_D = TurnConfig()
+
+
+def _whole(value, name: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError("%s: %r is not a whole number" % (name, value)) from None
+    if not low <= n <= high:
+        raise usage.UsageError("%s: %d is out of range (%d to %d)" % (name, n, low, high))
+    return n
+
+
+class TurnOptionsMixin:
+    turnParameters = [
+        ["turn-realm", None, _D.realm, "TURN realm (long-term credentials)."],
+        ["relay-ports", None, "%d-%d" % _D.relay_ports, "UDP port range of the relayed addresses, LO-HI."],
+        ["turn-max-allocations", None, str(_D.max_allocations), "TURN allocations at once (508 beyond)."],
+        ["turn-user-quota", None, str(_D.user_quota), "TURN allocations at once per user (486 beyond; 0: no limit)."],
+        ["turn-bandwidth", None, str(_D.bandwidth), "Bytes per second relayed per allocation, both ways; "
+                                                    "more is dropped (0: no cap)."],
+        ["turn-byte-quota", None, str(_D.byte_quota), "Bytes relayed per allocation over its life (0: no quota)."],
+        ["turn-max-lifetime", None, str(_D.max_lifetime), "Longest allocation lifetime granted, in seconds."],
+    ]
+    turnFlags = [
+        ["no-turn", None, "No TURN relay, even with secrets."],
+        ["no-turn-tcp", None, "TURN over UDP only (no TCP listener on the salon's port)."],
+    ]
+
+    def opt_turn_secret(self, secret: str) -> None:
+        """coturn-style TURN shared secret (username "<expiry>:<user>", password base64(HMAC-SHA1(secret, username))); repeat to rotate."""  # noqa: E501
+        if not secret:
+            raise usage.UsageError("--turn-secret: empty secret")
+        self.setdefault("turn-secrets", []).append(secret.encode("utf-8"))
+
+    def opt_turn_secret_file(self, path: str) -> None:
+        """File of TURN shared secrets, one a line (keeps them off the
+        command line)."""
+        try:
+            with open(path, "rb") as f:
+                secrets = [line.strip() for line in f.read().splitlines() if line.strip()]
+        except OSError as e:
+            raise usage.UsageError("--turn-secret-file: %s" % e) from None
+        if not secrets:
+            raise usage.UsageError("--turn-secret-file: no secret in %s" % path)
+        self.setdefault("turn-secrets", []).extend(secrets)
+
+    def opt_turn_allow_peer(self, cidr: str) -> None:
+        """Allow TURN peers in this CIDR despite the default filter
+        (loopback, private, link-local...). Repeatable."""
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise usage.UsageError("--turn-allow-peer: %r is not a CIDR" % cidr) from None
+        self.setdefault("turn-allow-peer", []).append(cidr)
+
+    def turn_config(self, relay_ip: str) -> Optional[TurnConfig]:
+        secrets: List[bytes] = self.get("turn-secrets", [])
+        if self["no-turn"] or not secrets:
+            return None
+        if ipaddress.ip_address(relay_ip).is_unspecified:
+            raise usage.UsageError("TURN needs the relay's public IP: give --advertise or a specific --interface")
+        lo, sep, hi = self["relay-ports"].partition("-")
+        if not sep:
+            raise usage.UsageError("--relay-ports: %r is not LO-HI" % self["relay-ports"])
+        lo, hi = _whole(lo, "--relay-ports", 1, 65535), _whole(hi, "--relay-ports", 1, 65535)
+        if lo > hi:
+            raise usage.UsageError("--relay-ports: %d is above %d" % (lo, hi))
+        max_lifetime = _whole(self["turn-max-lifetime"], "--turn-max-lifetime", 60, 86400)
+        return TurnConfig(
+            secrets=tuple(secrets),
+            realm=self["turn-realm"],
+            allow_peer=tuple(self.get("turn-allow-peer", [])),
+            relay_ports=(lo, hi),
+            max_allocations=_whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
+            user_quota=_whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
+            bandwidth=_whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
+            byte_quota=_whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
+            max_lifetime=max_lifetime,
+            default_lifetime=min(_D.default_lifetime, max_lifetime),
+            tcp=not self["no-turn-tcp"],
+        )

@@ -1,0 +1,184 @@
+"""The TURN relay's Twisted glue: no logic here, see :mod:`.core`.
+
+:class:`TurnService` is a child of the salon service.  It registers the
+TURN methods in the salon's ``ServerState.handlers`` and the ChannelData
+hook (``ServerState.channel_data``), opens one relayed UDP socket per
+allocation (:class:`UdpRelays`, ports from a range, errors as values),
+listens for TURN over TCP on the salon's primary port (:mod:`.stream`), and
+runs the core's sweep once a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import random
+import socket
+from functools import partial
+from typing import Optional, Tuple
+
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from natsalon.server.binding import Reply
+from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
+from natsalon.server.turn.stream import TurnStreamFactory
+from natsalon.stun import Address, Method
+
+#: the methods the salon hands to the TURN core
+TURN_METHODS = (Method.ALLOCATE, Method.REFRESH, Method.SEND, Method.CREATE_PERMISSION, Method.CHANNEL_BIND)
+#: relayed datagrams are read up to this size; the 4-byte ChannelData
+#: header must still fit in one UDP datagram to the client
+MAX_RELAYED = 65507 - 4
+
+
+class RelayProtocol(DatagramProtocol):
+    """One allocation's relayed socket: every datagram goes to
+    ``core.from_peer(allocation, data, addr)`` (bound once, no frame of
+    ours in between)."""
+
+    noisy = False
+
+    def __init__(self, core: TurnCore, alloc: Allocation) -> None:
+        self.datagramReceived = partial(core.from_peer, alloc)
+
+
+def _sender(transport):
+    """``write(data, addr)`` for a UDP transport that drops the datagram on
+    a send error (ENOBUFS, EAGAIN...) as a router would, rather than raise
+    into the read loop and log per packet."""
+    try:
+        sendto = transport.getHandle().sendto
+    except AttributeError:  # not a socket (test fakes)
+        return transport.write
+
+    def write(data, addr, sendto=sendto):
+        try:
+            sendto(data, addr)
+        except OSError:
+            pass
+
+    return write
+
+
+class UdpRelays:
+    """Opens and closes the relayed sockets (the core's *opener*)."""
+
+    log = Logger()
+
+    def __init__(self, reactor, state, interface: str, relay_ip: str, ports: Tuple[int, int] = (49152, 65535),
+                 rng: Optional[random.Random] = None, attempts: int = 32) -> None:
+        self.reactor = reactor
+        self.state = state
+        self.interface = interface
+        self.relay_ip = relay_ip
+        self.ports = ports
+        self.rng = rng or random.SystemRandom()
+        self.attempts = attempts
+        self.core: Optional[TurnCore] = None
+        #: via -> write(data, addr) of the TCP connections (see .stream)
+        self.writers: dict = {}
+
+    def open(self, alloc: Allocation, even: bool = False) -> Optional[Address]:
+        client_write = self.writers.get(alloc.via)
+        if client_write is None:
+            transport = self.state.transports.get(alloc.via)
+            if transport is None:
+                return None
+            client_write = _sender(transport)
+        lo, hi = self.ports
+        proto = RelayProtocol(self.core, alloc)
+        for _ in range(min(self.attempts, hi - lo + 1)):
+            port = self.rng.randint(lo, hi)
+            if even and port % 2:
+                port = port - 1 if port > lo else port + 1
+                if not lo <= port <= hi:
+                    return None
+            try:
+                listening = self.reactor.listenUDP(port, proto, interface=self.interface, maxPacketSize=MAX_RELAYED)
+            except CannotListenError as e:
+                if getattr(e.socketError, "errno", errno.EADDRINUSE) != errno.EADDRINUSE:
+                    self.log.warn("cannot open a relayed socket: {err}", err=e.socketError)
+                    return None
+                continue
+            try:
+                listening.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            except (OSError, AttributeError):
+                pass
+            alloc.handle = listening
+            alloc.relay_write = _sender(listening)
+            alloc.client_write = client_write
+            return Address(self.relay_ip, listening.getHost().port)
+        return None
+
+    def close(self, alloc: Allocation) -> None:
+        listening, alloc.handle = alloc.handle, None
+        if listening is not None:
+            listening.stopListening()
+
+
+class TurnService(service.MultiService):
+    """TURN on the salon's STUN sockets.  ``relay_ip`` is the address the
+    relayed sockets are advertised on; they bind ``interface``."""
+
+    def __init__(self, reactor, state, config: TurnConfig, interface: str, relay_ip: str, rng=None) -> None:
+        super().__init__()
+        if ipaddress.ip_address(relay_ip).is_unspecified:
+            raise ValueError("TURN needs the relay's public IP: --advertise or a specific --interface")
+        self.reactor = reactor
+        self.state = state
+        self.config = config
+        self.relays = UdpRelays(reactor, state, interface, relay_ip, config.relay_ports, rng=rng)
+        self.core = TurnCore(config, self.relays, stats=state.stats, relay_ips={relay_ip})
+        self.relays.core = self.core
+        for method in TURN_METHODS:
+            state.handlers[method] = self.handle
+        state.channel_data = self.core.channel_data
+        self.interface = interface
+        self.tcp = None
+        self.streams = TurnStreamFactory(reactor, state, self.core, self.relays, TURN_METHODS)
+        sweep = internet.TimerService(config.sweep_interval, self._sweep)
+        sweep.clock = reactor
+        sweep.setServiceParent(self)
+
+    def handle(self, msg, source: Address, via) -> Optional[Reply]:
+        data = self.core.handle(msg, source, via, self.reactor.seconds())
+        return None if data is None else Reply(via, (source.host, source.port), data)
+
+    def _sweep(self) -> None:
+        self.core.sweep(self.reactor.seconds())
+
+    def startService(self) -> None:
+        layout = self.state.layout
+        if layout is not None:
+            # the salon's own sockets are never peers: at their advertised
+            # and bound addresses, and on loopback when bound to the wildcard
+            own = self.core.service_addresses
+            for key in layout.keys():
+                addr = layout.address(key)
+                if addr is not None:
+                    own.add((addr.host, addr.port))
+            hosts = {self.interface} | ({"127.0.0.1", "::1"} if ipaddress.ip_address(self.interface).is_unspecified
+                                        else set())
+            own.update((h, p) for h in hosts for p in layout.ports)
+        super().startService()
+        if self.config.tcp and layout is not None and self.tcp is None:
+            try:
+                self.tcp = self.reactor.listenTCP(layout.ports[0], self.streams, interface=self.interface)
+            except CannotListenError as e:
+                self.core.log.error("TURN over TCP off: cannot listen on TCP port {port}: {err}",
+                                    port=layout.ports[0], err=e.socketError)
+        self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
+                           realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
+                           ip=self.relays.relay_ip)
+
+    def stopService(self):
+        d = super().stopService()
+        self.core.close_all()
+        tcp, self.tcp = self.tcp, None
+        if tcp is not None:
+            return defer.gatherResults([defer.maybeDeferred(tcp.stopListening), defer.maybeDeferred(lambda: d)])
+        return d
