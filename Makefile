@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# what the salon needs (make run), and what the tests and benchmarks need too
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks use: command -> package
 SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn
@@ -15,9 +17,13 @@ PYTEST_ARGS ?=
 
 .PHONY: run test bench demo venv sysdeps clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e . --config-settings editable_mode=compat
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
@@ -37,7 +43,8 @@ sysdeps:
 	  else echo "missing system tools (need root to install):$$missing"; fi; \
 	fi
 
-run: $(STAMP)
+run: $(RUN_STAMP)
+	@case " $(ARGS) " in *" --alt-ip"*) ;; *) echo "natsalon: no --alt-ip: clients can learn their address, not classify their NAT (RFC 5780 needs a second IP): make run ARGS='--interface IP1 --alt-ip IP2'";; esac
 	$(VENV)/bin/twistd -n --pidfile= natsalon $(ARGS)
 
 test: $(STAMP) sysdeps

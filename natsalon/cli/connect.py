@@ -31,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", default=DEFAULTS["timeout"], help="give up after S seconds (default 30)")
     p.add_argument("--punch-timeout", default=DEFAULTS["punch-timeout"],
                    help="seconds of punching per attempt (default 10)")
-    p.add_argument("--keepalive", default=DEFAULTS["keepalive"], help="keepalive interval in seconds (default 15)")
+    p.add_argument("--keepalive", default=DEFAULTS["keepalive"], help="keepalive interval in seconds (default 5)")
     p.add_argument("--dead-after", default=DEFAULTS["dead-after"],
-                   help="keepalive intervals of silence before re-joining (default 3)")
+                   help="keepalive intervals of silence before re-joining (default 2)")
     p.add_argument("--port", default=DEFAULTS["port"], help="local UDP port for the punched path (default: any)")
     p.add_argument("--interface", default="", help="local IPv4 address to bind")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt forwarded payload")

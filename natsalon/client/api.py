@@ -105,7 +105,7 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
 
 @defer.inlineCallbacks
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
-            punch_timeout: float = 10.0, keepalive: float = 15.0, dead_after: int = 3, encrypt: bool = True,
+            punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
     a (host, port) tuple) with the shared ``secret``; fires with a

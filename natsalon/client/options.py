@@ -27,8 +27,8 @@ class ClientOptions:
     deliver: Optional[Tuple[str, int]] = None
     timeout: float = 30.0
     punch_timeout: float = 10.0
-    keepalive: float = 15.0
-    dead_after: int = 3
+    keepalive: float = 5.0
+    dead_after: int = 2
     retry: float = 30.0
     port: int = 0
     interface: str = ""
@@ -126,5 +126,5 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
 
 
 #: the raw defaults both front ends start from
-DEFAULTS = {"timeout": "30", "punch-timeout": "10", "keepalive": "15", "dead-after": "3", "retry": "30",
+DEFAULTS = {"timeout": "30", "punch-timeout": "10", "keepalive": "5", "dead-after": "2", "retry": "30",
             "port": "0", "interface": ""}

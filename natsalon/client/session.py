@@ -92,8 +92,10 @@ class Settings:
     punch_timeout: float = 10.0  #: seconds of punching per attempt
     interval: float = 0.1  #: seconds between punch rounds
     poll: float = 1.0  #: seconds between polls while waiting
-    keepalive: float = 15.0  #: seconds between keepalive probes
-    dead_after: int = 3  #: keepalive intervals of silence that end a path
+    #: seconds between keepalive probes: a dead peer is noticed after
+    #: dead_after intervals of silence, at the tick after (10 to 15 s by default)
+    keepalive: float = 5.0
+    dead_after: int = 2  #: keepalive intervals of silence that end a path
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 

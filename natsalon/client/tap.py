@@ -25,7 +25,7 @@ class Options(usage.Options):
         ["timeout", None, DEFAULTS["timeout"], "Seconds per connection attempt."],
         ["punch-timeout", None, DEFAULTS["punch-timeout"], "Seconds of punching per attempt."],
         ["keepalive", None, DEFAULTS["keepalive"], "Keepalive interval in seconds."],
-        ["dead-after", None, DEFAULTS["dead-after"], "Keepalive intervals of silence before re-punching."],
+        ["dead-after", None, DEFAULTS["dead-after"], "Keepalive intervals of silence before re-joining."],
         ["retry", None, DEFAULTS["retry"], "Longest wait between failed attempts, in seconds (backoff from 1 s, x1.5 per failure, plus up to 1 s of jitter)."],
         ["port", None, DEFAULTS["port"], "Local UDP port of the punched path."],
         ["interface", None, "", "Local address to bind."],
