@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from typing import List, Optional
+
+from natsalon import __version__
 
 SUBCOMMANDS = {
     "probe": ("natsalon.cli.probe", "classify this host's NAT against a STUN server"),
@@ -22,6 +25,7 @@ SUBCOMMANDS = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="natsalon", description="NAT probing and hole punching over UDP.")
+    parser.add_argument("--version", action="version", version="natsalon %s" % __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -34,7 +38,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         modules[name] = module
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print("natsalon: error: a command is required (%s)" % ", ".join(modules), file=sys.stderr)
         return 2
     return modules[args.command].run(args)
 

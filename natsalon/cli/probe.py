@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 from natsalon.client.probe import ProbeConfig, ProbeError, ProbeReport, probe
 from natsalon.client.probe.report import format_table
+from twisted.internet import defer
+
 from natsalon.net import hostport
 from natsalon.net.hostport import DEFAULT_PORT
 
@@ -70,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         return _error("cannot list interface addresses: %s" % e)
     outcome = _probe_once(args.server, config, local_ips)
-    if outcome is None:
-        return _error("interrupted")
+    if outcome is None or (not isinstance(outcome, ProbeReport) and outcome.check(defer.CancelledError)):
+        _error("interrupted")
+        return 130
     if not isinstance(outcome, ProbeReport):
         exc = outcome.value
         if isinstance(exc, ProbeError):
@@ -90,11 +93,20 @@ def _probe_once(server: Tuple[str, int], config: ProbeConfig, local_ips) -> Opti
     from twisted.internet import reactor
 
     outcome: List = []
+    stopping: List = []
+
+    def stop(_=None) -> None:
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
 
     def start():
         d = probe(reactor, server, config, local_ips=local_ips)
         d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(stop)
+        # Ctrl-C / SIGTERM: cancel first, so the sockets close as ours (no
+        # false "ICMP port unreachable" from sockets the shutdown closes)
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: stopping.append(True) or d.cancel())
 
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=True)

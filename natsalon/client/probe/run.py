@@ -49,7 +49,9 @@ class ProbeRun:
         self.started = clock.seconds()
         self.socks: List[ProbeSocket] = []
         self.waits: List[defer.Deferred] = []
-        self.done = defer.Deferred()
+        #: cancelling it (Ctrl-C, a caller's timeout) closes every socket at once
+        self.done = defer.Deferred(self._cancelled)
+        self.cancelled = False
         self.found = Findings(server)
 
     # -- plumbing ------------------------------------------------------------
@@ -80,6 +82,10 @@ class ProbeRun:
             if s.port is not None:
                 s.port.stopListening()
         self.socks = []
+
+    def _cancelled(self, _) -> None:
+        self.cancelled = True  # the cancellations close() causes are ours, not failures
+        self.close()
 
     def abort(self, exc: Exception) -> None:
         if not self.done.called:
@@ -140,7 +146,7 @@ class ProbeRun:
     def _failed(self, failure) -> None:
         if isinstance(failure.value, defer.FirstError):
             failure = failure.value.subFailure
-        if self.done.called:  # already aborted: these are the cancellations
+        if self.done.called or self.cancelled:  # already aborted: these are the cancellations
             return None
         if not failure.check(ProbeError):
             log.failure("probe failed", failure)
