@@ -147,7 +147,7 @@ def test_synchronous_registry_answers_without_a_deferred():
 
 def test_prunes_never_overlap_and_failures_do_not_stop_them():
     clock = UDPClock()
-    rooms = LaterRooms(MemoryRooms(timeout=10))
+    rooms = LaterRooms(MemoryRooms(member_timeout=10))
     intro = Introducer(clock, rooms, CookieJar(b"k" * 32))
     for n, src in enumerate((A, B)):
         rooms.rooms.join(bytes([n]) * 16, _member(src), 0.0)
@@ -156,7 +156,7 @@ def test_prunes_never_overlap_and_failures_do_not_stop_them():
     assert intro.prune() is None and intro.prune() is None
     assert len(rooms.queued) == 1 and intro.stats["rooms_prune_skipped"] == 2
     rooms.answer()
-    assert intro.stats["rooms_expired"] == 2 and d.result is None
+    assert intro.stats["members_expired"] == 2 and d.result is None
     intro.prune()
     with capturedLogs() as events:
         rooms.fail()

@@ -17,8 +17,7 @@ from natsalon.server.introducer.handler import Introducer
 from natsalon.server.layout import PRIMARY, Layout, hostport
 from natsalon.server.ratelimit import SourceLimiter
 from natsalon.server.reflector import ReflectorProtocol, ServerState
-from natsalon.server.introducer.rooms import MemoryRooms
-from natsalon.stun import Method
+from natsalon.server.introducer.rooms import MAX_MEMBERS, MEMBER_TIMEOUT, MemoryRooms
 from natsalon.server.fastport import listen_reflector
 from natsalon.server.udpservice import DatagramService
 
@@ -44,8 +43,11 @@ class SalonConfig:
     stats_interval: float = 60.0
     introducer: bool = True  # answer JOIN (rooms, introductions)
     max_rooms: int = 10000
-    room_timeout: float = 60.0  # seconds a member waits for its peer
-    max_waiting_per_ip: int = 16
+    #: seconds a room member may go unseen (clients poll every second while
+    #: they wait): three missed polls, then it is dropped on the next tick
+    member_timeout: float = MEMBER_TIMEOUT
+    max_members: int = MAX_MEMBERS  # members one room holds at once
+    max_waiting_per_ip: int = 16  # members one source IP (IPv6: /64) holds in all rooms
     #: the TURN relay's settings (natsalon.server.turn.TurnConfig); None: off
     turn: Optional[object] = None
 
@@ -70,9 +72,10 @@ class SalonService(service.MultiService):
         self.introducer = None
         if config.introducer:
             if rooms is None:
-                rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
+                rooms = MemoryRooms(config.max_rooms, config.member_timeout, config.max_members,
+                                    config.max_waiting_per_ip)
             self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
-            self.state.handlers[Method.JOIN] = self.introducer.handle
+            self.state.handlers.update(self.introducer.handlers())
         self.protocols = []
         self.sockets = {}
         bind_ips = (config.interface, config.alt_ip)
