@@ -44,3 +44,24 @@ def test_room_timeout_still_works_with_one_deprecation_line():
 def test_bad_room_options_are_usage_errors(argv, words):
     with pytest.raises(usage.UsageError, match=re.escape(words)):
         parse(*argv)
+
+
+def test_version_option_prints_natsalons_version(capsys):
+    import natsalon
+
+    with pytest.raises(SystemExit) as exit:
+        parse("--version")
+    assert exit.value.code == 0
+    assert capsys.readouterr().out == "natsalon %s\n" % natsalon.__version__
+
+
+def test_twistd_natsalon_version():
+    import os
+    import subprocess
+    import sys
+
+    import natsalon
+
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    r = subprocess.run([twistd, "natsalon", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "natsalon %s" % natsalon.__version__

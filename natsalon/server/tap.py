@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 from twisted.logger import Logger
 from twisted.python import usage
 
+from natsalon import __version__
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
 
@@ -78,6 +80,11 @@ class Options(TurnOptionsMixin, usage.Options):
                                      "OTHER-ADDRESS too, for RFC 5780 clients such as turnutils_natdiscovery "
                                      "(reply/request byte ratio 2.8 instead of 1.6)."],
     ] + TurnOptionsMixin.turnFlags
+
+    def opt_version(self) -> None:
+        """Print natsalon's version and exit."""
+        sys.stdout.write("natsalon %s\n" % __version__)
+        sys.exit(0)
 
     def postOptions(self) -> None:
         o = self
