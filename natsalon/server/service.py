@@ -168,6 +168,9 @@ class SalonService(service.MultiService):
             rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
             introducer="on" if self.introducer is not None else "off",
         )
+        if not self.config.alt_ip:
+            log.info("no --alt-ip: clients can learn their public address but not classify their NAT "
+                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2")
 
     def stopService(self):
         if self.introducer is not None:
