@@ -118,3 +118,7 @@ def test_without_alt_ip_one_line_says_nat_classification_needs_it():
             assert "not classify their NAT" in hints[0] and "--interface IP1 --alt-ip IP2" in hints[0]
         svc.stopService()
 
+
+def test_start_up_line_names_the_ipv4_sockets_of_a_wildcard_ipv6_salon():
+    svc, clock, (event,) = started(SalonConfig(interface="::", port=0, alt_port=0, rcvbuf=0))
+    assert "serving STUN on [::]:40000, [::]:40001, 0.0.0.0:40000, 0.0.0.0:40001;" in formatEvent(event)
