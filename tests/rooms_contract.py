@@ -106,13 +106,30 @@ class RoomRegistryContract:
         r = self.join(b"c", C, 3)
         assert self.listed(r) == [b"join-b", b"join-a", b"join-s"]
 
-    def test_a_poll_from_a_new_address_moves_the_member(self):
-        self.join(b"a", A, 0, via=(0, 0))
-        moved = Address("192.0.2.9", 999)
-        self.join(b"a", moved, 1, via=(0, 1))
+    def test_a_nonce_from_another_address_is_another_member_never_a_move(self):
+        # whoever copied a's nonce off the path joins from its own address:
+        # a stays where it is, and a's peers get both (a's JOIN verifies,
+        # the copy's cannot: its cookie differs)
+        self.join(b"a", A, 0)
+        r = self.join(b"a", S, 0.5)
+        assert r.outcome is Outcome.WAITING  # alone with its own nonce
         r = self.join(b"b", B, 1)
-        (a,) = r.others
-        assert a.address == moved and a.via == (0, 1)
+        assert sorted(m.address for m in r.others) == sorted([A, S])
+        # a after a NAT rebinding: its old entry goes quiet and expires, the
+        # new one is listed first; a member never sees entries of its nonce
+        moved = Address("192.0.2.9", 999)
+        r = self.join(b"a", moved, 2, via=(0, 1))
+        assert [m.address for m in r.others] == [B]
+        r = self.join(b"b", B, 2.5)
+        assert r.others[0].address == moved and r.others[0].via == (0, 1)
+        assert self.prune(4.1) == 2  # a at A (seen at 0) and the copy (0.5)
+        assert [m.address for m in self.join(b"b", B, 4.2).others] == [moved]
+
+    def test_leave_removes_the_nonce_at_every_address(self):
+        self.join(b"a", A, 0)
+        self.join(b"a", Address("192.0.2.9", 999), 1)
+        assert self.leave(b"a", 1)
+        assert self.join(b"b", B, 1).outcome is Outcome.WAITING
 
     def test_a_new_nonce_from_a_members_address_replaces_it(self):
         # one socket is one client: it joined again (its LEAVE was lost)

@@ -463,3 +463,17 @@ def test_the_size_reckoning_is_the_encoded_size():
         data = wire.introduction(b"t" * 12, observed, b"n" * 16, keys.room_id, members[0].blob, members[0].address,
                                  others=[(m.blob, m.address) for m in members[1:]])
         assert len(data) == _head_size(observed, keys.room_id, b"n" * 16) + sum(map(_listed_size, members))
+
+
+def test_a_copied_nonce_does_not_take_the_members_place():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, nb = new_nonce(), new_nonce()
+    join(intro, keys, na, A)
+    # someone saw a's JOIN on the path and joins with its nonce from its own
+    # address (it cannot make a's MAC: the cookie for its address differs)
+    thief = derive("room", "guess")._replace(room_id=keys.room_id)
+    join(intro, thief, na, SQUAT)
+    clock.advance(0.5)
+    _, _, ans = join(intro, keys, nb, B)
+    assert genuine(ans, keys, nb) == (na, A)

@@ -210,3 +210,27 @@ def test_stopping_the_salon_cancels_a_running_prune(salon):
     assert not [e for e in events if "log_failure" in e]
     svc.introducer.prune()  # no longer counts as running
     assert len(rooms.queued) == 2
+
+
+def test_leave_answered_when_the_registry_answers_and_its_failure_counted(salon):
+    svc, clock, rooms, proto, transport = salon
+    nonce, token = new_nonce(), wire.new_leave_token()
+    _, raw = wire.join_request(KEYS.room_id, nonce, (), KEYS.k_join, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, A)
+    cookie = wire.parse_join_answer(decode(transport.pop()[0][0])).cookie
+    _, raw = wire.join_request(KEYS.room_id, nonce, (), KEYS.k_join, cookie=cookie, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, A)
+    rooms.answer()
+    transport.pop()
+    leave = wire.leave_request(KEYS.room_id, nonce, token)
+    proto.datagramReceived(leave, A)
+    with capturedLogs() as events:
+        rooms.fail()
+    assert transport.pop() == [] and svc.state.stats["leave_registry_failed"] == 1
+    assert all(A[0] not in repr(e) for e in events if e["log_level"] > LogLevel.debug)
+    proto.datagramReceived(leave, A)  # asked again
+    assert transport.pop() == []
+    rooms.answer()
+    (data, to), = transport.pop()
+    assert to == A and decode(data).method == Method.LEAVE and decode(data).cls == Class.SUCCESS
+    assert svc.state.stats["leaves"] == 1 and rooms.rooms.members() == 0

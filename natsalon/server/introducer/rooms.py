@@ -5,17 +5,20 @@ tested with plain numbers.  :class:`IRoomRegistry` is the interface the
 introducer uses (a shared store such as Redis can implement it later);
 :class:`MemoryRooms` is the in-memory default.
 
-A room is a set of up to ``max_members`` members keyed by their join
-nonce.  The salon cannot tell the genuine peer from someone who copied the
+A room is a set of up to ``max_members`` members, each known by its join
+nonce and the address it joins from.  The salon cannot tell the genuine peer from someone who copied the
 room id (it cannot check the JOIN's MAC), so it does not pick: every
 member is introduced to every other, and the clients keep the first one
 whose JOIN verifies.  There is no second place to squat and no "paired"
 state to linger:
 
-- a JOIN with a nonce the room holds refreshes that member (its address,
-  socket and last-seen time); one with a new nonce adds a member, and one
-  with a new nonce from the address of a member replaces that member (one
-  socket is one client: it re-joined and its LEAVE was lost);
+- a JOIN with the nonce and from the address of a member refreshes it (its
+  JOIN, socket and last-seen time); any other adds a member, replacing
+  the one at that address if there is one (one socket is one client: it
+  joined again and its LEAVE was lost).  A nonce from a new address is a
+  new member, not a move: whoever copied a member's nonce from the path
+  cannot take its place (it has no cookie for the member's address), and
+  after a NAT rebinding the old entry goes quiet and expires;
 - a member not seen for ``member_timeout`` seconds is gone (clients poll
   every second while they wait, and stop once introduced, so both ends of
   a pairing leave the room on their own a few seconds later);
@@ -89,13 +92,15 @@ class IRoomRegistry(Interface):
     """
 
     def join(room_id: bytes, member: Member, now: float):
-        """Add ``member`` to ``room_id`` or refresh it (same nonce).
+        """Add ``member`` to ``room_id``, or refresh it (same nonce, same
+        address).
 
         :return: a :class:`JoinResult`, or a Deferred firing with one.
         """
 
     def leave(room_id: bytes, nonce: bytes, leave_hash: bytes, now: float):
-        """Remove the member ``nonce`` if its JOIN carried ``leave_hash``.
+        """Remove the member ``nonce`` (at every address) if its JOIN
+        carried ``leave_hash``.
 
         :return: True if it was removed (a ``bool``), or a Deferred firing
             with it.
@@ -123,6 +128,10 @@ def newest_first(members) -> Tuple[Member, ...]:
     return tuple(sorted(reversed(list(members)), key=lambda m: m.seen, reverse=True))
 
 
+#: a room's members by (nonce, address), in arrival order
+_Room = Dict[Tuple[bytes, Address], Member]
+
+
 @implementer(IRoomRegistry)
 class MemoryRooms:
     """The in-memory registry: answers every call at once."""
@@ -133,8 +142,7 @@ class MemoryRooms:
         self.member_timeout = member_timeout
         self.max_members = max_members
         self.max_per_source = max_per_source
-        #: room id -> its members by nonce, in arrival order
-        self._rooms: Dict[bytes, Dict[bytes, Member]] = {}
+        self._rooms: Dict[bytes, _Room] = {}
         self._per_source: Dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -151,28 +159,28 @@ class MemoryRooms:
         else:
             self._per_source.pop(key, None)
 
-    def _remove(self, room_id: bytes, nonce: bytes) -> None:
+    def _remove(self, room_id: bytes, key: Tuple[bytes, Address]) -> None:
         room = self._rooms[room_id]
-        self._count(room.pop(nonce).address.host, -1)
+        self._count(room.pop(key).address.host, -1)
         if not room:
             del self._rooms[room_id]
 
     def _expire(self, room_id: bytes, now: float) -> int:
         room = self._rooms.get(room_id, {})
-        old = [n for n, m in room.items() if m.seen + self.member_timeout <= now]
-        for nonce in old:
-            self._remove(room_id, nonce)
+        old = [k for k, m in room.items() if m.seen + self.member_timeout <= now]
+        for key in old:
+            self._remove(room_id, key)
         return len(old)
 
     def join(self, room_id: bytes, member: Member, now: float) -> JoinResult:
         self._expire(room_id, now)
         room = self._rooms.get(room_id)
         if room is not None:
-            held = room.get(member.nonce)
+            held = room.get((member.nonce, member.address))
             if held is not None:
                 return self._refresh(room, held, member, now)
-            for nonce in [n for n, m in room.items() if m.address == member.address]:
-                self._remove(room_id, nonce)  # that socket joined again
+            for key in [k for k, m in room.items() if m.address == member.address]:
+                self._remove(room_id, key)  # that socket joined again
             room = self._rooms.get(room_id)
         refused = self._refuse(room, member)
         if refused is not None:
@@ -181,10 +189,10 @@ class MemoryRooms:
             room = self._rooms[room_id] = {}
         self._count(member.address.host, 1)
         member.seen = now
-        room[member.nonce] = member
+        room[member.nonce, member.address] = member
         return self._result(room, member, newcomer=True)
 
-    def _refuse(self, room: Optional[Dict[bytes, Member]], member: Member) -> Optional[Outcome]:
+    def _refuse(self, room: Optional[_Room], member: Member) -> Optional[Outcome]:
         """Why a new member cannot come in; None: it can."""
         if room is not None and len(room) >= self.max_members:
             return Outcome.FULL
@@ -194,28 +202,26 @@ class MemoryRooms:
             return Outcome.TOO_MANY_FROM_SOURCE
         return None
 
-    def _refresh(self, room: Dict[bytes, Member], held: Member, member: Member, now: float) -> JoinResult:
+    def _refresh(self, room: _Room, held: Member, member: Member, now: float) -> JoinResult:
         """The same member again (a poll or a retransmission)."""
-        if held.address != member.address:
-            self._count(held.address.host, -1)
-            self._count(member.address.host, 1)
-        held.address, held.via, held.blob, held.seen = member.address, member.via, member.blob, now
-        if member.leave_hash is not None:
+        held.via, held.blob, held.seen = member.via, member.blob, now
+        if held.leave_hash is None:
             held.leave_hash = member.leave_hash
         return self._result(room, held, newcomer=False)
 
-    def _result(self, room: Dict[bytes, Member], member: Member, newcomer: bool) -> JoinResult:
-        others = newest_first(m for m in room.values() if m is not member)
+    def _result(self, room: _Room, member: Member, newcomer: bool) -> JoinResult:
+        others = newest_first(m for m in room.values() if m.nonce != member.nonce)
         if not others:
             return JoinResult(Outcome.WAITING, member)
         return JoinResult(Outcome.INTRODUCED, member, others, newcomer)
 
     def leave(self, room_id: bytes, nonce: bytes, leave_hash: bytes, now: float) -> bool:
-        held = self._rooms.get(room_id, {}).get(nonce)
-        if held is None or held.leave_hash is None or not hmac.compare_digest(held.leave_hash, leave_hash):
-            return False
-        self._remove(room_id, nonce)
-        return True
+        room = self._rooms.get(room_id, {})
+        proven = [k for k, m in room.items() if m.nonce == nonce and m.leave_hash is not None
+                  and hmac.compare_digest(m.leave_hash, leave_hash)]
+        for key in proven:
+            self._remove(room_id, key)
+        return bool(proven)
 
     def prune(self, now: float) -> int:
         return sum(self._expire(room_id, now) for room_id in list(self._rooms))
