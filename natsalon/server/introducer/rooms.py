@@ -6,10 +6,10 @@ introducer uses (a shared store such as Redis can implement it later);
 :class:`MemoryRooms` is the in-memory default.
 
 A room is a set of up to ``max_members`` members, each known by its join
-nonce and the address it joins from.  The salon cannot tell the genuine peer from someone who copied the
-room id (it cannot check the JOIN's MAC), so it does not pick: every
-member is introduced to every other, and the clients keep the first one
-whose JOIN verifies.  There is no second place to squat and no "paired"
+nonce and the address it joins from.  The salon cannot tell the genuine
+peer from someone who copied the room id (it cannot check the JOIN's
+MAC), so it does not pick: every member is introduced to every other, and
+the clients keep the first one whose JOIN verifies.  There is no second place to squat and no "paired"
 state to linger:
 
 - a JOIN with the nonce and from the address of a member refreshes it (its
