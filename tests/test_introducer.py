@@ -88,12 +88,16 @@ def test_retransmission_not_paired_with_itself():
     assert not pushed
 
 
-def test_third_member_refused_409():
-    clock, intro, pushed = make()
+def test_a_third_member_is_introduced_to_both_and_a_full_room_is_409():
+    clock, intro, pushed = make(max_members=3)
     keys = derive("room", "s")
     join(intro, keys, new_nonce(), A)
     join(intro, keys, new_nonce(), B)
+    pushed.clear()
     _, _, ans = join(intro, keys, new_nonce(), C)
+    assert ans.kind is wire.Answer.INTRODUCED and [a for _, a in ans.peers] == [B, A]
+    assert sorted(p.to for p in pushed) == sorted([tuple(A), tuple(B)])  # both told of the newcomer
+    _, _, ans = join(intro, keys, new_nonce(), Address("198.51.100.10", 1))
     assert ans.kind is wire.Answer.REFUSED and ans.error.code == 409
 
 
@@ -126,12 +130,12 @@ def test_spoofed_join_never_pairs():
 
 
 def test_expiry_via_prune():
-    clock, intro, pushed = make(timeout=10)
+    clock, intro, pushed = make(member_timeout=10)
     keys = derive("room", "s")
     join(intro, keys, new_nonce(), A)
-    clock.advance(11)
+    clock.advance(10)
     intro.prune()
-    assert len(intro.rooms) == 0
+    assert len(intro.rooms) == 0 and intro.stats["members_expired"] == 1
 
 
 def test_caps_answer_429_and_503():
@@ -222,3 +226,254 @@ def test_refused_push_is_counted_and_the_joiner_still_answered():
     (data, to), = t.pop()
     assert to == tuple(B) and wire.parse_join_answer(decode(data)).kind is wire.Answer.INTRODUCED
     assert svc.state.stats["send_failed"] == 1 and svc.state.stats["internal_error"] == 0
+
+
+# -- squatters, restarts, leave: the salon lists, the clients choose --------
+
+
+def genuine(ans, keys, my_nonce):
+    """The client's rule (natsalon.client.join.Joiner): the first listed
+    member whose JOIN verifies with k_join and is not ourselves, as
+    ``(its nonce, its address)``; None: keep polling."""
+    for raw, address in ans.peers:
+        try:
+            peer = wire.verify_peer_join(raw, keys.k_join, keys.room_id)
+        except wire.WireError:
+            continue
+        if peer.nonce != my_nonce:
+            return peer.nonce, address
+    return None
+
+
+def pushed_to(pushed, source):
+    """The introductions pushed to ``source``, parsed (and forgotten)."""
+    out = [wire.parse_join_answer(decode(p.data)) for p in pushed if p.to == tuple(source)]
+    pushed[:] = [p for p in pushed if p.to != tuple(source)]
+    return out
+
+
+SQUAT = Address("203.0.113.66", 6666)
+
+
+def squat(intro, keys):
+    """Someone who copied the room id joins; it cannot make a JOIN the
+    clients verify (it does not know the secret)."""
+    bad = derive("room", "guess")._replace(room_id=keys.room_id)
+    return join(intro, bad, new_nonce(), SQUAT)
+
+
+@pytest.mark.parametrize("when", ["first", "in between"])
+def test_a_squatter_does_not_stop_the_real_pair(when):
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, nb = new_nonce(), new_nonce()
+    if when == "first":
+        squat(intro, keys)
+    _, _, ans = join(intro, keys, na, A)
+    if when == "first":
+        assert ans.kind is wire.Answer.INTRODUCED and genuine(ans, keys, na) is None  # a polls on
+    if when == "in between":
+        clock.advance(0.5)
+        squat(intro, keys)
+        assert all(genuine(p, keys, na) is None for p in pushed_to(pushed, A))
+    clock.advance(0.5)
+    _, _, ans = join(intro, keys, nb, B)
+    assert genuine(ans, keys, nb) == (na, A)
+    (push,) = pushed_to(pushed, A)
+    assert push.nonce == na and genuine(push, keys, na) == (nb, B)  # the newcomer first
+    # a's poll, had the push been lost, finds b too
+    _, _, ans = join(intro, keys, na, A)
+    assert genuine(ans, keys, na) == (nb, B)
+
+
+def test_a_squatter_that_keeps_polling_cannot_fill_the_room_before_the_pair():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, nb = new_nonce(), new_nonce()
+    for _ in range(5):
+        squat(intro, keys)  # one socket is one member: it only refreshes itself
+        clock.advance(1)
+    join(intro, keys, na, A)
+    _, _, ans = join(intro, keys, nb, B)
+    assert genuine(ans, keys, nb) == (na, A)
+
+
+def test_a_restarted_end_gets_in_at_once_and_meets_the_waiting_peer():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, nb = new_nonce(), new_nonce()
+    join(intro, keys, na, A)
+    join(intro, keys, nb, B)
+    # b dies at once (no LEAVE); a was introduced and stopped polling
+    clock.advance(1)
+    nb2, b2 = new_nonce(), Address(B.host, B.port + 1)
+    _, _, ans = join(intro, keys, nb2, b2)
+    assert ans.kind is wire.Answer.INTRODUCED  # never 409
+    # three seconds later both old entries are gone; a notices the dead
+    # peer and joins again: it meets the restarted b, which polls on
+    for _ in range(3):
+        clock.advance(1)
+        join(intro, keys, nb2, b2)
+    intro.prune()
+    na2 = new_nonce()
+    _, _, ans = join(intro, keys, na2, A)
+    assert [genuine(ans, keys, na2)] == [(nb2, b2)] and len(ans.peers) == 1
+
+
+def test_every_member_is_told_of_a_newcomer_listed_first():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    members = [(new_nonce(), Address("192.0.2.%d" % i, 1000 + i)) for i in range(1, 5)]
+    for nonce, source in members[:3]:
+        join(intro, keys, nonce, source)
+        clock.advance(0.1)
+    pushed.clear()
+    nd, d = members[3]
+    join(intro, keys, nd, d)
+    assert intro.stats["introductions_pushed"] == 2 + 1 + 3
+    for nonce, source in members[:3]:
+        (push,) = pushed_to(pushed, source)
+        assert push.nonce == nonce and push.peers[0][1] == d
+        assert [a for _, a in push.peers[1:]] == [s for n, s in reversed(members[:3]) if n != nonce]
+    assert not pushed
+
+
+def test_introductions_stay_small_and_no_member_is_left_out_of_every_one():
+    from natsalon.server.introducer.handler import MAX_INTRODUCTION
+
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    big = tuple(Address("2001:db8::%x" % i, 1000 + i) for i in range(8))
+    squatters = [(derive("room", "guess%d" % i)._replace(room_id=keys.room_id), new_nonce(),
+                  Address("203.0.113.%d" % i, 7000)) for i in range(4)]
+    na, nb = new_nonce(), new_nonce()
+    found = []
+    for _ in range(6):  # everyone polls once a second; the squatters (with
+        join(intro, keys, na, A)  # the largest JOINs a client makes) after a
+        for bad, nonce, source in squatters:
+            join(intro, bad, nonce, source, big)
+        _, reply, ans = join(intro, keys, nb, B)
+        assert len(reply.data) <= MAX_INTRODUCTION and len(ans.peers) < 5
+        found.append(genuine(ans, keys, nb))
+        clock.advance(1)
+    assert all(len(p.data) <= MAX_INTRODUCTION for p in pushed)
+    assert None in found and (na, A) in found
+
+
+def test_a_join_too_large_to_hand_on_is_never_listed():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    from natsalon.stun import Attr, Message, encode
+
+    huge = derive("room", "guess")._replace(room_id=keys.room_id)
+    n = new_nonce()
+    _, _, ans = send(intro, huge, n, SQUAT)
+    msg = Message(Method.JOIN, Class.REQUEST, b"h" * 12, (
+        (Attr.NS_ROOM, keys.room_id), (Attr.NS_NONCE, n), (Attr.NS_COOKIE, ans.cookie),
+        (Attr.PADDING, b"\0" * 960)))
+    intro.handle(decode(encode(msg, sha256_key=huge.k_join)), SQUAT, KEY)
+    _, _, ans = join(intro, keys, new_nonce(), A)
+    assert ans.kind is wire.Answer.WAITING and [p.to for p in pushed] == [tuple(SQUAT)]
+
+
+def leave(intro, keys, nonce, token, source=A):
+    raw = wire.leave_request(keys.room_id, nonce, token)
+    return raw, intro.handle_leave(decode(raw), source, KEY)
+
+
+def test_leave_with_the_token_frees_the_member_at_once():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, token = new_nonce(), wire.new_leave_token()
+    _, reply, ans = send(intro, keys, na, A)
+    msg, raw = wire.join_request(keys.room_id, na, (), keys.k_join, cookie=ans.cookie,
+                                 leave_hash=wire.leave_hash(token))
+    intro.handle(decode(raw), A, KEY)
+    # a wrong token, or the right one for another nonce: nothing happens, no answer
+    assert leave(intro, keys, na, wire.new_leave_token())[1] is None
+    assert leave(intro, keys, new_nonce(), token)[1] is None
+    assert intro.stats["leave_refused"] == 2 and len(intro.rooms) == 1
+    raw, reply = leave(intro, keys, na, token, Address(A.host, 9))  # from anywhere: the token is the proof
+    assert reply.to == (A.host, 9) and len(reply.data) == 20 < len(raw)
+    msg = decode(reply.data)
+    assert (msg.method, msg.cls, msg.transaction_id) == (Method.LEAVE, Class.SUCCESS, decode(raw).transaction_id)
+    assert intro.stats["leaves"] == 1 and len(intro.rooms) == 0
+    _, _, ans = join(intro, keys, new_nonce(), B)
+    assert ans.kind is wire.Answer.WAITING  # nobody left to meet
+
+
+def test_a_malformed_leave_gets_a_small_400_and_indications_nothing():
+    from natsalon.stun import Attr, Message, encode
+
+    clock, intro, pushed = make()
+    raw = encode(Message(Method.LEAVE, Class.REQUEST, b"x" * 12, ((Attr.NS_ROOM, b"r" * 16),)))
+    reply = intro.handle_leave(decode(raw), A, KEY)
+    assert decode(reply.data).get(Attr.ERROR_CODE).code == 400 and len(reply.data) <= 1.6 * len(raw)
+    ind = encode(Message(Method.LEAVE, Class.INDICATION, b"x" * 12, ((Attr.NS_ROOM, b"r" * 16),)))
+    assert intro.handle_leave(decode(ind), A, KEY) is None
+    assert intro.stats["leave_bad"] == 1 and intro.stats["leave_not_request"] == 1
+
+
+def test_the_salon_drops_a_silent_member_on_its_tick():
+    from natsalon.server.testing import UDPClock
+
+    clock = UDPClock()
+    svc = SalonService(clock, SalonConfig(interface="127.0.0.1", port=0, alt_port=0, rate_limit=0, rcvbuf=0))
+    svc.startService()
+    proto, t = svc.protocols[0], svc.protocols[0].transport
+    keys = derive("room", "s")
+    proto.datagramReceived(join_through(proto, t, keys, new_nonce(), A), tuple(A))
+    clock.advance(3)
+    assert svc.introducer.rooms.members() == 1
+    clock.advance(1)  # the tick after 3.5 s unseen
+    assert svc.introducer.rooms.members() == 0 and svc.state.stats["members_expired"] == 1
+    svc.stopService()
+
+
+def test_the_salon_answers_leave():
+    from natsalon.server.testing import UDPClock
+
+    clock = UDPClock()
+    svc = SalonService(clock, SalonConfig(interface="127.0.0.1", port=0, alt_port=0, rate_limit=0, rcvbuf=0))
+    svc.startService()
+    proto, t = svc.protocols[0], svc.protocols[0].transport
+    keys = derive("room", "s")
+    nonce, token = new_nonce(), wire.new_leave_token()
+    _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, tuple(A))
+    cookie = wire.parse_join_answer(decode(t.pop()[0][0])).cookie
+    _, raw = wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, tuple(A))
+    t.pop()
+    proto.datagramReceived(wire.leave_request(keys.room_id, nonce, token), tuple(A))
+    (data, to), = t.pop()
+    assert to == tuple(A) and decode(data).method == Method.LEAVE
+    assert svc.introducer.rooms.members() == 0 and svc.state.stats["leaves"] == 1
+    svc.stopService()
+
+
+def test_the_size_reckoning_is_the_encoded_size():
+    from natsalon.server.introducer.handler import _head_size, _listed_size
+    from natsalon.server.introducer.rooms import Member
+
+    keys = derive("room", "s")
+    for observed, n in ((A, 1), (Address("2001:db8::1", 5), 3)):
+        members = [Member(new_nonce(), Address("2001:db8::%d" % i if i % 2 else "192.0.2.%d" % i, i),
+                          wire.join_request(keys.room_id, new_nonce(), (A,) * i, keys.k_join)[1]) for i in range(n)]
+        data = wire.introduction(b"t" * 12, observed, b"n" * 16, keys.room_id, members[0].blob, members[0].address,
+                                 others=[(m.blob, m.address) for m in members[1:]])
+        assert len(data) == _head_size(observed, keys.room_id, b"n" * 16) + sum(map(_listed_size, members))
+
+
+def test_a_copied_nonce_does_not_take_the_members_place():
+    clock, intro, pushed = make()
+    keys = derive("room", "s3cret")
+    na, nb = new_nonce(), new_nonce()
+    join(intro, keys, na, A)
+    # someone saw a's JOIN on the path and joins with its nonce from its own
+    # address (it cannot make a's MAC: the cookie for its address differs)
+    thief = derive("room", "guess")._replace(room_id=keys.room_id)
+    join(intro, thief, na, SQUAT)
+    clock.advance(0.5)
+    _, _, ans = join(intro, keys, nb, B)
+    assert genuine(ans, keys, nb) == (na, A)

@@ -147,7 +147,7 @@ def test_synchronous_registry_answers_without_a_deferred():
 
 def test_prunes_never_overlap_and_failures_do_not_stop_them():
     clock = UDPClock()
-    rooms = LaterRooms(MemoryRooms(timeout=10))
+    rooms = LaterRooms(MemoryRooms(member_timeout=10))
     intro = Introducer(clock, rooms, CookieJar(b"k" * 32))
     for n, src in enumerate((A, B)):
         rooms.rooms.join(bytes([n]) * 16, _member(src), 0.0)
@@ -156,7 +156,7 @@ def test_prunes_never_overlap_and_failures_do_not_stop_them():
     assert intro.prune() is None and intro.prune() is None
     assert len(rooms.queued) == 1 and intro.stats["rooms_prune_skipped"] == 2
     rooms.answer()
-    assert intro.stats["rooms_expired"] == 2 and d.result is None
+    assert intro.stats["members_expired"] == 2 and d.result is None
     intro.prune()
     with capturedLogs() as events:
         rooms.fail()
@@ -210,3 +210,27 @@ def test_stopping_the_salon_cancels_a_running_prune(salon):
     assert not [e for e in events if "log_failure" in e]
     svc.introducer.prune()  # no longer counts as running
     assert len(rooms.queued) == 2
+
+
+def test_leave_answered_when_the_registry_answers_and_its_failure_counted(salon):
+    svc, clock, rooms, proto, transport = salon
+    nonce, token = new_nonce(), wire.new_leave_token()
+    _, raw = wire.join_request(KEYS.room_id, nonce, (), KEYS.k_join, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, A)
+    cookie = wire.parse_join_answer(decode(transport.pop()[0][0])).cookie
+    _, raw = wire.join_request(KEYS.room_id, nonce, (), KEYS.k_join, cookie=cookie, leave_hash=wire.leave_hash(token))
+    proto.datagramReceived(raw, A)
+    rooms.answer()
+    transport.pop()
+    leave = wire.leave_request(KEYS.room_id, nonce, token)
+    proto.datagramReceived(leave, A)
+    with capturedLogs() as events:
+        rooms.fail()
+    assert transport.pop() == [] and svc.state.stats["leave_registry_failed"] == 1
+    assert all(A[0] not in repr(e) for e in events if e["log_level"] > LogLevel.debug)
+    proto.datagramReceived(leave, A)  # asked again
+    assert transport.pop() == []
+    rooms.answer()
+    (data, to), = transport.pop()
+    assert to == A and decode(data).method == Method.LEAVE and decode(data).cls == Class.SUCCESS
+    assert svc.state.stats["leaves"] == 1 and rooms.rooms.members() == 0

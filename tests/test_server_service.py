@@ -103,3 +103,22 @@ def test_hostport():
     assert hostport("192.0.2.1", 1) == "192.0.2.1:1"
     assert hostport("::", 2) == "[::]:2"
     assert hostport("", 3) == hostport(None, 3) == "*:3"
+
+
+def test_without_alt_ip_one_line_says_nat_classification_needs_it():
+    for config, hinted in ((SalonConfig(port=0, alt_port=0, rcvbuf=0), True),
+                           (SalonConfig(interface="192.0.2.1", alt_ip="192.0.2.2", rcvbuf=0), False)):
+        svc = SalonService(UDPClock(), config)
+        with capturedLogs() as events:
+            svc.privilegedStartService()
+            svc.startService()
+        hints = [formatEvent(e) for e in events if "--alt-ip" in formatEvent(e)]
+        assert len(hints) == int(hinted)
+        if hinted:
+            assert "not classify their NAT" in hints[0] and "--interface IP1 --alt-ip IP2" in hints[0]
+        svc.stopService()
+
+
+def test_start_up_line_names_the_ipv4_sockets_of_a_wildcard_ipv6_salon():
+    svc, clock, (event,) = started(SalonConfig(interface="::", port=0, alt_port=0, rcvbuf=0))
+    assert "serving STUN on [::]:40000, [::]:40001, 0.0.0.0:40000, 0.0.0.0:40001;" in formatEvent(event)

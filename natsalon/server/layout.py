@@ -6,6 +6,12 @@ port_index)``: ``(0, 0)`` is the primary address and port, ``(0, 1)`` the
 alternate port, ``(1, 0)`` and ``(1, 1)`` the alternate IP.  The layout maps
 keys to the addresses advertised to clients (which differ from the bound
 ones on a server behind 1:1 NAT).
+
+A salon on ``::`` serves IPv4 on separate sockets (``0.0.0.0``, same
+ports; the ``::`` ones take IPv6 only, so an IPv4 client is never seen as
+``::ffff:a.b.c.d``).  Such a socket's key is its IPv6 sibling's plus a
+third element, ``4`` (:func:`ipv4_twin`): it stands at the same place in
+the grid, and replies to it leave from a socket of its own family.
 """
 
 from __future__ import annotations
@@ -15,8 +21,13 @@ from typing import Optional, Tuple
 
 from natsalon.stun import Address
 
-Key = Tuple[int, int]
+Key = Tuple[int, ...]
 PRIMARY: Key = (0, 0)
+
+
+def ipv4_twin(key: Key) -> Key:
+    """The key of the IPv4 socket beside ``key``'s on a ``::`` salon."""
+    return key[:2] + (4,)
 
 
 def hostport(host: Optional[str], port: int) -> str:

@@ -6,6 +6,7 @@ a :class:`twisted.internet.task.Clock`-driven reactor or a real one."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,12 +15,11 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from natsalon.server.introducer.handler import Introducer
-from natsalon.server.layout import PRIMARY, Layout, hostport
+from natsalon.server.layout import PRIMARY, Layout, hostport, ipv4_twin
 from natsalon.server.ratelimit import SourceLimiter
 from natsalon.server.reflector import ReflectorProtocol, ServerState
-from natsalon.server.introducer.rooms import MemoryRooms
-from natsalon.stun import Method
-from natsalon.server.fastport import listen_reflector
+from natsalon.server.introducer.rooms import MAX_MEMBERS, MEMBER_TIMEOUT, MemoryRooms
+from natsalon.server.fastport import ReflectorPort, listen_reflector
 from natsalon.server.udpservice import DatagramService
 
 log = Logger()
@@ -44,14 +44,52 @@ class SalonConfig:
     stats_interval: float = 60.0
     introducer: bool = True  # answer JOIN (rooms, introductions)
     max_rooms: int = 10000
-    room_timeout: float = 60.0  # seconds a member waits for its peer
-    max_waiting_per_ip: int = 16
+    #: seconds a room member may go unseen (clients poll every second while
+    #: they wait): three missed polls, then it is dropped on the next tick
+    member_timeout: float = MEMBER_TIMEOUT
+    max_members: int = MAX_MEMBERS  # members one room holds at once
+    max_waiting_per_ip: int = 16  # members one source IP (IPv6: /64) holds in all rooms
     #: the TURN relay's settings (natsalon.server.turn.TurnConfig); None: off
     turn: Optional[object] = None
 
 
 def _is_wildcard(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_unspecified
+
+
+class _IPv6OnlyPort(ReflectorPort):
+    """A ReflectorPort whose socket takes IPv6 only (IPV6_V6ONLY, set
+    before it is bound): on ``::`` an IPv4 socket takes IPv4 beside it."""
+
+    def createInternetSocket(self):
+        skt = super().createInternetSocket()
+        skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return skt
+
+
+def listen_ipv6_only(reactor, port: int, protocol, interface: str = "::"):
+    """:func:`listen_reflector` for a ``::`` socket that leaves IPv4 to its twin."""
+    if not hasattr(reactor, "addReader"):
+        return reactor.listenUDP(port, protocol, interface=interface)
+    listening = _IPv6OnlyPort(port, protocol, interface, 8192, reactor)
+    listening.startListening()
+    return listening
+
+
+def _sockets(config: SalonConfig):
+    """``(key, interface, port, listen)`` of each socket: the RFC 5780 grid
+    (two ports, times two IPs with --alt-ip) and, on ``::``, an IPv4
+    socket beside each IPv6-only one (:func:`natsalon.server.layout.ipv4_twin`)."""
+    ips = (config.interface, config.alt_ip)
+    ports = (config.port, config.alt_port)
+    dual = ipaddress.ip_address(config.interface) == ipaddress.IPv6Address("::")
+    out = []
+    for i in (0, 1) if config.alt_ip else (0,):
+        for p in (0, 1):
+            out.append(((i, p), ips[i], ports[p], listen_ipv6_only if dual else listen_reflector))
+    if dual:
+        out += [(ipv4_twin((0, p)), "0.0.0.0", ports[p], listen_reflector) for p in (0, 1)]
+    return out
 
 
 class SalonService(service.MultiService):
@@ -70,17 +108,15 @@ class SalonService(service.MultiService):
         self.introducer = None
         if config.introducer:
             if rooms is None:
-                rooms = MemoryRooms(config.max_rooms, config.room_timeout, max_per_source=config.max_waiting_per_ip)
+                rooms = MemoryRooms(config.max_rooms, config.member_timeout, config.max_members,
+                                    config.max_waiting_per_ip)
             self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
-            self.state.handlers[Method.JOIN] = self.introducer.handle
+            self.state.handlers.update(self.introducer.handlers())
         self.protocols = []
         self.sockets = {}
-        bind_ips = (config.interface, config.alt_ip)
-        ports = (config.port, config.alt_port)
-        keys = [(i, p) for i in ((0, 1) if config.alt_ip else (0,)) for p in (0, 1)]
-        for key in keys:
+        for key, interface, port, listen in _sockets(config):
             proto = ReflectorProtocol(key, self.state, rcvbuf=config.rcvbuf)
-            svc = DatagramService(reactor, ports[key[1]], proto, bind_ips[key[0]], listen=listen_reflector)
+            svc = DatagramService(reactor, port, proto, interface, listen=listen)
             svc.setServiceParent(self)
             self.protocols.append(proto)
             self.sockets[key] = svc
@@ -98,14 +134,14 @@ class SalonService(service.MultiService):
 
     def _bind(self) -> None:
         """Bind every socket not bound yet, then set the layout."""
-        # The primary-IP sockets first: when asked for port 0, the
-        # alternate-IP sockets must use the same two ports (RFC 5780 grid).
+        # The primary sockets first: when asked for port 0, the others (the
+        # alternate IP's, the IPv4 twins of a '::' salon) must use the same
+        # two ports (the RFC 5780 grid).
         ports = tuple(self.sockets[(0, p)].bind().getHost().port for p in (0, 1))
-        for p in (0, 1):
-            alt = self.sockets.get((1, p))
-            if alt is not None:
-                alt.port = ports[p]
-                alt.bind()
+        for key, svc in self.sockets.items():
+            if key not in ((0, 0), (0, 1)):
+                svc.port = ports[key[1]]
+                svc.bind()
         cfg = self.config
         ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
         ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
@@ -132,6 +168,9 @@ class SalonService(service.MultiService):
             rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
             introducer="on" if self.introducer is not None else "off",
         )
+        if not self.config.alt_ip:
+            log.info("no --alt-ip: clients can learn their public address but not classify their NAT "
+                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2")
 
     def stopService(self):
         if self.introducer is not None:
@@ -139,7 +178,9 @@ class SalonService(service.MultiService):
         return service.MultiService.stopService(self)
 
     def _push(self, reply) -> None:
-        transport = self.state.transports.get(reply.via) or self.state.transports.get(PRIMARY)
+        # the socket it joined on, or the primary one of the same family
+        via = reply.via
+        transport = self.state.transports.get(via) or self.state.transports.get(PRIMARY + tuple(via[2:]))
         if transport is not None:
             self.state.write(transport, reply.data, reply.to)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 
+from twisted.logger import Logger
 from twisted.python import usage
 
+from natsalon import __version__
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
+
+log = Logger()
 
 
 def _ip(value: str, name: str) -> str:
@@ -25,6 +30,22 @@ def _int(value, name: str, low: int, high: int) -> int:
     if not low <= n <= high:
         raise usage.UsageError("%s: %d is out of range (%d to %d)" % (name, n, low, high))
     return n
+
+
+def _member_timeout(o) -> float:
+    """--member-timeout, or the deprecated --room-timeout (which meant how
+    long a waiting member is kept without polling: the same thing)."""
+    name, value = "--member-timeout", o["member-timeout"]
+    if o["room-timeout"] is not None:
+        log.warn("--room-timeout is deprecated: use --member-timeout (seconds a room member may go unseen)")
+        name, value = "--room-timeout", o["room-timeout"]
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError("%s: %r is not a number" % (name, value)) from None
+    if not 1.5 <= seconds <= 86400:
+        raise usage.UsageError("%s: %s is out of range (1.5 to 86400: clients poll every second)" % (name, value))
+    return seconds
 
 
 class Options(TurnOptionsMixin, usage.Options):
@@ -47,8 +68,11 @@ class Options(TurnOptionsMixin, usage.Options):
         ["rcvbuf", None, str(4 << 20), "Socket receive buffer in bytes."],
         ["stats-interval", None, "60", "Seconds between statistics log lines."],
         ["max-rooms", None, "10000", "Rooms the introducer holds at once."],
-        ["room-timeout", None, "60", "Seconds a room member waits for its peer."],
-        ["max-waiting-per-ip", None, "16", "Members one source IP may have waiting at once."],
+        ["member-timeout", None, "3.5", "Seconds a room member may go unseen before it is dropped "
+                                        "(clients poll every second while they wait)."],
+        ["room-timeout", None, None, "Deprecated: the old name of --member-timeout."],
+        ["max-members", None, "6", "Members one room holds at once (each is introduced to the others)."],
+        ["max-waiting-per-ip", None, "16", "Members one source IP (IPv6: its /64) holds in all rooms at once."],
     ] + TurnOptionsMixin.turnParameters
     optFlags = [
         ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
@@ -56,6 +80,11 @@ class Options(TurnOptionsMixin, usage.Options):
                                      "OTHER-ADDRESS too, for RFC 5780 clients such as turnutils_natdiscovery "
                                      "(reply/request byte ratio 2.8 instead of 1.6)."],
     ] + TurnOptionsMixin.turnFlags
+
+    def opt_version(self) -> None:
+        """Print natsalon's version and exit."""
+        sys.stdout.write("natsalon %s\n" % __version__)
+        sys.exit(0)
 
     def postOptions(self) -> None:
         o = self
@@ -90,7 +119,8 @@ class Options(TurnOptionsMixin, usage.Options):
             introducer=not o["no-introducer"],
             full_plain_answers=bool(o["full-plain-answers"]),
             max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
-            room_timeout=float(_int(o["room-timeout"], "--room-timeout", 1, 86400)),
+            member_timeout=_member_timeout(o),
+            max_members=_int(o["max-members"], "--max-members", 2, 64),
             max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
             turn=self.turn_config(advertise or interface),
         )

@@ -73,6 +73,9 @@ class LaterRooms:
     def join(self, room_id: bytes, member, now: float) -> Deferred:
         return self._queue(lambda: self.rooms.join(room_id, member, now))
 
+    def leave(self, room_id: bytes, nonce: bytes, leave_hash: bytes, now: float) -> Deferred:
+        return self._queue(lambda: self.rooms.leave(room_id, nonce, leave_hash, now))
+
     def prune(self, now: float) -> Deferred:
         return self._queue(lambda: self.rooms.prune(now))
 

@@ -1,9 +1,10 @@
-"""The introducer: the salon's JOIN handler.
+"""The introducer: the salon's JOIN and LEAVE handlers.
 
 ``Introducer.handle(msg, source, received_on)`` is registered in
-``ServerState.handlers[Method.JOIN]`` and returns a
-:class:`natsalon.server.binding.Reply` (or None), or a Deferred firing
-with one when the room registry answers later.  It
+``ServerState.handlers[Method.JOIN]`` (and :meth:`Introducer.handle_leave`
+for ``Method.LEAVE``; :meth:`Introducer.handlers` gives both) and returns
+a :class:`natsalon.server.binding.Reply` (or None), or a Deferred firing
+with one when the room registry answers later.  For a JOIN it
 
 1. checks the JOIN's shape (:func:`natsalon.wire.parse_join_request`);
 2. checks the return-routability cookie: without a valid one it answers
@@ -11,19 +12,30 @@ with one when the room registry answers later.  It
    source port, room id)``, an answer smaller than the request (no
    amplification), so a spoofed source never gets registered nor makes the
    salon send more than that small answer to a victim;
-3. passes the member to the room registry and answers waiting /
-   introduced / 409 / 429 / 503;
-4. on the join that pairs a room, pushes the introduction to the waiting
-   member as a JOIN indication (its poll, the next join, gets it again).
+3. passes the member to the room registry and answers WAITING (alone in
+   the room), INTRODUCED listing the room's other members most recently
+   seen first, or 409 / 429 / 503;
+4. when a member is new to a room with others, pushes each of them a JOIN
+   indication listing the newcomer first, so nobody waits for its next
+   poll.
 
 The salon never sees the secret: it cannot check the JOIN's
-MESSAGE-INTEGRITY-SHA256; it hands the JOIN to the peer, which does.
+MESSAGE-INTEGRITY-SHA256, so it lists every member and the clients keep
+the first whose JOIN verifies.  An introduction stays within
+:data:`MAX_INTRODUCTION` bytes: members that do not fit are left out, and
+when some are, the list starts at another member every second, so none is
+left out of every answer.
+
+A LEAVE needs no cookie: it reveals the token whose hash the member's JOIN
+carried, which only the member knew.  It is answered (20 bytes, less than
+the request) when the registry removed the member, and not at all
+otherwise.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -35,6 +47,11 @@ from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, 
 from natsalon.ops.stats import Stats
 from natsalon.stun import Address, Class, Message, Method
 
+#: the largest introduction sent: IPv6's minimum MTU (1280) leaves 1232
+#: bytes of UDP payload; this keeps clear of it.  It lists two members with
+#: eight IPv6 candidates each, or four with two IPv4 candidates.
+MAX_INTRODUCTION = 1024
+
 _ERRORS = {
     Outcome.FULL: 409,
     Outcome.TOO_MANY_FROM_SOURCE: 429,
@@ -42,13 +59,50 @@ _ERRORS = {
 }
 
 
-class Introducer:
-    """Answers JOIN requests; see the module docstring.
+def _attr_size(n: int) -> int:
+    return 4 + (n + 3) // 4 * 4
 
-    ``handle`` answers at once, except when the room registry answers later
-    (a registry may return Deferreds, see :class:`IRoomRegistry`): it then
-    returns a Deferred that fires with the reply, or with None when the
-    registry failed (counted as ``join_registry_failed`` and logged; the
+
+def _address_size(address: Address) -> int:
+    return _attr_size(20 if ":" in address.host else 8)
+
+
+def _listed_size(member: Member) -> int:
+    """What listing ``member`` adds to an introduction."""
+    return _address_size(member.address) + _attr_size(len(member.blob))
+
+
+def _head_size(observed: Address, room_id: bytes, nonce: bytes) -> int:
+    """An introduction's size before its list of members."""
+    return 20 + _address_size(observed) + _attr_size(4) + _attr_size(len(room_id)) + _attr_size(len(nonce))
+
+
+def fitting(size: int, members: Sequence[Member], turn: int = 0) -> List[Member]:
+    """The ``members`` an introduction of ``size`` bytes so far can list
+    within :data:`MAX_INTRODUCTION`, in order, leaving out those that do not
+    fit.  When not all fit, the order is first rotated by ``turn`` (the
+    clock's second: each poll starts at another member)."""
+    costs = [_listed_size(m) for m in members]
+    order = list(zip(members, costs))
+    if order and size + sum(costs) > MAX_INTRODUCTION:
+        k = turn % len(order)
+        order = order[k:] + order[:k]
+    out = []
+    for member, cost in order:
+        if size + cost <= MAX_INTRODUCTION:
+            out.append(member)
+            size += cost
+    return out
+
+
+class Introducer:
+    """Answers JOIN and LEAVE requests; see the module docstring.
+
+    ``handle`` and ``handle_leave`` answer at once, except when the room
+    registry answers later (a registry may return Deferreds, see
+    :class:`IRoomRegistry`): they then return a Deferred that fires with
+    the reply, or with None when the registry failed (counted as
+    ``join_registry_failed`` / ``leave_registry_failed`` and logged; the
     client's retransmission asks again).
     """
 
@@ -64,11 +118,16 @@ class Introducer:
         #: the registry's prune while it runs (an asynchronous registry)
         self._pruning: Optional[Deferred] = None
 
+    def handlers(self) -> Dict[int, Callable]:
+        """The method handlers to register in ``ServerState.handlers``."""
+        return {Method.JOIN: self.handle, Method.LEAVE: self.handle_leave}
+
     def prune(self) -> Optional[Deferred]:
-        """Ask the registry to forget expired rooms.  With a registry that
-        answers later, returns a Deferred that fires (with None, never
-        failing) when it has; while one prune runs, another is skipped
-        (counted as ``rooms_prune_skipped``) rather than piled up."""
+        """Ask the registry to forget members not seen for its timeout.
+        With a registry that answers later, returns a Deferred that fires
+        (with None, never failing) when it has; while one prune runs,
+        another is skipped (counted as ``rooms_prune_skipped``) rather
+        than piled up."""
         if self._pruning is not None:
             self.stats["rooms_prune_skipped"] += 1
             return None
@@ -89,7 +148,7 @@ class Introducer:
 
     def _pruned(self, n: int) -> None:
         if n:
-            self.stats["rooms_expired"] += n
+            self.stats["members_expired"] += n
 
     def _prune_failed(self, failure) -> None:
         if failure.check(CancelledError):
@@ -99,6 +158,13 @@ class Introducer:
 
     def _prune_done(self, _) -> None:
         self._pruning = None
+
+    def _bad(self, msg: Message, to: tuple, received_on, error: wire.WireError) -> Optional[Reply]:
+        """A 400 for a malformed request; the source is not verified yet:
+        no answer larger than the request (none at all if it would be)."""
+        self.log.debug("bad {method:#x} request: {reason}", method=msg.method, reason=error)
+        data = error_response(msg.method, msg.transaction_id, False, 400, request_size=len(msg.raw))
+        return Reply(received_on, to, data) if data is not None else None
 
     def handle(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         if msg.cls != Class.REQUEST:
@@ -110,42 +176,81 @@ class Introducer:
             req = wire.parse_join_request(msg)
         except wire.WireError as e:
             self.stats["join_bad"] += 1
-            self.log.debug("bad JOIN: {reason}", reason=e)
-            # the source is not verified yet: no answer larger than the request
-            data = error_response(Method.JOIN, txid, False, 400, request_size=len(msg.raw))
-            return Reply(received_on, to, data) if data is not None else None
+            return self._bad(msg, to, received_on, e)
         now = self.clock.seconds()
         if not self.cookies.check(req.cookie, source, req.room_id, now):
             self.stats["join_cookie_sent"] += 1
             return Reply(received_on, to, wire.cookie_response(txid, self.cookies.issue(source, req.room_id, now)))
-        member = Member(req.nonce, source, msg.raw, received_on)
+        member = Member(req.nonce, source, msg.raw, received_on, req.leave_hash)
         result = self.rooms.join(req.room_id, member, now)
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._joined, self._join_failed, callbackArgs=(txid, req, member))
+            return result.addCallbacks(self._joined, self._registry_failed, callbackArgs=(txid, req, member),
+                                       errbackArgs=("join",))
         return self._joined(result, txid, req, member)
 
-    def _join_failed(self, failure) -> None:
-        self.stats["join_registry_failed"] += 1
-        self.log.failure("the room registry failed a JOIN", failure)
+    def _registry_failed(self, failure, call: str) -> None:
+        self.stats[call + "_registry_failed"] += 1
+        self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
     def _joined(self, result: JoinResult, txid: bytes, req: wire.JoinRequest, member: Member) -> Reply:
         """The answer to ``member``'s JOIN once the registry has placed it;
-        on the join that pairs a room, the introduction is pushed to the
-        waiting peer too."""
+        a newcomer is announced to the room's other members too."""
         outcome = result.outcome
         self.stats["join_" + outcome.value] += 1
         source, received_on = member.address, member.via
         to = (source.host, source.port)
-        if outcome is Outcome.WAITING:
-            return Reply(received_on, to, wire.waiting_response(txid, source))
-        if outcome is not Outcome.INTRODUCED:
+        if outcome not in (Outcome.WAITING, Outcome.INTRODUCED):
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
-        peer = result.peer
-        if result.newly_paired and self.push is not None:
-            self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
-                os.urandom(12), peer.address, peer.nonce, req.room_id, member.blob, source, indication=True)))
-            self.stats["introductions_pushed"] += 1
-            self.log.info("room paired")
+        if result.newcomer and result.others:
+            self._announce(req.room_id, member, result.others)
+        head = _head_size(source, req.room_id, req.nonce)
+        listed = fitting(head, result.others, int(self.clock.seconds()))
+        if not listed:
+            return Reply(received_on, to, wire.waiting_response(txid, source))
+        first, rest = listed[0], listed[1:]
         return Reply(received_on, to, wire.introduction(
-            txid, source, req.nonce, req.room_id, peer.blob, peer.address))
+            txid, source, req.nonce, req.room_id, first.blob, first.address,
+            others=[(m.blob, m.address) for m in rest]))
+
+    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member]) -> None:
+        """Push each of ``others`` an introduction listing ``newcomer``
+        first, then the rest of the room."""
+        if self.push is None:
+            return
+        for peer in others:
+            size = _head_size(peer.address, room_id, peer.nonce) + _listed_size(newcomer)
+            if size > MAX_INTRODUCTION:
+                return  # a JOIN too large to hand on: nobody is told of it
+            rest = fitting(size, [m for m in others if m is not peer], int(self.clock.seconds()))
+            self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
+                os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
+                indication=True, others=[(m.blob, m.address) for m in rest])))
+            self.stats["introductions_pushed"] += 1
+        self.log.debug("a member joined a room of {n} others", n=len(others))
+
+    def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
+        """A LEAVE: the member whose JOIN carried the hash of the revealed
+        token is removed and the LEAVE answered; anything else is counted
+        (``leave_refused``) and not answered."""
+        if msg.cls != Class.REQUEST:
+            self.stats["leave_not_request"] += 1
+            return None
+        to = (source.host, source.port)
+        try:
+            req = wire.parse_leave_request(msg)
+        except wire.WireError as e:
+            self.stats["leave_bad"] += 1
+            return self._bad(msg, to, received_on, e)
+        result = self.rooms.leave(req.room_id, req.nonce, wire.leave_hash(req.token), self.clock.seconds())
+        if isinstance(result, Deferred):
+            return result.addCallbacks(self._left, self._registry_failed,
+                                       callbackArgs=(msg.transaction_id, to, received_on), errbackArgs=("leave",))
+        return self._left(result, msg.transaction_id, to, received_on)
+
+    def _left(self, left: bool, txid: bytes, to: tuple, received_on) -> Optional[Reply]:
+        if not left:
+            self.stats["leave_refused"] += 1
+            return None
+        self.stats["leaves"] += 1
+        return Reply(received_on, to, wire.leave_response(txid))

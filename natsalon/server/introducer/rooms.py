@@ -1,61 +1,78 @@
-"""The room registry: who waits in which room, pairing, expiry.
+"""The room registry: who is in which room, and for how long.
 
 Pure: every call takes ``now`` (seconds); no clock, no sockets, so it is
 tested with plain numbers.  :class:`IRoomRegistry` is the interface the
 introducer uses (a shared store such as Redis can implement it later);
 :class:`MemoryRooms` is the in-memory default.
 
-A room holds one waiting member, or two paired members.  Members are told
-apart by their join nonce, never by address: a retransmitted or repeated
-join with the waiting member's nonce refreshes it and is never paired with
-itself.  A paired room lingers ``linger`` seconds, so both members' polls
-get their introduction again; any third nonce meanwhile is refused
-(:attr:`Outcome.FULL`).  A waiting member expires ``timeout`` seconds after
-its last join.
+A room is a set of up to ``max_members`` members, each known by its join
+nonce and the address it joins from.  The salon cannot tell the genuine
+peer from someone who copied the room id (it cannot check the JOIN's
+MAC), so it does not pick: every member is introduced to every other, and
+the clients keep the first one whose JOIN verifies.  There is no second place to squat and no "paired"
+state to linger:
+
+- a JOIN with the nonce and from the address of a member refreshes it (its
+  JOIN, socket and last-seen time); any other adds a member, replacing
+  the one at that address if there is one (one socket is one client: it
+  joined again and its LEAVE was lost).  A nonce from a new address is a
+  new member, not a move: whoever copied a member's nonce from the path
+  cannot take its place (it has no cookie for the member's address), and
+  after a NAT rebinding the old entry goes quiet and expires;
+- a member not seen for ``member_timeout`` seconds is gone (clients poll
+  every second while they wait, and stop once introduced, so both ends of
+  a pairing leave the room on their own a few seconds later);
+- a LEAVE revealing the token whose hash the member's JOIN carried removes
+  it at once;
+- a room full of members answers :attr:`Outcome.FULL`; one source IP (an
+  IPv6 /64) may hold ``max_per_source`` members in all rooms, the registry
+  ``max_rooms`` rooms.
 """
 
 from __future__ import annotations
 
 import enum
+import hmac
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from zope.interface import Interface, implementer
 
 from natsalon.stun import Address
 
+#: a member not seen for this long is dropped: three missed 1 s polls
+MEMBER_TIMEOUT = 3.5
+MAX_MEMBERS = 6
+
 
 class Outcome(enum.Enum):
-    WAITING = "waiting"  #: registered (or refreshed); wait for a peer
-    INTRODUCED = "introduced"  #: paired; ``JoinResult.peer`` is the other member
-    FULL = "full"  #: the room already has two other members
+    WAITING = "waiting"  #: alone in the room (added or refreshed); poll on
+    INTRODUCED = "introduced"  #: ``JoinResult.others`` are the room's other members
+    FULL = "full"  #: the room holds ``max_members`` other members
     TOO_MANY_ROOMS = "too_many_rooms"  #: the registry is at its room cap
-    TOO_MANY_FROM_SOURCE = "too_many_from_source"  #: this IP already waits in too many rooms
+    TOO_MANY_FROM_SOURCE = "too_many_from_source"  #: this IP already holds too many members
 
 
 @dataclass
 class Member:
     nonce: bytes
     address: Address  #: public endpoint, as the salon saw it
-    blob: bytes  #: the member's JOIN request, handed to the peer verbatim
+    blob: bytes  #: the member's JOIN request, handed to the others verbatim
     via: Any = None  #: the salon socket it joined on (where pushes leave from)
-
-
-@dataclass
-class Room:
-    first: Member
-    expires: float
-    second: Optional[Member] = None
+    leave_hash: Optional[bytes] = None  #: :func:`natsalon.wire.leave_hash` of its LEAVE token
+    seen: float = 0.0  #: when its latest JOIN came (set by the registry)
 
 
 @dataclass
 class JoinResult:
     outcome: Outcome
-    peer: Optional[Member] = None
-    #: True on the join that paired the room: the waiting peer should be told now
-    newly_paired: bool = False
+    #: the joiner as the room holds it (WAITING, INTRODUCED)
     member: Optional[Member] = field(default=None, repr=False)
+    #: the room's other members, most recently seen first (INTRODUCED)
+    others: Tuple[Member, ...] = ()
+    #: the joiner is new to the room: tell ``others`` about it now
+    newcomer: bool = False
 
 
 class IRoomRegistry(Interface):
@@ -66,7 +83,8 @@ class IRoomRegistry(Interface):
     :class:`twisted.internet.defer.Deferred` that fires with that result (a
     registry shared through Redis answers over the network).  A failed call
     raises, or its Deferred fails; the introducer counts the failure and
-    leaves the JOIN unanswered, so the client's retransmission retries it.
+    leaves the request unanswered, so the client's retransmission retries
+    it.
 
     Time is an argument (seconds, from the salon's clock), never read from
     a clock of the registry's own, so a registry is tested with plain
@@ -74,13 +92,22 @@ class IRoomRegistry(Interface):
     """
 
     def join(room_id: bytes, member: Member, now: float):
-        """Register ``member`` in ``room_id``, refresh it, or pair it.
+        """Add ``member`` to ``room_id``, or refresh it (same nonce, same
+        address).
 
         :return: a :class:`JoinResult`, or a Deferred firing with one.
         """
 
+    def leave(room_id: bytes, nonce: bytes, leave_hash: bytes, now: float):
+        """Remove the member ``nonce`` (at every address) if its JOIN
+        carried ``leave_hash``.
+
+        :return: True if it was removed (a ``bool``), or a Deferred firing
+            with it.
+        """
+
     def prune(now: float):
-        """Forget the rooms expired at ``now``.
+        """Forget the members not seen for the member timeout at ``now``.
 
         :return: how many went (an ``int``), or a Deferred firing with it.
         """
@@ -95,77 +122,106 @@ def source_key(host: str) -> str:
     return str(net.network_address) + "/64"
 
 
+def newest_first(members) -> Tuple[Member, ...]:
+    """Most recently seen first; among equals, the latest arrival first
+    (``members`` in arrival order)."""
+    return tuple(sorted(reversed(list(members)), key=lambda m: m.seen, reverse=True))
+
+
+#: a room's members by (nonce, address), in arrival order
+_Room = Dict[Tuple[bytes, Address], Member]
+
+
 @implementer(IRoomRegistry)
 class MemoryRooms:
     """The in-memory registry: answers every call at once."""
 
-    def __init__(self, max_rooms: int = 10000, timeout: float = 60.0, linger: float = 15.0,
-                 max_per_source: int = 16) -> None:
+    def __init__(self, max_rooms: int = 10000, member_timeout: float = MEMBER_TIMEOUT,
+                 max_members: int = MAX_MEMBERS, max_per_source: int = 16) -> None:
         self.max_rooms = max_rooms
-        self.timeout = timeout
-        self.linger = linger
+        self.member_timeout = member_timeout
+        self.max_members = max_members
         self.max_per_source = max_per_source
-        self._rooms: Dict[bytes, Room] = {}
-        self._waiting_per_ip: Dict[str, int] = {}
+        self._rooms: Dict[bytes, _Room] = {}
+        self._per_source: Dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._rooms)
 
-    def waiting(self) -> int:
-        return sum(1 for r in self._rooms.values() if r.second is None)
+    def members(self) -> int:
+        return sum(len(r) for r in self._rooms.values())
 
-    def _unwait(self, host: str) -> None:
-        ip = source_key(host)
-        n = self._waiting_per_ip.get(ip, 0) - 1
-        if n > 0:
-            self._waiting_per_ip[ip] = n
+    def _count(self, host: str, n: int) -> None:
+        key = source_key(host)
+        total = self._per_source.get(key, 0) + n
+        if total > 0:
+            self._per_source[key] = total
         else:
-            self._waiting_per_ip.pop(ip, None)
+            self._per_source.pop(key, None)
+
+    def _remove(self, room_id: bytes, key: Tuple[bytes, Address]) -> None:
+        room = self._rooms[room_id]
+        self._count(room.pop(key).address.host, -1)
+        if not room:
+            del self._rooms[room_id]
+
+    def _expire(self, room_id: bytes, now: float) -> int:
+        room = self._rooms.get(room_id, {})
+        old = [k for k, m in room.items() if m.seen + self.member_timeout <= now]
+        for key in old:
+            self._remove(room_id, key)
+        return len(old)
 
     def join(self, room_id: bytes, member: Member, now: float) -> JoinResult:
+        self._expire(room_id, now)
         room = self._rooms.get(room_id)
-        if room is not None and room.expires <= now:
-            self._drop(room_id, room)
-            room = None
+        if room is not None:
+            held = room.get((member.nonce, member.address))
+            if held is not None:
+                return self._refresh(room, held, member, now)
+            for key in [k for k, m in room.items() if m.address == member.address]:
+                self._remove(room_id, key)  # that socket joined again
+            room = self._rooms.get(room_id)
+        refused = self._refuse(room, member)
+        if refused is not None:
+            return JoinResult(refused)
         if room is None:
-            if len(self._rooms) >= self.max_rooms:
-                return JoinResult(Outcome.TOO_MANY_ROOMS)
-            ip = source_key(member.address.host)
-            if self._waiting_per_ip.get(ip, 0) >= self.max_per_source:
-                return JoinResult(Outcome.TOO_MANY_FROM_SOURCE)
-            self._waiting_per_ip[ip] = self._waiting_per_ip.get(ip, 0) + 1
-            self._rooms[room_id] = Room(member, now + self.timeout)
-            return JoinResult(Outcome.WAITING, member=member)
-        first, second = room.first, room.second
-        if second is None:
-            if member.nonce == first.nonce:
-                # the same member again (retransmission or poll): refresh only
-                if first.address != member.address:
-                    self._unwait(first.address.host)
-                    key = source_key(member.address.host)
-                    self._waiting_per_ip[key] = self._waiting_per_ip.get(key, 0) + 1
-                first.address, first.via = member.address, member.via
-                room.expires = now + self.timeout
-                return JoinResult(Outcome.WAITING, member=first)
-            room.second = member
-            room.expires = now + self.linger
-            self._unwait(first.address.host)
-            return JoinResult(Outcome.INTRODUCED, peer=first, newly_paired=True, member=member)
-        if member.nonce == first.nonce:
-            first.address, first.via = member.address, member.via
-            return JoinResult(Outcome.INTRODUCED, peer=second, member=first)
-        if member.nonce == second.nonce:
-            second.address, second.via = member.address, member.via
-            return JoinResult(Outcome.INTRODUCED, peer=first, member=second)
-        return JoinResult(Outcome.FULL)
+            room = self._rooms[room_id] = {}
+        self._count(member.address.host, 1)
+        member.seen = now
+        room[member.nonce, member.address] = member
+        return self._result(room, member, newcomer=True)
 
-    def _drop(self, room_id: bytes, room: Room) -> None:
-        del self._rooms[room_id]
-        if room.second is None:
-            self._unwait(room.first.address.host)
+    def _refuse(self, room: Optional[_Room], member: Member) -> Optional[Outcome]:
+        """Why a new member cannot come in; None: it can."""
+        if room is not None and len(room) >= self.max_members:
+            return Outcome.FULL
+        if room is None and len(self._rooms) >= self.max_rooms:
+            return Outcome.TOO_MANY_ROOMS
+        if self._per_source.get(source_key(member.address.host), 0) >= self.max_per_source:
+            return Outcome.TOO_MANY_FROM_SOURCE
+        return None
+
+    def _refresh(self, room: _Room, held: Member, member: Member, now: float) -> JoinResult:
+        """The same member again (a poll or a retransmission)."""
+        held.via, held.blob, held.seen = member.via, member.blob, now
+        if held.leave_hash is None:
+            held.leave_hash = member.leave_hash
+        return self._result(room, held, newcomer=False)
+
+    def _result(self, room: _Room, member: Member, newcomer: bool) -> JoinResult:
+        others = newest_first(m for m in room.values() if m.nonce != member.nonce)
+        if not others:
+            return JoinResult(Outcome.WAITING, member)
+        return JoinResult(Outcome.INTRODUCED, member, others, newcomer)
+
+    def leave(self, room_id: bytes, nonce: bytes, leave_hash: bytes, now: float) -> bool:
+        room = self._rooms.get(room_id, {})
+        proven = [k for k, m in room.items() if m.nonce == nonce and m.leave_hash is not None
+                  and hmac.compare_digest(m.leave_hash, leave_hash)]
+        for key in proven:
+            self._remove(room_id, key)
+        return bool(proven)
 
     def prune(self, now: float) -> int:
-        gone = [(rid, r) for rid, r in self._rooms.items() if r.expires <= now]
-        for rid, r in gone:
-            self._drop(rid, r)
-        return len(gone)
+        return sum(self._expire(room_id, now) for room_id in list(self._rooms))

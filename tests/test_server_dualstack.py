@@ -1,0 +1,111 @@
+"""A salon on ``::`` serves IPv4 clients as IPv4: an IPv6-only socket and
+an IPv4 socket on each port, so nobody is told ``::ffff:127.0.0.1``."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from natsalon import wire
+from natsalon.client.stunsocket import StunClientProtocol
+from natsalon.crypto.secret import derive, new_nonce
+from natsalon.server.service import SalonConfig, SalonService
+from natsalon.server.testing import UDPClock
+from natsalon.stun import CHANGE_PORT, Address, Attr, Class, Message, Method, decode
+from natsalon.stun.client import RetransmitPolicy
+
+FAST = RetransmitPolicy(rto=0.1, sends=4, last_wait=4)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_on_wildcard_ipv6_each_port_has_an_ipv4_socket_beside_it():
+    clock = UDPClock()
+    svc = SalonService(clock, SalonConfig(interface="::", port=0, alt_port=0, rate_limit=0, rcvbuf=0))
+    svc.startService()
+    assert sorted(clock.udp) == [("0.0.0.0", 40000), ("0.0.0.0", 40001), ("::", 40000), ("::", 40001)]
+    twin = svc.sockets[(0, 0, 4)].protocol
+    client = ("192.0.2.1", 5000)
+    # a change-port answer leaves from the IPv4 socket of the other port
+    msg = Message(Method.BINDING, Class.REQUEST, os.urandom(12), ((Attr.CHANGE_REQUEST, CHANGE_PORT),))
+    from natsalon.stun import encode
+
+    twin.datagramReceived(encode(msg), client)
+    (data, to), = clock.udp[("0.0.0.0", 40001)].pop()
+    assert to == client and decode(data).get(Attr.XOR_MAPPED_ADDRESS) == Address(*client)
+    assert all(not t.written for t in clock.udp.values())
+    svc.stopService()
+    assert svc.state.transports == {}
+
+
+def test_other_interfaces_have_no_ipv4_twin():
+    for interface in ("0.0.0.0", "::1", "127.0.0.1"):
+        clock = UDPClock()
+        SalonService(clock, SalonConfig(interface=interface, port=0, alt_port=0, rcvbuf=0)).startService()
+        assert {i for i, _ in clock.udp} == {interface}
+
+
+@pytest.fixture
+def salon():
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    svc = SalonService(reactor, SalonConfig(interface="::", port=0, alt_port=0, rcvbuf=0))
+    svc.startService()
+    yield svc
+    pytest_twisted.blockon(defer.maybeDeferred(svc.stopService))
+
+
+@pytest.fixture
+def clients():
+    ports = []
+
+    def make(interface):
+        proto = StunClientProtocol(reactor, FAST)
+        ports.append(reactor.listenUDP(0, proto, interface=interface))
+        return proto, Address(interface, ports[-1].getHost().port)
+
+    yield make
+    for port in ports:
+        pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+@pytest_twisted.inlineCallbacks
+def test_ipv4_and_ipv6_clients_of_a_wildcard_salon_see_their_own_addresses(salon, clients):
+    port, alt_port = salon.layout.ports
+    for host in ("127.0.0.1", "::1"):
+        proto, me = clients(host)
+        for attrs, answerer in (((), port), (((Attr.CHANGE_REQUEST, CHANGE_PORT),), alt_port)):
+            msg = Message(Method.BINDING, Class.REQUEST, os.urandom(12), attrs)
+            resp = yield proto.request(msg, (host, port))
+            assert resp.message.get(Attr.XOR_MAPPED_ADDRESS) == me
+            assert resp.source[:2] == (host, answerer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_ipv4_and_an_ipv6_member_are_introduced_by_their_own_addresses(salon, clients):
+    keys = derive("room", "s3cret")
+    port = salon.layout.ports[0]
+    answers = {}
+    for host in ("127.0.0.1", "::1"):
+        proto, me = clients(host)
+        nonce, cookie = new_nonce(), None
+        for _ in range(2):  # the cookie, then the JOIN
+            msg, _ = wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie)
+            resp = yield proto.request(msg, (host, port), sha256_key=keys.k_join)
+            ans = wire.parse_join_answer(resp.message)
+            cookie = ans.cookie
+        assert ans.observed == me
+        answers[host] = (ans, me)
+    ans, _ = answers["::1"]
+    assert ans.kind is wire.Answer.INTRODUCED and ans.peer_address == answers["127.0.0.1"][1]
