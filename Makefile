@@ -44,7 +44,6 @@ sysdeps:
 	fi
 
 run: $(RUN_STAMP)
-	@case " $(ARGS) " in *" --alt-ip"*) ;; *) echo "natsalon: no --alt-ip: clients can learn their address, not classify their NAT (RFC 5780 needs a second IP): make run ARGS='--interface IP1 --alt-ip IP2'";; esac
 	$(VENV)/bin/twistd -n --pidfile= natsalon $(ARGS)
 
 test: $(STAMP) sysdeps
