@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
+from natsalon.ops.options import OpsOptionsMixin
 
 
 def _ip(value: str, name: str) -> str:
@@ -27,7 +28,7 @@ def _int(value, name: str, low: int, high: int) -> int:
     return n
 
 
-class Options(TurnOptionsMixin, usage.Options):
+class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the natsalon server: a STUN reflector (RFC 8489) with RFC 5780 "
@@ -98,5 +99,6 @@ class Options(TurnOptionsMixin, usage.Options):
 
 def makeService(config: Options):
     from twisted.internet import reactor
+    from natsalon.ops.wiring import attach_salon
 
-    return make_salon(reactor, config.config)
+    return attach_salon(reactor, make_salon(reactor, config.config), config)
