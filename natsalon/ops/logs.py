@@ -65,7 +65,9 @@ def observer_factory(fmt: str, levels: LevelFilter, logfile_name: Optional[str])
             out = sys.stdout
         else:
             out = logfile.LogFile.fromFullPath(logfile_name)
-        base = jsonFileLogObserver(out) if fmt == "json" else textFileLogObserver(out)
+        # one JSON object a line (no RFC 7464 record separator): what
+        # journald, jq and log shippers read
+        base = jsonFileLogObserver(out, recordSeparator="") if fmt == "json" else textFileLogObserver(out)
         return levels.wrap(base)
 
     return make

@@ -25,6 +25,8 @@ log = Logger()
 
 #: options that say how to run, not what: never worth a restart warning
 IGNORED = frozenset({"config"})
+#: applied after the others
+LAST = frozenset({"log-level"})
 
 
 def _shown(name: str, value) -> str:
@@ -64,27 +66,27 @@ class Reloader:
         except (ConfigError, usage.UsageError) as e:
             log.error("reload: {error}; nothing changed", error=str(e))
             return []
-        changed = sorted(k for k in set(new) | set(self.current)
-                         if k not in IGNORED and new.get(k) != self.current.get(k))
-        applied, restart = [], []
+        changed = sorted((k for k in set(new) | set(self.current)
+                          if k not in IGNORED and new.get(k) != self.current.get(k)),
+                         key=lambda k: (k in LAST, k))  # the log level last: its own lines still show
+        applied, restart = [], [k for k in changed if k not in self.handlers]
+        if restart:
+            log.warn("reload: {names} changed but need a restart", names=", ".join(restart))
+        if not changed:
+            log.info("reload: nothing changed")
         for name in changed:
             handler = self.handlers.get(name)
             if handler is None:
-                restart.append(name)
                 continue
+            log.info("reload: {name} {old} -> {new}", name=name, old=_shown(name, self.current.get(name)),
+                     new=_shown(name, new.get(name)))
             try:
                 handler(new)
             except Exception:
                 log.failure("reload: applying {name} failed", name=name)
                 continue
             applied.append(name)
-            log.info("reload: {name} {old} -> {new}", name=name, old=_shown(name, self.current.get(name)),
-                     new=_shown(name, new.get(name)))
             self.current[name] = new.get(name)
-        if restart:
-            log.warn("reload: {names} changed but need a restart", names=", ".join(restart))
-        if not changed:
-            log.info("reload: nothing changed")
         return applied
 
 
