@@ -46,6 +46,8 @@ DROP_REASONS = {
 }
 #: JOIN outcomes (natsalon.server.introducer.rooms.Outcome values and the
 #: introducer's own refusals) -> outcome label of natsalon_joins_total
+#: TURN error codes always exported (others appear once answered)
+TURN_CODES = ("400", "401", "403", "437", "438", "441", "442", "486", "508")
 JOIN_OUTCOMES = ("waiting", "introduced", "full", "too_many_rooms", "too_many_from_source", "cookie_sent",
                  "bad", "not_request", "registry_failed")
 
@@ -278,7 +280,9 @@ class SalonCollector(_Base):
                         "salon full (508), no relay port free (508).", "reason",
                         [("user_quota", stats.get("turn_486", 0)), ("capacity", stats.get("turn_full", 0)),
                          ("no_relay_port", stats.get("turn_no_relay_port", 0))])
-        codes = sorted((k[5:], v) for k, v in stats.items() if k.startswith("turn_") and k[5:].isdigit())
+        codes = {c: 0 for c in TURN_CODES}
+        codes.update((k[5:], v) for k, v in stats.items() if k.startswith("turn_") and k[5:].isdigit())
+        codes = sorted(codes.items())
         yield _labelled(CounterMetricFamily, "natsalon_turn_errors", "TURN error answers, by code (401: challenge).",
                         "code", codes)
         if totals is not None:
@@ -332,12 +336,11 @@ class ClientCollector(_Base):
                                       ("received", getattr(conn, "received_bytes", 0) if conn else 0)])
         yield _labelled(CounterMetricFamily, "natclient_frames_rejected", "Frames from the peer rejected, by reason.",
                         "reason", [("auth_or_source", conn.rejected if conn else 0)])
-        fwd = getattr(self.svc.forward_port, "protocol", None)
-        if fwd is not None:
-            yield _labelled(CounterMetricFamily, "natclient_forwarded_datagrams", "Datagrams the forward port carried.",
-                            "direction", [("to_peer", fwd.to_peer), ("from_peer", fwd.from_peer)])
-            yield _counter("natclient_forward_dropped", "Datagrams the forward port dropped (no path, no local "
-                           "receiver).", fwd.dropped)
+        fwd = getattr(self.svc.forward_port, "protocol", None)  # None: no --forward (zeros)
+        yield _labelled(CounterMetricFamily, "natclient_forwarded_datagrams", "Datagrams the forward port carried.",
+                        "direction", [("to_peer", getattr(fwd, "to_peer", 0)), ("from_peer", getattr(fwd, "from_peer", 0))])
+        yield _counter("natclient_forward_dropped", "Datagrams the forward port dropped (no path, no local receiver).",
+                       getattr(fwd, "dropped", 0))
         connects = core.connects if core is not None else 0
         yield _counter("natclient_connects", "Paths verified (the first connect and every re-punch).", connects)
         yield _counter("natclient_repunches", "Paths verified again after a lost path or a re-join.",

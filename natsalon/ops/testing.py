@@ -54,7 +54,7 @@ class NotifyListener:
             pass
         return self.messages
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for m in self.read():
@@ -79,7 +79,7 @@ def scrape(url: str, timeout: float = 5.0) -> str:
         return r.read().decode()
 
 
-def wait_scrape(url: str, timeout: float = 20.0, proc=None) -> str:
+def wait_scrape(url: str, timeout: float = 60.0, proc=None) -> str:
     deadline = time.monotonic() + timeout
     last: Optional[Exception] = None
     while time.monotonic() < deadline:
