@@ -56,9 +56,13 @@ class LevelFilter:
         return FilteringLogObserver(observer, [self.predicate])
 
 
-def observer_factory(fmt: str, levels: LevelFilter, logfile_name: Optional[str]) -> Callable[[], object]:
+def observer_factory(fmt: str, levels: LevelFilter, logfile_name: Optional[str],
+                     daemon: bool = False) -> Callable[[], object]:
     """The ``--logger`` factory twistd calls: the observer for ``fmt``,
-    writing where twistd would, filtered by ``levels``."""
+    writing where twistd would (stdout, or ``twistd.log`` for a daemon
+    without ``--logfile``), filtered by ``levels``."""
+    if daemon and not logfile_name:
+        logfile_name = "twistd.log"
 
     def make():
         if not logfile_name or logfile_name == "-":
@@ -92,6 +96,7 @@ def install(parent, fmt: str, levels: LevelFilter) -> bool:
     global _factory
     if parent is None or parent.get("logger") or parent.get("syslog"):
         return False
-    _factory = observer_factory(fmt, levels, parent.get("logfile"))
+    daemon = "nodaemon" in parent and not parent.get("nodaemon")
+    _factory = observer_factory(fmt, levels, parent.get("logfile"), daemon)
     parent["logger"] = __name__ + ".twistd_observer"
     return True

@@ -210,13 +210,14 @@ class SalonCollector(_Base):
         salon.flush_stats()  # the sockets' own fast-path counts, folded in now
         stats = dict(salon.state.stats)
         yield from self._common()
-        yield _labelled(CounterMetricFamily, "natsalon_answers", "Answers sent, by STUN result (success or "
-                        "error code); TURN answers are natsalon_turn_errors_total and included here as success.",
-                        "code", [("success", stats.get("answered", 0)), ("400", stats.get("answered_400", 0))])
+        yield _labelled(CounterMetricFamily, "natsalon_answers", "Answers sent. success: every answer a method "
+                        "handler made (Binding, JOIN, TURN; their error answers too); 400: the reflector's own 400 "
+                        "for a request it could not decode or has no handler for.", "code",
+                        [("success", stats.get("answered", 0)), ("400", stats.get("answered_400", 0))])
         yield _labelled(CounterMetricFamily, "natsalon_dropped", "Datagrams dropped or left unanswered, by reason.",
                         "reason", [(label, stats.get(key, 0)) for key, label in DROP_REASONS.items()])
         limiter = salon.state.limiter
-        yield GaugeMetricFamily("natsalon_rate_limited_sources", "Source IPs the rate limiter tracks in this "
+        yield GaugeMetricFamily("natsalon_rate_limiter_sources", "Source IPs the rate limiter tracks in this "
                                 "second's window.", value=len(limiter) if limiter is not None else 0)
         yield GaugeMetricFamily("natsalon_rate_limit", "Requests per second answered per source IP (0: no limit).",
                                 value=limiter.limit if limiter is not None else 0)
