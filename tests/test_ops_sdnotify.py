@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -142,3 +143,41 @@ def test_twistd_natsalon_no_watchdog_for_another_pid(tmp_path, listener):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_twistd_natclient_ready_once_open_and_reload(tmp_path, listener):
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    stun = s.getsockname()[1]
+    s.close()
+    salon = subprocess.Popen([TWISTD, "-n", "--pidfile=", "natsalon", "--interface", "127.0.0.1", "--port", str(stun),
+                              "--alt-port", "0"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = tmp_path / "client.toml"
+    cfg.write_text('server = "127.0.0.1:%d"\nroom = "notify"\nsecret = "a shared secret"\ninterface = "127.0.0.1"\n'
+                   'log-level = "info"\n' % stun)
+    env = dict(os.environ, NOTIFY_SOCKET=listener.name)
+    client = subprocess.Popen([TWISTD, "-n", "--pidfile=", "natclient", "--config", str(cfg)], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ready = listener.wait_for("READY=1").split("\n")
+        status = [line for line in ready if line.startswith("STATUS=")][0]
+        assert status.split("=", 1)[1].split(";")[0] in ("joining", "waiting"), ready
+        cfg.write_text(cfg.read_text().replace('"info"', '"debug"'))
+        client.send_signal(signal.SIGHUP)
+        listener.wait_for("RELOADING=1")
+        n = listener.messages.index("RELOADING=1")
+        deadline = time.monotonic() + 60
+        while not any(m.startswith("READY=1") for m in listener.read()[n:]) and time.monotonic() < deadline:
+            pass
+        assert any(m.startswith("READY=1") for m in listener.messages[n:]), listener.messages
+        client.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING=1")
+        out = client.communicate(timeout=30)[0].decode()
+    finally:
+        for p in (client, salon):
+            if p.poll() is None:
+                p.terminate()
+            p.wait(timeout=30)
+    assert "reload: log-level 'info' -> 'debug'" in out, out
