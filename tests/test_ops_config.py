@@ -251,3 +251,15 @@ def test_sighup_rotates_turn_secrets():
     assert sorted(reloader.reload()) == ["turn-secrets", "turn-user-quota"]
     assert svc.turn.core.auth.secrets == [b"new", b"old"]
     assert svc.turn.core.config.user_quota == 7
+
+
+def test_a_reload_that_cannot_apply_says_so():
+    from natsalon.ops.reload import Reloader
+    from natsalon.ops.wiring import register_salon_reloads
+
+    current = salon_opts("--interface", "127.0.0.1", "--turn-secret", "old")
+    svc = tap.makeService(current)
+    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1"), current)
+    register_salon_reloads(reloader, svc, current.ops)
+    assert reloader.reload() == []
+    assert svc.turn.core.auth.secrets == [b"old"]

@@ -82,8 +82,8 @@ class Reloader:
                      new=_shown(name, new.get(name)))
             try:
                 handler(new)
-            except Exception:
-                log.failure("reload: applying {name} failed", name=name)
+            except ValueError as e:  # the new value cannot be applied live (e.g. TURN turned off)
+                log.warn("reload: {name} not applied: {reason}", name=name, reason=str(e))
                 continue
             applied.append(name)
             self.current[name] = new.get(name)
