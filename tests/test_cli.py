@@ -50,7 +50,7 @@ def test_version():
 def test_no_command_is_an_error_on_stderr():
     p = subprocess.run(CMD, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.strip().splitlines()[-1] == "natsalon: error: a command is required (probe, connect)"
+    assert p.stderr.strip().splitlines()[-1] == "natsalon: error: a command is required (probe, connect, status)"
 
 
 def test_unreachable_salon_is_reported_as_such_not_as_a_timeout():

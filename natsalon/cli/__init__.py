@@ -20,6 +20,7 @@ from natsalon import __version__
 SUBCOMMANDS = {
     "probe": ("natsalon.cli.probe", "classify this host's NAT against a STUN server"),
     "connect": ("natsalon.cli.connect", "meet a peer in a room and punch a direct UDP path"),
+    "status": ("natsalon.cli.status", "show a running salon's or natclient's status from its metrics"),
 }
 
 

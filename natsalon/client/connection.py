@@ -54,6 +54,7 @@ class Connection:
         self.sent = 0
         self.received = 0
         self.rejected = 0
+        self.sent_bytes = self.received_bytes = 0  #: payload bytes
         self.closed = False
         self.info: Dict[str, object] = {}
         self.local_port = 0
@@ -80,6 +81,7 @@ class Connection:
         except OSError:
             return False
         self.sent += 1
+        self.sent_bytes += len(payload)
         return True
 
     def close(self) -> None:
@@ -141,4 +143,5 @@ class Connection:
             self.log.debug("frame rejected: {reason}", reason=e)
             return
         self.received += 1
+        self.received_bytes += len(payload)
         self.receiver(payload)

@@ -31,6 +31,7 @@ class ClientService(service.Service):
         self._opening: Optional[defer.Deferred] = None
         self._retry_call = None
         self._failures = 0
+        self.observers = []  #: callables given every event (natsalon.ops counts them)
 
     @property
     def conn(self):
@@ -84,6 +85,8 @@ class ClientService(service.Service):
         self._retry_call = self.reactor.callLater(delay, self._open)
 
     def _event(self, event: dict) -> None:
+        for observe in self.observers:
+            observe(event)
         # peer addresses only at debug level
         self.log.info("{event}", event={k: v for k, v in event.items() if k != "peer"})
         self.log.debug("peer {peer}", peer=event.get("peer"))

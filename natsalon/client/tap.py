@@ -10,9 +10,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.python import usage
 
 from natsalon.client.options import DEFAULTS, OptionError, check
+from natsalon.ops.options import OpsOptionsMixin
 
 
-class Options(usage.Options):
+class Options(OpsOptionsMixin, usage.Options):
     synopsis = "--server HOST[:PORT] --room ROOM (--secret-file F | --secret S | $NATSALON_SECRET) [options]"
     longdesc = "Meet a peer in a natsalon room, punch a direct UDP path, keep it, and forward a local UDP port."
     optParameters = [
@@ -52,5 +53,6 @@ def makeService(config: Options):
     from twisted.internet import reactor
 
     from natsalon.client.service import ClientService
+    from natsalon.ops.wiring import wrap_client
 
-    return ClientService(reactor, config)
+    return wrap_client(reactor, ClientService(reactor, config), config)

@@ -11,6 +11,7 @@ from twisted.python import usage
 from natsalon import __version__
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
+from natsalon.ops.options import OpsOptionsMixin
 
 log = Logger()
 
@@ -48,7 +49,7 @@ def _member_timeout(o) -> float:
     return seconds
 
 
-class Options(TurnOptionsMixin, usage.Options):
+class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the natsalon server: a STUN reflector (RFC 8489) with RFC 5780 "
@@ -128,5 +129,6 @@ class Options(TurnOptionsMixin, usage.Options):
 
 def makeService(config: Options):
     from twisted.internet import reactor
+    from natsalon.ops.wiring import attach_salon
 
-    return make_salon(reactor, config.config)
+    return attach_salon(reactor, make_salon(reactor, config.config), config)

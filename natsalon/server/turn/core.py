@@ -161,6 +161,7 @@ class TurnCore:
         self._relayed: Dict[Client, Allocation] = {}
         self._per_user: Dict[str, int] = {}
         self._count = 0
+        self.on_delete: List[Callable[[Allocation], None]] = []  #: observers of ended allocations (metrics)
         self._cache: Dict[tuple, Tuple[float, bytes]] = {}
         #: relayed address -> {(allocation, channel)} bound to it by others
         self._self_bound: Dict[Client, set] = {}
@@ -551,6 +552,8 @@ class TurnCore:
         self.opener.close(alloc)
         alloc.relayed_bytes += alloc.granted - alloc.credit
         alloc.granted = alloc.credit = 0
+        for observe in self.on_delete:
+            observe(alloc)
         self.stats["turn_allocations_" + reason] += 1
         self.log.info("TURN allocation for {user!r} on relay port {port} {reason}: {bytes} bytes relayed, "
                       "{dropped} datagrams dropped ({n} active)", user=alloc.username, port=alloc.relayed.port,
