@@ -121,7 +121,7 @@ class Net:
             side.puncher.default_socket = side.main
             side.pool = FakePool(side)
             side.runner = Runner(self.clock, side.puncher, side.plan, pub[other.name], (), other.summary,
-                                 lambda side=side: side.pool, settings)
+                                 lambda side=side: side.pool, settings, my_nat=side.summary)
             side.runner.prepare()
 
     def deliver(self, sender: Side, src: Address, dst: Address, data: bytes) -> None:
@@ -347,3 +347,12 @@ def test_pool_routes_and_closes():
     assert transports[1].closed and sock.routes == {}
     sock.write(b"frame", ("192.0.2.9", 7))
     assert main.pop() == [(b"frame", ("192.0.2.9", 7))]
+
+
+@pytest.mark.parametrize("filtering,head_start", [(APD, 0.0), (UNKNOWN, 0.25)])
+def test_head_start_only_when_the_filter_is_unknown(filtering, head_start):
+    seq = NatSummary(True, APD, APD, SEQUENTIAL, 1, None)
+    net = Net("seq", "eim", seq, EIM_NAT._replace(filtering=filtering))
+    assert net.b.runner.head_start == head_start
+    results = net.run()
+    assert head_start <= results["b"][1] < head_start + 0.1

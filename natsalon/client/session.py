@@ -276,7 +276,7 @@ class Punch:
         self.runner = None
         if kit is not None:
             self.runner = Runner(core.clock, self.puncher, self.plan, intro.peer_address, intro.peer.candidates,
-                                 intro.peer.nat, kit.pool, kit.settings)
+                                 intro.peer.nat, kit.pool, kit.settings, my_nat=intro.nat)
             self.runner.prepare()
         if self.plan.strategy is not Strategy.PLAIN:
             event = {"event": "strategy", "strategy": self.plan.strategy.value, "role": self.plan.role.value,

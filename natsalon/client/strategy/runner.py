@@ -13,9 +13,11 @@
   probing the peer's public endpoint, so the NAT makes as many mappings
   whose filters admit the peer; each is probed again every ``refresh``
   seconds (the rate includes that).
-- :class:`Runner`: the plan's role.  Predicted and birthday begin as plain
-  punching; the sweep or spray starts after ``head_start`` seconds without
-  a verified pair.  Seq against seq probes the peer's next ports in order
+- :class:`Runner`: the plan's role.  The sweep or spray starts at once
+  when the filtering side's filter is known to depend on address and port;
+  when it is not known (it may let plain punching through), predicted and
+  birthday begin as plain punching and the sweep or spray starts after
+  ``head_start`` seconds without a verified pair.  Seq against seq probes the peer's next ports in order
   before anything else (:meth:`Runner.prepare`).  Once a path is chosen
   every extra socket but the path's is closed; the rest close when the
   puncher stops.
@@ -36,6 +38,7 @@ from twisted.logger import Logger
 from natsalon.client.punch import CandidateKind, LocalSocket, Path, Puncher
 from natsalon.client.strategy.table import Plan, Role, Strategy, predicted_ports
 from natsalon.stun import Address
+from natsalon.wire.nat import APD, NatSummary
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,9 @@ class StrategySettings:
     at most ``max(sweep_rate, spray_rate)`` packets per second more than
     plain punching (800 by default, plus plain's 10 per candidate)."""
 
-    head_start: float = 0.25  #: seconds of plain punching before predicted/birthday add anything
+    #: seconds of plain punching before predicted/birthday add anything, when the
+    #: filtering side's filter was not known (it may be easy: plain may suffice)
+    head_start: float = 0.25
     sweep_rate: float = 800.0  #: probes per second of a sweep
     sweep_budget: int = 4096  #: probes of one sweep at most
     windows: Tuple[int, ...] = (16, 32, 64, 128, 256)  #: predicted sweep: the growing windows of next ports
@@ -175,13 +180,19 @@ class Runner:
     log = Logger()
 
     def __init__(self, clock, puncher: Puncher, plan: Plan, peer_public: Address, peer_lan, peer_nat,
-                 pool: Optional[Callable[[], object]], settings: StrategySettings = StrategySettings()) -> None:
+                 pool: Optional[Callable[[], object]], settings: StrategySettings = StrategySettings(),
+                 my_nat: Optional[NatSummary] = None) -> None:
         self.clock = clock
         self.puncher = puncher
         self.plan = plan
         self.peer_public = Address(*peer_public)
         self.peer_lan = tuple(peer_lan)
         self.peer_nat = peer_nat
+        # plain cannot work where the filtering side's filter is known to
+        # depend on address and port: no head start then
+        filtering_side = peer_nat if plan.role is Role.SPRAY else my_nat
+        self.head_start = 0.0 if filtering_side is not None and filtering_side.filtering == APD else \
+            settings.head_start
         self.make_pool = pool
         self.settings = settings
         self.pool = None
@@ -215,7 +226,7 @@ class Runner:
 
     def start(self) -> None:
         if self.plan.role in (Role.SWEEP_RANDOM, Role.SWEEP_SEQUENTIAL, Role.SPRAY):
-            self._call = self.clock.callLater(self.settings.head_start, self._escalate)
+            self._call = self.clock.callLater(self.head_start, self._escalate)
 
     def _escalate(self) -> None:
         self._call = None
@@ -237,7 +248,7 @@ class Runner:
             work = Spray(self.clock, p, self.pool, self.peer_public, s.spray_sockets, s.spray_rate,
                          s.spray_refresh, p.interval)
         self.log.debug("{strategy}: {role} after {t}s of plain punching", strategy=self.plan.strategy.value,
-                       role=role.value, t=s.head_start)
+                       role=role.value, t=self.head_start)
         self.work.append(work)
         work.start()
 

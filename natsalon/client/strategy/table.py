@@ -45,9 +45,10 @@ same strategy, with the roles swapped)::
   symmetric NAT): punch plainly (a LAN path may still exist) for a short
   time and fail with the reason, well before the punch timeout.
 
-``predicted`` and ``birthday`` start as ``plain``: the extra work begins
-only after a short head start without a verified path (a side whose
-filtering was not known yet may well be easy).
+Where the filtering side's filter is not known yet (its filtering test had
+not answered when it joined: it may well be easy), ``predicted`` and
+``birthday`` start as ``plain`` and the extra work begins only after a
+short head start without a verified path.
 """
 
 from __future__ import annotations
