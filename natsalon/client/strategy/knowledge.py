@@ -30,7 +30,7 @@ class NatKnowledge:
     log = Logger()
 
     def __init__(self, clock, probe: Callable[[Callable[[NatSummary], None]], defer.Deferred],
-                 hold: float = 1.0, ttl: float = 120.0) -> None:
+                 hold: float = 2.0, ttl: float = 120.0) -> None:
         self.clock = clock
         self.probe = probe
         self.hold = hold
