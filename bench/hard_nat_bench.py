@@ -148,14 +148,16 @@ def run_natsalon(pairs, hosts, rep: int, head_start: float):
         punched = [first(ev, "punched") for _, ev, _ in sides]
         intros = [first(ev, "introduced") for _, ev, _ in sides]
         fails = [first(ev, "failed") for _, ev, _ in sides]
-        r = {"strategy": (punched[0] or punched[1] or {}).get("strategy", "plain")}
+        plans = [first(ev, "strategy") for _, ev, _ in sides]
+        r = {"strategy": (punched[0] or punched[1] or {}).get("strategy", "plain"),
+             "plan": (plans[0] or plans[1] or {}).get("strategy", "plain")}
         if all(conns):
             r.update(ok=True, ms=max(c["punch_ms"] for c in conns),
                      probes=sum(p["probes"] for p in punched if p) if any(punched) else 0,
                      sockets=max((p["sockets"] for p in punched if p), default=1))
         elif all(fails) and all(intros):
             r.update(ok=False, none_s=max(f["_t"] - i["_t"] for f, i in zip(fails, intros)),
-                     reason=fails[0]["reason"])
+                     reason=fails[0]["reason"], why="planned %s, failed: %s" % (r["plan"], fails[0]["reason"]))
         else:
             r.update(ok=False, why="; ".join("rc=%s %s %s" % (rc, (ev[-1] if ev else None), err)
                                              for rc, ev, err in sides))
@@ -270,7 +272,7 @@ def report(results, ice, worst_pps, args, took) -> str:
         runs = results[label]
         ok = [r for r in runs if r["ok"]]
         right = [r for r in ok if r["strategy"] == strategy]
-        nones = [r["none_s"] for r in runs if "none_s" in r]
+        nones = [r["none_s"] for r in runs if "none_s" in r and r["plan"] == "none"]
         ice_runs = ice.get(label, [])
         ice_ok = [r for r in ice_runs if r["ok"]]
         if strategy == "none":

@@ -26,7 +26,7 @@ def summarize(found: Findings, final: bool = False) -> NatSummary:
         return NatSummary()
     mapping = classify.mapping_behaviour(r.get("m1"), r.get("m2"), r.get("m3"), r.get("m4")).behaviour
     alloc = classify.port_allocation(found.samples)
-    last = max((mapped for _, mapped in found.samples), default=None)
+    last = classify.newest_port(found.samples)
     return NatSummary(mapping is not Behaviour.UNKNOWN, mapping.value, _filtering(r.get("F1"), r.get("F2"), final),
                       alloc.kind.value if alloc.kind is not Allocation.UNKNOWN else UNKNOWN, alloc.step, last)
 
