@@ -349,7 +349,7 @@ def test_pool_routes_and_closes():
     assert main.pop() == [(b"frame", ("192.0.2.9", 7))]
 
 
-@pytest.mark.parametrize("filtering,head_start", [(APD, 0.0), (UNKNOWN, 0.25)])
+@pytest.mark.parametrize("filtering,head_start", [(APD, 0.0), (UNKNOWN, 0.3)])
 def test_head_start_only_when_the_filter_is_unknown(filtering, head_start):
     seq = NatSummary(True, APD, APD, SEQUENTIAL, 1, None)
     net = Net("seq", "eim", seq, EIM_NAT._replace(filtering=filtering))

@@ -63,6 +63,9 @@ class Joiner:
         self.leave_hash = leave_hash
         self.flags = wire.JOIN_FLAG_PLAIN if plain else 0
         self.nat = nat  #: our NAT summary, in every JOIN of this member (None: not sent)
+        #: a Deferred the JOIN with the cookie (the one that registers us,
+        #: so the one the peer will see) waits for: :attr:`nat` is being measured
+        self.hold: Optional[defer.Deferred] = None
         self.impostors = 0  #: introduced members whose JOIN did not verify
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
@@ -137,6 +140,9 @@ class Joiner:
             self._finish(ConnectFailed("the salon keeps refusing our cookie"))
             return
         self.cookie = cookie
+        if self.hold is not None and not self.hold.called:
+            self.hold.addCallback(lambda _: self._attempt())
+            return
         self._attempt()
 
     def _waiting(self, observed: Optional[Address]) -> None:

@@ -198,9 +198,12 @@ class Core:
 
 class Attempt:
     """One join: a fresh nonce, the token its LEAVE will reveal, and its
-    Joiner (data of Joining and Waiting).  With hard-NAT support the JOIN
-    waits for the join-time probe's summary of our NAT (a couple of round
-    trips to the salon, at most ``hold``), which it then carries."""
+    Joiner (data of Joining and Waiting).  With hard-NAT support the
+    join-time probe runs meanwhile: the first JOIN (which only fetches the
+    salon's cookie) leaves at once, the JOIN with the cookie (the one that
+    registers us, which the peer will see) waits for the probe's summary of
+    our NAT (about one more round trip to the salon; at most its hold) and
+    carries it."""
 
     def __init__(self, machine: ClientInputs, core: Core) -> None:
         s = core.settings
@@ -213,43 +216,30 @@ class Attempt:
                              leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.knowing: Optional[defer.Deferred] = None
-        self.joining: Optional[defer.Deferred] = None
-        self.deferred = defer.Deferred(lambda _: self._cancel_work())
+        if core.hardnat is not None:
+            self.joiner.hold = defer.Deferred()
+            self.knowing = core.hardnat.knowledge.summary()
+            self.knowing.addCallbacks(self._know, lambda f: f.trap(defer.CancelledError))
+        self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
         self.check = core.check_salon() if core.check_salon is not None else None
         if self.check is not None:
             self.check.addErrback(self._unreachable)
-        if core.hardnat is None:
-            self._join(None)
-        else:
-            self.knowing = core.hardnat.knowledge.summary()
-            self.knowing.addCallbacks(self._join, lambda f: f.trap(defer.CancelledError))
 
-    def _join(self, nat: Optional[wire.NatSummary]) -> None:
+    def _know(self, nat: wire.NatSummary) -> None:
         self.knowing = None
-        if self.deferred.called:
-            return
         self.joiner.nat = nat
-        self.joining = self.joiner.start()
-        self.joining.chainDeferred(self.deferred)
+        hold, self.joiner.hold = self.joiner.hold, None
+        hold.callback(None)
 
     def _unreachable(self, f: Failure) -> None:
-        if not f.check(SalonUnreachable):
-            return
-        if self.joining is not None:
+        if f.check(SalonUnreachable):
             self.joiner.abort(f.value)
-        elif not self.deferred.called:
-            self._cancel_work()
-            self.deferred.errback(f)
-
-    def _cancel_work(self) -> None:
-        if self.knowing is not None:
-            self.knowing.cancel()
-        if self.joining is not None and not self.joining.called:
-            self.joining.cancel()
 
     def cancel(self) -> None:
         self.deferred.cancel()
+        if self.knowing is not None:
+            self.knowing.cancel()
         if self.check is not None:
             self.check.cancel()
 

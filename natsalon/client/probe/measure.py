@@ -105,8 +105,9 @@ def measure(run: ProbeRun, on_early: Optional[Callable[[NatSummary], None]] = No
     tests = fast + [measure_filtering(run, "F1", CHANGE_IP | CHANGE_PORT), measure_filtering(run, "F2", CHANGE_PORT)]
     if on_early is not None:
         early = defer.DeferredList(fast, consumeErrors=True)
-        # a filtering answer that gets through comes about when the mapping's does: give it a moment
-        early.addCallback(lambda _: run.sleep(min(0.05, 2 * (run.found.rtt or 0.0) + 0.005)))
+        # a filtering answer that gets through comes when the mapping's do
+        # (both are a binding, then one more request): give it a moment
+        early.addCallback(lambda _: run.sleep(min(0.03, (run.found.rtt or 0.0) / 2 + 0.005)))
         early.addCallback(lambda _: on_early(summarize(run.found)))
         early.addErrback(lambda f: f.trap(defer.CancelledError))
     if config.hairpin:

@@ -4,9 +4,12 @@
 (:func:`natsalon.client.probe.probe`, run from fresh sockets while the
 client joins) and fires with the summary its JOIN will carry as soon as
 the mapping and port-allocation tests are over (about two round trips to
-the salon), or after ``hold`` seconds with what is known then: the JOIN
-waits for that, never for the filtering tests, which on a filtering NAT
-must wait out their schedule (about 0.76 s on a LAN).  The complete result
+the salon, plus a few milliseconds' grace for the filtering answers that
+do come), or after ``hold`` seconds with what is known then.  The JOIN that
+registers us waits for that (the first JOIN, which only fetches the
+salon's cookie, does not: about one round trip of the two is hidden),
+never for the filtering tests that get no answer, which must wait out
+their schedule (about 0.76 s on a LAN).  The complete result
 is kept ``ttl`` seconds: a later join whose early summary does not know
 the filtering yet takes it from there.  The last mapped port is always
 fresh (port prediction needs it), so every join probes.

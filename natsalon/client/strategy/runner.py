@@ -49,7 +49,7 @@ class StrategySettings:
 
     #: seconds of plain punching before predicted/birthday add anything, when the
     #: filtering side's filter was not known (it may be easy: plain may suffice)
-    head_start: float = 0.25
+    head_start: float = 0.3
     sweep_rate: float = 800.0  #: probes per second of a sweep
     sweep_budget: int = 4096  #: probes of one sweep at most
     windows: Tuple[int, ...] = (16, 32, 64, 128, 256)  #: predicted sweep: the growing windows of next ports
