@@ -356,3 +356,15 @@ def test_head_start_only_when_the_filter_is_unknown(filtering, head_start):
     assert net.b.runner.head_start == head_start
     results = net.run()
     assert head_start <= results["b"][1] < head_start + 0.1
+
+
+def test_pool_out_of_sockets_is_oserror():
+    from twisted.internet.error import CannotListenError
+
+    def listen(proto):
+        raise CannotListenError("0.0.0.0", 0, OSError(24, "Too many open files"))
+
+    pool = SocketPool(ClientSocket(Clock()), listen)
+    with pytest.raises(OSError):
+        pool.open()
+    assert pool.sockets == [] and pool.opened == 0

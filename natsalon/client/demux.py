@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -116,7 +117,10 @@ class SocketPool:
     def open(self) -> LocalSocket:
         """One more socket (raises OSError, e.g. out of file descriptors)."""
         sock = ExtraSocket(self.owner, "extra-%d" % (self.opened + 1))
-        sock.port = self.listen(sock)
+        try:
+            sock.port = self.listen(sock)
+        except CannotListenError as e:
+            raise OSError("cannot open another socket: %s" % (e.socketError,)) from None
         self.sockets.append(sock)
         self.opened += 1
         return sock.local
