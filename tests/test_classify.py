@@ -23,6 +23,7 @@ from natsalon.client.probe.classify import (
     filtering_behaviour,
     is_nat,
     mapping_behaviour,
+    newest_port,
     port_allocation,
 )
 from natsalon.stun import Address
@@ -161,6 +162,16 @@ def test_sequential_step_two():
 def test_repeated_mapped_port_counts_once():
     samples = [(40000, 20000), (40001, 20000), (40002, 20001), (40003, 20002)]
     assert port_allocation(samples) == (Allocation.SEQUENTIAL, 1)
+
+
+def test_sequential_wrapping_around_its_range():
+    """A sequential allocator that wraps (the lab's: 20000..20999) while we
+    sample: two tight runs; the newest port is the top of the low run."""
+    samples = [(40000 + i, p) for i, p in enumerate([20997, 20998, 20999, 20000, 20001])]
+    assert port_allocation(samples) == (Allocation.SEQUENTIAL, 1)
+    assert newest_port(samples) == 20001
+    assert newest_port([(1, 20003), (2, 20001), (3, 20002)]) == 20003
+    assert newest_port([]) is None
 
 
 def test_random():

@@ -26,7 +26,10 @@ from twisted.internet import defer, threads
 
 from natsalon import wire
 from natsalon.client.connection import Connection
-from natsalon.client.demux import ClientSocket
+from natsalon.client.demux import ClientSocket, SocketPool
+from natsalon.client.probe import ProbeConfig
+from natsalon.client.probe.measure import probe
+from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
 from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
@@ -74,10 +77,14 @@ def resolve_server(reactor, server):
 @defer.inlineCallbacks
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
-                on_event: Optional[Callable[[dict], None]] = None):
+                on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
+                strategy: StrategySettings = StrategySettings()):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
-    :class:`Client` that has not started yet."""
+    :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
+    at each join, tell the peer, and punch symmetric NATs by the strategy
+    both sides choose (:mod:`natsalon.client.strategy`, tuned by
+    ``strategy``); False: plain punching only, as an old client."""
     server_addr = yield resolve_server(reactor, server)
     # scrypt takes tens of milliseconds of CPU: keep it off the reactor thread
     keys = yield threads.deferToThread(derive, room, secret)
@@ -92,7 +99,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     sock.on_frame = conn.frame_received
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
-                check_salon=lambda: check_salon(reactor, server_addr, interface))
+                check_salon=lambda: check_salon(reactor, server_addr, interface),
+                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None)
     machine = ClientMachine(core)
 
     def closed() -> None:
@@ -103,10 +111,25 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     return Client(machine, conn, core)
 
 
+def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings) -> HardNat:
+    """The join-time probe against the salon and the extra-socket pools,
+    on the client socket's interface."""
+    bind = interface or "0.0.0.0"
+
+    def listen(proto):
+        return reactor.listenUDP(0, proto, interface=bind)
+
+    def run_probe(on_early):
+        return probe(reactor, server_addr, ProbeConfig(), local_ips=list(ips) + ([interface] if interface else []),
+                     listen=listen, on_early=on_early)
+
+    return HardNat(NatKnowledge(reactor, run_probe), lambda: SocketPool(sock, listen), strategy)
+
+
 @defer.inlineCallbacks
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
-            lan: bool = True, on_event: Optional[Callable[[dict], None]] = None):
+            lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
     a (host, port) tuple) with the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
@@ -118,7 +141,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     started = reactor.seconds()
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
-                               encrypt=encrypt, settings=settings, on_event=on_event)
+                               encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)
@@ -136,6 +159,9 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
         "elapsed": reactor.seconds() - started,
         "punch": reactor.seconds() - (client.core.introduced_at or started),
         "observed": client.core.observed,
+        "strategy": conn.path.strategy,
+        "probes": conn.path.probes,
+        "sockets": conn.path.sockets,
     }
     return conn
 

@@ -5,11 +5,13 @@ salon pushes, and hands each to its consumer."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Dict, List, Optional
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from natsalon.client.punch.candidates import LocalSocket
 from natsalon.client.stunsocket import Transactions
 from natsalon.crypto.aead import is_frame
 from natsalon.stun import Class, Method, StunDecodeError, decode
@@ -29,13 +31,34 @@ class ClientSocket(DatagramProtocol):
     def __init__(self, clock) -> None:
         self.stun = Transactions(clock, self.write, JOIN_POLICY)
         self.on_salon: Callable[[object, tuple], None] = lambda msg, addr: None
-        self.on_punch: Callable[[bytes, tuple], bool] = lambda data, addr: False
+        #: ``(data, addr)``, or ``(data, addr, local)`` for a datagram of an extra socket
+        self.on_punch: Callable[..., bool] = lambda data, addr, local=None: False
         self.on_frame: Callable[[bytes, tuple], None] = lambda data, addr: None
+        #: peer address -> the send of the extra socket whose path leads there
+        #: (a path found by birthday punching runs from one of the pool's sockets)
+        self.routes: Dict[tuple, Callable[[bytes, tuple], None]] = {}
 
     def write(self, data: bytes, addr) -> None:
+        addr = tuple(addr)
+        if self.routes:
+            route = self.routes.get(addr)
+            if route is not None:
+                route(data, addr)
+                return
         if self.transport is None:
             raise OSError("socket closed")
-        self.transport.write(data, tuple(addr))
+        self.transport.write(data, addr)
+
+    def extra_datagram(self, data: bytes, addr, local: LocalSocket) -> None:
+        """A datagram that arrived on an extra socket: a payload frame or a
+        punch probe (nothing else is expected there)."""
+        try:
+            if is_frame(data):
+                self.on_frame(data, addr)
+            else:
+                self.on_punch(data, addr, local)
+        except Exception:
+            self.log.failure("error handling a datagram")
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
@@ -55,3 +78,68 @@ class ClientSocket(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         self.stun.cancel_all()
+
+
+class ExtraSocket(DatagramProtocol):
+    """One extra UDP socket of a :class:`SocketPool`: what arrives goes to
+    the owner's :meth:`ClientSocket.extra_datagram`, tagged with ``local``."""
+
+    noisy = False
+
+    def __init__(self, owner: ClientSocket, name: str) -> None:
+        self.owner = owner
+        self.local = LocalSocket(self.write, name)
+        self.port = None
+
+    def write(self, data: bytes, addr) -> None:
+        if self.transport is None:
+            raise OSError("socket closed")
+        self.transport.write(data, tuple(addr))
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        self.owner.extra_datagram(data, addr, self.local)
+
+
+class SocketPool:
+    """Extra sockets beside the client's own (birthday punching opens
+    hundreds): ``listen(protocol)`` binds one (``reactor.listenUDP(0,
+    protocol, interface=...)``) and returns its port.  :meth:`close`
+    releases them all but the one a path runs from; :meth:`route` makes the
+    client socket's writes to the peer leave from that one."""
+
+    def __init__(self, owner: ClientSocket, listen: Callable[[DatagramProtocol], object]) -> None:
+        self.owner = owner
+        self.listen = listen
+        self.sockets: List[ExtraSocket] = []
+        self.opened = 0
+        self._routed: Optional[tuple] = None
+
+    def open(self) -> LocalSocket:
+        """One more socket (raises OSError, e.g. out of file descriptors)."""
+        sock = ExtraSocket(self.owner, "extra-%d" % (self.opened + 1))
+        try:
+            sock.port = self.listen(sock)
+        except CannotListenError as e:
+            raise OSError("cannot open another socket: %s" % (e.socketError,)) from None
+        self.sockets.append(sock)
+        self.opened += 1
+        return sock.local
+
+    def close(self, keep: Optional[LocalSocket] = None) -> None:
+        """Close every socket but ``keep``'s (all of them by default)."""
+        kept = []
+        for sock in self.sockets:
+            if keep is not None and sock.local is keep:
+                kept.append(sock)
+            elif sock.port is not None:
+                sock.port.stopListening()
+                sock.port = None
+        self.sockets = kept
+        if keep is None and self._routed is not None:
+            self.owner.routes.pop(self._routed, None)
+            self._routed = None
+
+    def route(self, addr, local: LocalSocket) -> None:
+        """Send what goes to ``addr`` from ``local`` (one of ours)."""
+        self._routed = tuple(addr)
+        self.owner.routes[self._routed] = local.send

@@ -23,6 +23,7 @@ class Introduction(NamedTuple):
     peer_address: Address  #: the peer's public endpoint, as the salon saw it
     peer: wire.PeerJoin  #: the peer's nonce and LAN candidates, verified with k_join
     nonce: bytes  #: our nonce in this join (the peer was told it)
+    nat: wire.NatSummary = wire.UNKNOWN_NAT  #: our NAT summary in this join (the peer was told it)
 
 
 class Joiner:
@@ -46,7 +47,7 @@ class Joiner:
     def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
                  candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY,
                  on_waiting: Callable[[], None] = lambda: None, leave_hash: Optional[bytes] = None,
-                 plain: bool = False) -> None:
+                 plain: bool = False, nat: Optional[wire.NatSummary] = None) -> None:
         self.clock = clock
         self.sock = sock
         self.server = server
@@ -61,6 +62,10 @@ class Joiner:
         self.on_waiting = on_waiting
         self.leave_hash = leave_hash
         self.flags = wire.JOIN_FLAG_PLAIN if plain else 0
+        self.nat = nat  #: our NAT summary, in every JOIN of this member (None: not sent)
+        #: a Deferred the JOIN with the cookie (the one that registers us,
+        #: so the one the peer will see) waits for: :attr:`nat` is being measured
+        self.hold: Optional[defer.Deferred] = None
         self.impostors = 0  #: introduced members whose JOIN did not verify
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
@@ -99,7 +104,7 @@ class Joiner:
         if self._d is None:
             return
         msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie,
-                                   leave_hash=self.leave_hash, flags=self.flags)
+                                   leave_hash=self.leave_hash, flags=self.flags, nat=self.nat)
         req = self._req = self.sock.stun.request(msg, self.server, policy=self.policy, sha256_key=self.keys.k_join)
         req.addCallbacks(self._answer, self._no_answer)
 
@@ -135,6 +140,9 @@ class Joiner:
             self._finish(ConnectFailed("the salon keeps refusing our cookie"))
             return
         self.cookie = cookie
+        if self.hold is not None and not self.hold.called:
+            self.hold.addCallback(lambda _: self._attempt())
+            return
         self._attempt()
 
     def _waiting(self, observed: Optional[Address]) -> None:
@@ -173,7 +181,8 @@ class Joiner:
         if (peer.flags ^ self.flags) & wire.JOIN_FLAG_PLAIN:
             self._finish(ModeMismatch(peer_plain=bool(peer.flags & wire.JOIN_FLAG_PLAIN)))
             return
-        self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce))
+        self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce,
+                                  self.nat or wire.UNKNOWN_NAT))
 
     def _genuine(self, peers) -> Optional[Tuple[wire.PeerJoin, Address]]:
         """The first introduced member whose JOIN verifies and is not ours."""

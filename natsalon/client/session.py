@@ -58,6 +58,8 @@ from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import Path, Puncher
+from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
+from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
 from natsalon.stun import Address
 
@@ -160,6 +162,9 @@ class Core:
     member: Optional[Tuple[bytes, bytes]] = None
     #: () -> Deferred failing with SalonUnreachable at an ICMP port unreachable
     check_salon: Optional[Callable[[], defer.Deferred]] = None
+    #: the join-time NAT probe and the extra sockets of hard-NAT strategies
+    #: (:class:`natsalon.client.strategy.HardNat`); None: plain punching only
+    hardnat: Optional[HardNat] = None
     log: Logger = field(default_factory=Logger)
 
     def leave_salon(self) -> None:
@@ -193,7 +198,12 @@ class Core:
 
 class Attempt:
     """One join: a fresh nonce, the token its LEAVE will reveal, and its
-    Joiner (data of Joining and Waiting)."""
+    Joiner (data of Joining and Waiting).  With hard-NAT support the
+    join-time probe runs meanwhile: the first JOIN (which only fetches the
+    salon's cookie) leaves at once, the JOIN with the cookie (the one that
+    registers us, which the peer will see) waits for the probe's summary of
+    our NAT (about one more round trip to the salon; at most its hold) and
+    carries it."""
 
     def __init__(self, machine: ClientInputs, core: Core) -> None:
         s = core.settings
@@ -205,11 +215,22 @@ class Attempt:
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
                              leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
+        self.knowing: Optional[defer.Deferred] = None
+        if core.hardnat is not None:
+            self.joiner.hold = defer.Deferred()
+            self.knowing = core.hardnat.knowledge.summary()
+            self.knowing.addCallbacks(self._know, lambda f: f.trap(defer.CancelledError))
         self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
         self.check = core.check_salon() if core.check_salon is not None else None
         if self.check is not None:
             self.check.addErrback(self._unreachable)
+
+    def _know(self, nat: wire.NatSummary) -> None:
+        self.knowing = None
+        self.joiner.nat = nat
+        hold, self.joiner.hold = self.joiner.hold, None
+        hold.callback(None)
 
     def _unreachable(self, f: Failure) -> None:
         if f.check(SalonUnreachable):
@@ -217,24 +238,65 @@ class Attempt:
 
     def cancel(self) -> None:
         self.deferred.cancel()
+        if self.knowing is not None:
+            self.knowing.cancel()
         if self.check is not None:
             self.check.cancel()
 
 
 class Punch:
-    """Punching after an introduction (data of Punching)."""
+    """Punching after an introduction (data of Punching): the puncher, and
+    the strategy both sides chose from their NAT summaries
+    (:mod:`natsalon.client.strategy`) with its :class:`Runner`."""
 
     def __init__(self, machine: ClientInputs, core: Core, intro: Introduction) -> None:
         s = core.settings
+        kit = core.hardnat
+        self.core = core
+        self.started = core.clock.seconds()
         self.keys = session_keys(core.keys, intro.nonce, intro.peer.nonce)
+        self.plan = decide(intro.nat, intro.peer.nat)
+        ordered = self.plan.role is Role.ORDERED
+        timeout = s.punch_timeout
+        if self.plan.strategy is Strategy.NONE and kit is not None:
+            timeout = min(timeout, kit.settings.none_after)
         self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
-                               intro.peer_address, intro.peer.candidates, interval=s.interval,
-                               timeout=s.punch_timeout)
+                               None if ordered else intro.peer_address, () if ordered else intro.peer.candidates,
+                               interval=s.interval, timeout=timeout)
+        self.runner = None
+        if kit is not None:
+            self.runner = Runner(core.clock, self.puncher, self.plan, intro.peer_address, intro.peer.candidates,
+                                 intro.peer.nat, kit.pool, kit.settings, my_nat=intro.nat)
+            self.runner.prepare()
+        if self.plan.strategy is not Strategy.PLAIN:
+            event = {"event": "strategy", "strategy": self.plan.strategy.value, "role": self.plan.role.value,
+                     "nat": self.plan.mine.value, "peer_nat": self.plan.peer.value}
+            if self.plan.reason:
+                event["reason"] = self.plan.reason
+            core.log.info("punching strategy {strategy} ({role})", strategy=event["strategy"], role=event["role"])
+            core.emit(event)
         core.socket.on_punch = self.puncher.datagram
         self.puncher.on_peer_left = lambda: _peer_said_goodbye(machine, core)
         self.deferred = self.puncher.start()
+        if self.runner is not None:
+            self.runner.start()
+        self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path)),
                                    _unless_cancelled(machine._failed))
+
+    def _found(self, path: Path) -> Path:
+        if self.runner is not None:
+            self.runner.finish(path)
+        if path.strategy != Strategy.PLAIN.value:
+            self.core.emit({"event": "punched", "strategy": path.strategy, "probes": path.probes,
+                            "sockets": path.sockets,
+                            "punch_ms": round((self.core.clock.seconds() - self.started) * 1000, 1)})
+        return path
+
+    def _no_path(self, f: Failure) -> Failure:
+        if f.check(PunchFailed) and self.plan.strategy is Strategy.NONE:
+            return Failure(PunchFailed("%s (strategy none; %s)" % (self.plan.reason, f.getErrorMessage())))
+        return f
 
     def cancel(self) -> None:
         self.deferred.cancel()

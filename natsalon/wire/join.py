@@ -3,7 +3,8 @@
 JOIN request (client -> salon)::
 
     NS_ROOM (16 bytes room id)   NS_NONCE (16 bytes, one per session)
-    NS_CANDIDATES (our LAN endpoints)   [NS_COOKIE]
+    NS_CANDIDATES (our LAN endpoints)   [NS_LEAVE] [NS_STATUS flags]
+    [NS_NAT: our NAT as our probe saw it (natsalon.wire.nat)]   [NS_COOKIE]
     MESSAGE-INTEGRITY-SHA256 keyed with k_join (checked by the peer, not the salon)
 
 Salon answers::
@@ -30,19 +31,23 @@ from natsalon.stun.constants import REASONS
 from natsalon.wire.common import (
     LEAVE_HASH_SIZE, LEAVE_TOKEN_SIZE, NONCE_SIZE, Status, WireError, pack_candidates, unpack_candidates,
 )
+from natsalon.wire.nat import NS_NAT, UNKNOWN_NAT, NatSummary, pack_nat, unpack_nat
 
 
 def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_join: bytes,
                  cookie: Optional[bytes] = None, txid: Optional[bytes] = None, leave_hash: Optional[bytes] = None,
-                 flags: int = 0) -> Tuple[Message, bytes]:
+                 flags: int = 0, nat: Optional[NatSummary] = None) -> Tuple[Message, bytes]:
     """``(message, bytes)`` of a JOIN request.  ``leave_hash`` is
     :func:`leave_hash` of the token a later LEAVE reveals; ``flags`` are
-    JOIN flags (:data:`~natsalon.wire.common.JOIN_FLAG_PLAIN`)."""
+    JOIN flags (:data:`~natsalon.wire.common.JOIN_FLAG_PLAIN`); ``nat`` the
+    summary of our NAT (left out when None)."""
     attrs = [(Attr.NS_ROOM, room_id), (Attr.NS_NONCE, nonce), (Attr.NS_CANDIDATES, pack_candidates(candidates))]
     if leave_hash:
         attrs.append((Attr.NS_LEAVE, leave_hash))
     if flags:
         attrs.append((Attr.NS_STATUS, flags))
+    if nat is not None:
+        attrs.append((NS_NAT, pack_nat(nat)))
     if cookie:
         attrs.append((Attr.NS_COOKIE, cookie))
     msg = Message(Method.JOIN, Class.REQUEST, txid or new_transaction_id(), tuple(attrs))
@@ -56,6 +61,7 @@ class JoinRequest(NamedTuple):
     cookie: Optional[bytes]
     leave_hash: Optional[bytes] = None  #: SHA-256 of the member's leave token, first 16 bytes
     flags: int = 0
+    nat: NatSummary = UNKNOWN_NAT  #: the member's NAT summary (unknown when absent)
 
 
 def parse_join_request(msg: Message) -> JoinRequest:
@@ -76,13 +82,15 @@ def parse_join_request(msg: Message) -> JoinRequest:
     leave = msg.get(Attr.NS_LEAVE)
     if leave is not None and len(leave) != LEAVE_HASH_SIZE:
         raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
-    return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0))
+    return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0),
+                       unpack_nat(msg.get(NS_NAT)))
 
 
 class PeerJoin(NamedTuple):
     nonce: bytes
     candidates: Tuple[Address, ...]  #: its LAN endpoints, as it reported them
     flags: int = 0  #: its JOIN flags (JOIN_FLAG_PLAIN: it does not encrypt)
+    nat: NatSummary = UNKNOWN_NAT  #: its NAT summary, authenticated with the rest of its JOIN
 
 
 def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
@@ -97,7 +105,7 @@ def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
         raise WireError("peer JOIN fails its integrity check (the peer does not know the secret)")
     if req.room_id != room_id:
         raise WireError("peer JOIN is for another room")
-    return PeerJoin(req.nonce, req.candidates, req.flags)
+    return PeerJoin(req.nonce, req.candidates, req.flags, req.nat)
 
 
 def _error(method: int, txid: bytes, code: int, extra=()) -> bytes:

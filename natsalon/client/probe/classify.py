@@ -193,7 +193,9 @@ def port_allocation(samples: Sequence[Tuple[int, int]]) -> PortAllocation:
     """``samples``: ``(local_port, mapped_port)`` of distinct NAT bindings
     (fresh sockets or destinations).  Preserving: every mapped port is the
     local one.  Sequential: the distinct mapped ports lie close together;
-    the step is the smallest positive gap between them.  Random otherwise.
+    the step is the smallest positive gap between them; also when they form
+    two such runs (the allocator wrapped around its range while we sampled).
+    Random otherwise.
     Fewer than two samples, or fewer than three distinct mapped ports when
     not preserving: unknown."""
     if len(samples) < 2:
@@ -204,6 +206,36 @@ def port_allocation(samples: Sequence[Tuple[int, int]]) -> PortAllocation:
     if len(ports) < 3:
         return PortAllocation(Allocation.UNKNOWN)
     gaps = [b - a for a, b in zip(ports, ports[1:])]
-    if ports[-1] - ports[0] <= SEQUENTIAL_MAX_SPREAD * (len(ports) - 1):
+    if _tight(ports):
         return PortAllocation(Allocation.SEQUENTIAL, min(gaps))
+    low, high = _split(ports)
+    if len(ports) >= 4 and _tight(low) and _tight(high):
+        # the allocator wrapped from the top of its range to the bottom
+        # while we sampled: two tight runs (a random allocator scatters)
+        inner = [b - a for run in (low, high) for a, b in zip(run, run[1:])]
+        return PortAllocation(Allocation.SEQUENTIAL, min(inner) if inner else 1)
     return PortAllocation(Allocation.RANDOM)
+
+
+def newest_port(samples: Sequence[Tuple[int, int]]) -> Optional[int]:
+    """The mapped port a sequential allocator gave last: the highest one,
+    or, when it wrapped while we sampled (two tight runs), the highest of
+    the low run."""
+    ports = sorted({mapped for _, mapped in samples})
+    if not ports:
+        return None
+    if len(ports) >= 4 and not _tight(ports):
+        low, high = _split(ports)
+        if _tight(low) and _tight(high):
+            return low[-1]
+    return ports[-1]
+
+
+def _tight(ports: Sequence[int]) -> bool:
+    return ports[-1] - ports[0] <= SEQUENTIAL_MAX_SPREAD * max(1, len(ports) - 1)
+
+
+def _split(ports: Sequence[int]) -> Tuple[Sequence[int], Sequence[int]]:
+    """``ports`` (sorted) cut at their widest gap."""
+    i = max(range(1, len(ports)), key=lambda k: ports[k] - ports[k - 1])
+    return ports[:i], ports[i:]

@@ -46,6 +46,8 @@ from natsalon.client.probe.findings import Bound
 from natsalon.client.probe.report import ProbeReport
 from natsalon.client.probe.run import ProbeRun, binding_request, change_request
 from natsalon.client.probe.sockets import default_listen
+from natsalon.client.probe.summary import summarize
+from natsalon.wire.nat import NatSummary
 from natsalon.stun import CHANGE_IP, CHANGE_PORT, Address, Attr, Class
 from natsalon.stun.client import StunTimeout
 
@@ -56,7 +58,8 @@ log = Logger()
 
 @defer.inlineCallbacks
 def probe(reactor, server: Tuple[str, int], config: ProbeConfig = ProbeConfig(),
-          local_ips: Optional[Iterable[str]] = None, listen: Optional[Callable] = None):
+          local_ips: Optional[Iterable[str]] = None, listen: Optional[Callable] = None,
+          on_early: Optional[Callable[[NatSummary], None]] = None):
     """Probe the NAT in front of this host against ``server`` ``(host, port)``.
 
     Fires with a :class:`ProbeReport` (also for ``udp-blocked``), or fails
@@ -64,7 +67,10 @@ def probe(reactor, server: Tuple[str, int], config: ProbeConfig = ProbeConfig(),
     provides the clock (and ``listenUDP`` / ``resolve`` unless ``listen``
     is given and ``server`` is an IPv4 literal); ``local_ips`` are this
     host's interface addresses (default: :mod:`natsalon.net.interfaces`, scanned
-    in a thread).
+    in a thread).  ``on_early`` is called once with the NAT summary
+    (:mod:`.summary`) as soon as the mapping and port-allocation tests are
+    over (about two round trips), before the filtering tests may have to
+    wait out their schedule.
     """
     host, port = server
     if not _is_ipv4(host):
@@ -77,7 +83,7 @@ def probe(reactor, server: Tuple[str, int], config: ProbeConfig = ProbeConfig(),
         local_ips = yield local_addresses_in_thread(reactor)
     run = ProbeRun(reactor, listen or default_listen(reactor), Address(host, int(port)), config,
                    frozenset(local_ips))
-    report = yield measure(run)
+    report = yield measure(run, on_early)
     log.debug("probe of {server}: {classic} in {ms} ms", server=server, classic=report.classic.value,
               ms=report.elapsed_ms)
     return report
@@ -91,12 +97,19 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
-def measure(run: ProbeRun) -> defer.Deferred:
+def measure(run: ProbeRun, on_early: Optional[Callable[[NatSummary], None]] = None) -> defer.Deferred:
     """Start every test of ``run.config`` at once; :meth:`ProbeRun.conclude` them."""
     config = run.config
-    tests = [measure_primary(run), measure_mapping(run),
-             measure_filtering(run, "F1", CHANGE_IP | CHANGE_PORT), measure_filtering(run, "F2", CHANGE_PORT)]
-    tests += [measure_sample(run, "S%d" % i) for i in range(config.port_samples)]
+    fast = [measure_primary(run), measure_mapping(run)]
+    fast += [measure_sample(run, "S%d" % i) for i in range(config.port_samples)]
+    tests = fast + [measure_filtering(run, "F1", CHANGE_IP | CHANGE_PORT), measure_filtering(run, "F2", CHANGE_PORT)]
+    if on_early is not None:
+        early = defer.DeferredList(fast, consumeErrors=True)
+        # a filtering answer that gets through comes when the mapping's do
+        # (both are a binding, then one more request): give it a moment
+        early.addCallback(lambda _: run.sleep(min(0.03, (run.found.rtt or 0.0) / 2 + 0.005)))
+        early.addCallback(lambda _: on_early(summarize(run.found)))
+        early.addErrback(lambda f: f.trap(defer.CancelledError))
     if config.hairpin:
         tests.append(measure_hairpinning(run))
     if config.lifetime:

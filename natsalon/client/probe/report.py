@@ -11,7 +11,9 @@ from typing import Iterable, List, Optional, Tuple
 from natsalon.client.probe import classify
 from natsalon.client.probe.classify import Allocation, Behaviour, Classic, PortAllocation
 from natsalon.client.probe.findings import Bound, Findings
+from natsalon.client.probe.summary import summarize
 from natsalon.stun import Address, Attr, Message
+from natsalon.wire.nat import NatSummary
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ProbeReport:
     lifetime_s: Optional[float]
     elapsed_ms: int
     notes: Tuple[str, ...] = ()
+    #: what a client's JOIN says of this NAT (:mod:`natsalon.client.probe.summary`)
+    summary: Optional[NatSummary] = None
 
     def to_json(self) -> dict:
         """The object ``natsalon probe --json`` prints (keys in the README)."""
@@ -65,7 +69,8 @@ class ProbeReport:
             "mapping": self.mapping.value,
             "filtering": self.filtering.value,
             "port_allocation": {"kind": self.port_allocation.kind.value, "step": self.port_allocation.step,
-                                "samples": [list(s) for s in self.port_samples]},
+                                "samples": [list(s) for s in self.port_samples],
+                                "last_port": self.summary.last_port if self.summary is not None else None},
             "hairpinning": self.hairpinning,
             "lifetime_s": self.lifetime_s,
             "server": self.server.to_json(),
@@ -99,7 +104,8 @@ def build_report(found: Findings, timeout: float, local_ips: Iterable[str], elap
     lifetime_s = _lifetime(r["lifetime"], notes) if "lifetime" in r else None
     server = _server_info(found, primary.msg if primary is not None else None, tested)
     return ProbeReport(server, answered, nat, mapped, local, classic, mapping, filtering, alloc,
-                       tuple(found.samples), r.get("hairpin"), lifetime_s, elapsed_ms, tuple(notes))
+                       tuple(found.samples), r.get("hairpin"), lifetime_s, elapsed_ms, tuple(notes),
+                       summarize(found, final=True))
 
 
 def _behaviours(found: Findings, answered: bool, timeout: float) -> Tuple[Behaviour, Behaviour, List[str]]:
@@ -151,6 +157,8 @@ def format_table(report: ProbeReport) -> str:
     j = report.to_json()
     pa = report.port_allocation
     alloc = pa.kind.value + (" (step %d)" % pa.step if pa.step is not None else "")
+    if report.summary is not None and report.summary.last_port is not None:
+        alloc += ", last mapped port %d" % report.summary.last_port
     nat = _yes(report.nat, "unknown")
     if report.mapped is not None:
         nat += " (mapped %s, local %s)" % (report.mapped, report.local)

@@ -12,8 +12,11 @@ and where we got it (:class:`CandidateKind`):
 - ``srflx``: the peer's public endpoint as the salon saw it;
 - ``prflx`` (peer-reflexive): the source of a valid probe of the peer that
   we did not know (its NAT gave that flow another port);
-- ``predicted`` and ``relay``: room for port prediction / birthday punching
-  and for TURN relays (:meth:`Puncher.add_candidate`; nothing makes them yet).
+- ``predicted``: guessed ports of the peer's NAT (port prediction and
+  birthday punching, :mod:`natsalon.client.strategy`): added as candidates,
+  or probed with :meth:`Puncher.probe` and made candidates by a valid
+  response;
+- ``relay``: room for TURN relays (:meth:`Puncher.add_candidate`).
 
 Each candidate is probed from a **local socket** (:class:`LocalSocket`, a
 send callable; the constructor's ``send`` is the default one).  A *pair* is
@@ -64,13 +67,13 @@ Rules:
   k_punch); the schedule probes every pair that is neither verified, failed
   nor peer-reflexive, all at once;
 - a request carries no timestamp, so the same bytes verify from any source:
-  the transaction ids of the last 256 requests are kept and a request seen
+  the transaction ids of the last ``seen_requests`` (256) requests are kept and a request seen
   before is dropped before anything else (a replay gets no answer and no
   probe);
 - a valid request from the peer is answered at once from the same socket
   (that answer is what opens the path for the peer); when it comes from an
   address we did not know, that address becomes a peer-reflexive candidate,
-  at most ``_MAX_PEER_REFLEXIVE`` (4) of them and none once a path is
+  at most ``max_peer_reflexive`` (4 by default) of them and none once a path is
   selected (requests from other unknown sources are dropped);
 - a valid request also triggers a probe back to its source when its pair
   is not verified yet (and, once selected, when we have not probed it for

@@ -29,6 +29,7 @@ from natsalon.stun import Address
 
 __all__ = ["Puncher", "Path", "LAN", "DIRECT"]
 
+#: defaults of the Puncher's limits (constructor arguments: birthday punching raises them)
 _MAX_PENDING = 512  #: probes awaiting a response, oldest forgotten first
 _SEEN_REQUESTS = 256  #: request transaction ids remembered against replays
 _MAX_PEER_REFLEXIVE = 4  #: candidates learnt from the source of a probe
@@ -47,6 +48,10 @@ class Path:
     rtt: float  #: seconds
     candidate_kind: Optional[CandidateKind] = None  #: host, srflx, prflx, ...
     local: Optional[LocalSocket] = field(default=None, compare=False)  #: the local socket it runs from
+    #: how it was found: "plain", "predicted" or "birthday" (:mod:`natsalon.client.strategy`)
+    strategy: str = field(default="plain", compare=False)
+    probes: int = field(default=0, compare=False)  #: probes we sent until it was chosen
+    sockets: int = field(default=1, compare=False)  #: local sockets we punched from
 
 
 class Puncher:
@@ -61,8 +66,17 @@ class Puncher:
     def __init__(self, clock, send: Callable[[bytes, tuple], None], session: SessionKeys,
                  my_nonce: bytes, peer_nonce: bytes, peer_public: Optional[Address],
                  peer_lan: Iterable[Address] = (), interval: float = 0.1, timeout: float = 10.0,
-                 lan_grace: float = 0.5) -> None:
+                 lan_grace: float = 0.5, max_pending: int = _MAX_PENDING, seen_requests: int = _SEEN_REQUESTS,
+                 max_peer_reflexive: int = _MAX_PEER_REFLEXIVE) -> None:
         self.clock = clock
+        self.max_pending = max_pending
+        self.seen_requests = seen_requests
+        self.max_peer_reflexive = max_peer_reflexive
+        #: reported in the chosen :class:`Path` (the strategy runner sets them)
+        self.strategy = "plain"
+        self.sockets_used = 1
+        #: called once by :meth:`stop` (e.g. to close the extra sockets of a strategy)
+        self.on_stop: list = []
         self.default_socket = LocalSocket(send)
         self.session = session
         self.my_nonce = my_nonce
@@ -71,7 +85,7 @@ class Puncher:
         self.timeout = timeout
         self.lan_grace = lan_grace
         self.pairs: Dict[Tuple[LocalSocket, Address], CandidatePair] = {}
-        self._pending: "OrderedDict[bytes, Tuple[LocalSocket, Address, float]]" = OrderedDict()
+        self._pending: "OrderedDict[bytes, Tuple[LocalSocket, Address, float, CandidateKind]]" = OrderedDict()
         self._seen: "OrderedDict[bytes, None]" = OrderedDict()
         self.replays = 0  #: requests dropped because their transaction id was seen before
         self.refused = 0  #: requests dropped from unknown sources (peer-reflexive limit)
@@ -156,6 +170,9 @@ class Puncher:
     def stop(self) -> None:
         """Stop for good: nothing is sent or learnt afterwards."""
         self._lifecycle.fire(PhaseEvent.STOP)
+        hooks, self.on_stop = self.on_stop, []
+        for hook in hooks:
+            hook()
 
     def _begin(self) -> None:
         self._deferred = defer.Deferred(lambda _: self.stop())
@@ -178,7 +195,8 @@ class Puncher:
 
     def _deliver(self) -> None:
         p = self.selected_pair = self.best()
-        self.selected = Path(p.address, p.kind.path_kind, p.rtt or 0.0, p.kind, p.local)
+        self.selected = Path(p.address, p.kind.path_kind, p.rtt or 0.0, p.kind, p.local, self.strategy,
+                             self.probes_sent, self.sockets_used)
         self.log.debug("punch selected {kind} path to {addr}", kind=p.kind.value, addr=p.address)
         # tell the peer at once that we are done (and give it a probe to answer)
         self._send_probe(p.local, p.address, p)
@@ -203,12 +221,15 @@ class Puncher:
     def flags(self) -> int:
         return wire.FLAG_CONNECTED if self._lifecycle.rules.connected else 0
 
-    def probe(self, addr: Address, local: Optional[LocalSocket] = None) -> None:
+    def probe(self, addr: Address, local: Optional[LocalSocket] = None,
+              kind: CandidateKind = CandidateKind.PRFLX) -> None:
         """Probe ``addr`` (keepalives use this) from ``local``, by default
-        from the socket of the pair to it; nothing once FAILED or STOPPED."""
+        from the socket of the pair to it; nothing once FAILED or STOPPED.
+        A valid response from an address that is no candidate yet makes it
+        one of ``kind`` (a strategy's guessed ports are PREDICTED)."""
         addr = Address(*addr)
         pair = self._pair_for(addr, local)
-        self._send_probe(local or (pair.local if pair is not None else self.default_socket), addr, pair)
+        self._send_probe(local or (pair.local if pair is not None else self.default_socket), addr, pair, kind)
 
     def goodbye(self) -> None:
         """Tell the peer we end the session (a clean exit): one LEAVING
@@ -225,13 +246,14 @@ class Puncher:
             except OSError:
                 pass
 
-    def _send_probe(self, local: LocalSocket, addr: Address, pair: Optional[CandidatePair]) -> None:
+    def _send_probe(self, local: LocalSocket, addr: Address, pair: Optional[CandidatePair],
+                    kind: CandidateKind = CandidateKind.PRFLX) -> None:
         if not self._lifecycle.rules.active:
             return
         txid, data = wire.punch_request(self.my_nonce, self.session.k_punch, self.flags)
         now = self.clock.seconds()
-        self._pending[txid] = (local, addr, now)
-        while len(self._pending) > _MAX_PENDING:
+        self._pending[txid] = (local, addr, now, pair.kind if pair is not None else kind)
+        while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
         if pair is not None:
             pair.last_probe = now
@@ -309,7 +331,7 @@ class Puncher:
         if sent is None or sent[0] is not local or sent[1] != src:
             return  # ours, but stale or from elsewhere: not a proof
         # we probed it, so it is a pair (or an address probed with probe())
-        pair = self.pairs.get((local, src)) or self.add_candidate(src, CandidateKind.PRFLX, local)
+        pair = self.pairs.get((local, src)) or self.add_candidate(src, sent[3], local)
         now = self.clock.seconds()
         pair.heard(PairEvent.RESPONSE, now, rtt=now - sent[2])
         self._heard(src)
@@ -319,7 +341,7 @@ class Puncher:
             self.replays += 1
             return True
         self._seen[txid] = None
-        while len(self._seen) > _SEEN_REQUESTS:
+        while len(self._seen) > self.seen_requests:
             self._seen.popitem(last=False)
         return False
 
@@ -338,7 +360,7 @@ class Puncher:
 
     def _may_learn(self) -> bool:
         """May a probe from an unknown source become a candidate?"""
-        return self._lifecycle.rules.learns and self._reflexive_count() < _MAX_PEER_REFLEXIVE
+        return self._lifecycle.rules.learns and self._reflexive_count() < self.max_peer_reflexive
 
     # -- choosing ----------------------------------------------------------
     def best(self) -> Optional[CandidatePair]:
