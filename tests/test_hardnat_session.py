@@ -89,7 +89,7 @@ def test_join_waits_for_the_summary_and_carries_it():
     ca.hardnat = kit(knowledge)
     a.start()
     net.run(0.5)
-    assert ca.phase is Phase.JOINING and intro.rooms.waiting() == 0  # nothing sent yet
+    assert ca.phase is Phase.JOINING and intro.rooms.members() == 0  # nothing sent yet
     summary = NatSummary(True, EI, APD, "preserving", None, 40000)
     knowledge.pending[0].callback(summary)
     net.run(0.5)

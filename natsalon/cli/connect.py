@@ -95,6 +95,9 @@ def connected_event(conn) -> dict:
         "elapsed_ms": round(conn.info["elapsed"] * 1000, 1),
         "punch_ms": round(conn.info["punch"] * 1000, 1),
         "rtt_ms": round(conn.path.rtt * 1000, 1),
+        "strategy": conn.path.strategy,
+        "probes": conn.path.probes,
+        "sockets": conn.path.sockets,
     }
 
 
