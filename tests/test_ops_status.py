@@ -81,7 +81,7 @@ def test_status_of_an_unreachable_daemon(capsys):
     port = free_tcp_port()
     assert cli_main(["status", "--metrics", str(port), "--timeout", "2"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("natsalon status: cannot read http://127.0.0.1:%d/metrics" % port)
+    assert err.startswith("natsalon status: error: cannot read http://127.0.0.1:%d/metrics" % port)
     assert err.count("\n") == 1
 
 

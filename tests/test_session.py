@@ -304,3 +304,24 @@ def test_a_forged_goodbye_and_replayed_probes_change_nothing():
     assert ca.phase is Phase.CONNECTED and "peer-left" not in [e["event"] for e in events_a]
     a.stop()
     b.stop()
+
+
+def test_a_peer_in_the_other_payload_mode_is_a_clear_error_on_both_sides():
+    from natsalon.client.errors import ModeMismatch
+
+    net = Net()
+    net.salon()
+    a, ca, _ = net.client(A)
+    b, cb, _ = net.client(B)
+    cb.connection.encrypt = False  # natsalon connect --no-encrypt
+    errors = {}
+    a.when_connected(fail_after_failures=1).addErrback(lambda f: errors.__setitem__("a", f))
+    b.when_connected(fail_after_failures=1).addErrback(lambda f: errors.__setitem__("b", f))
+    a.start()
+    b.start()
+    net.run(2)
+    assert errors["a"].check(ModeMismatch) and errors["b"].check(ModeMismatch)
+    assert "the peer does not encrypt (--no-encrypt) and we do" in str(errors["a"].value)
+    assert "the peer encrypts and we do not (--no-encrypt)" in str(errors["b"].value)
+    a.stop()
+    b.stop()

@@ -45,12 +45,12 @@ def run(args) -> int:
             text = r.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
-        sys.stderr.write("natsalon status: cannot read %s: %s\n" % (url, reason))
+        sys.stderr.write("natsalon status: error: cannot read %s: %s\n" % (url, reason))
         return 1
     try:
         r = report(text)
     except ValueError as e:
-        sys.stderr.write("natsalon status: %s: %s\n" % (url, e))
+        sys.stderr.write("natsalon status: error: %s: %s\n" % (url, e))
         return 1
     if args.json:
         sys.stdout.write(json.dumps(r, sort_keys=True) + "\n")

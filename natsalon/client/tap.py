@@ -6,14 +6,19 @@ twistd log.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application.internet import backoffPolicy
 from twisted.python import usage
+
+from natsalon import __version__
 
 from natsalon.client.options import DEFAULTS, OptionError, check
 from natsalon.ops.options import OpsOptionsMixin
 
 
 class Options(OpsOptionsMixin, usage.Options):
+    command = "twistd natclient"
     synopsis = "--server HOST[:PORT] --room ROOM (--secret-file F | --secret S | $NATSALON_SECRET) [options]"
     longdesc = "Meet a peer in a natsalon room, punch a direct UDP path, keep it, and forward a local UDP port."
     optParameters = [
@@ -36,6 +41,12 @@ class Options(OpsOptionsMixin, usage.Options):
         ["no-encrypt", None, "Do not encrypt forwarded payload."],
         ["no-lan", None, "Do not offer LAN candidates."],
     ]
+
+    def opt_version(self) -> None:
+        """Print natsalon's version and exit."""
+        sys.stdout.write("natsalon %s\n" % __version__)
+        sys.stdout.flush()
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:

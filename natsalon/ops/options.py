@@ -75,12 +75,22 @@ class OpsOptionsMixin:
     ]
 
     ops: OpsSettings
+    #: how errors name the command ("twistd natsalon: error: ...")
+    command = "twistd"
 
     def parseOptions(self, options=None) -> None:
         try:
             self.ops_parse(list(sys.argv[1:] if options is None else options))
         except config.ConfigError as e:
             sys.stderr.write("config error: %s\n" % e)
+            sys.stderr.flush()
+            raise SystemExit(EXIT_CONFIG)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise  # parsed by code (tests, embedding): the caller decides
+            # under twistd: one line and exit 2, as every natsalon command
+            # does (twistd itself would print the whole usage and exit 1)
+            sys.stderr.write("%s: error: %s\n" % (self.command, e))
             sys.stderr.flush()
             raise SystemExit(EXIT_CONFIG)
         logs.install(getattr(self, "parent", None), self.ops.log_format, self.ops.levels)

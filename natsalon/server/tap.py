@@ -50,6 +50,7 @@ def _member_timeout(o) -> float:
 
 
 class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
+    command = "twistd natsalon"
     synopsis = "[options]"
     longdesc = (
         "Run the natsalon server: a STUN reflector (RFC 8489) with RFC 5780 "
