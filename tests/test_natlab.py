@@ -297,8 +297,13 @@ def test_teardown_kills_processes_and_namespaces() -> None:
             site = lab.add_site("a", Nat.SYMMETRIC_RANDOM, delay_ms=3)
             p = site.hosts[0].spawn(["sh", "-c", "sleep 300 & sleep 300"])
             prefix = lab.prefix
-            pids = subprocess.run(["ip", "netns", "pids", site.hosts[0].ns],
-                                  capture_output=True, text=True).stdout.split()
+            # the child enters the namespace after the fork: wait for it (a loaded machine is slow)
+            deadline = time.monotonic() + 10
+            pids = []
+            while not pids and time.monotonic() < deadline:
+                pids = subprocess.run(["ip", "netns", "pids", site.hosts[0].ns],
+                                      capture_output=True, text=True).stdout.split()
+                time.sleep(0.05)
             assert len(pids) >= 1
             raise RuntimeError("boom")
     assert p.poll() is not None
