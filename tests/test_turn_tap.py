@@ -72,3 +72,22 @@ def test_no_turn_wins():
 def test_bad_turn_options(argv, message):
     with pytest.raises(usage.UsageError, match=message):
         parse(*argv)
+
+
+def test_tls_options():
+    turn = parse("--interface", "127.0.0.1", "--turn-secret", "s").config.turn
+    assert (turn.tls_cert, turn.tls_key, turn.tls_port) == ("", "", 5349)
+    turn = parse("--interface", "127.0.0.1", "--turn-secret", "s", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                 "--tls-port", "443").config.turn
+    assert (turn.tls_cert, turn.tls_key, turn.tls_port) == ("c.pem", "k.pem", 443)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--interface", "127.0.0.1", "--turn-secret", "s", "--tls-key", "k.pem"], "needs --tls-cert"),
+    (["--interface", "127.0.0.1", "--tls-cert", "c.pem"], "needs --turn-secret"),
+    (["--interface", "127.0.0.1", "--turn-secret", "s", "--no-turn", "--tls-cert", "c.pem"], "needs --turn-secret"),
+    (["--interface", "127.0.0.1", "--turn-secret", "s", "--tls-cert", "c.pem", "--tls-port", "70000"], "out of range"),
+])
+def test_bad_tls_options(argv, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)

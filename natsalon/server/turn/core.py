@@ -88,6 +88,11 @@ class TurnConfig(NamedTuple):
     rfc5766_channels: bool = True
     #: TURN over TCP on the salon's primary port too
     tcp: bool = True
+    #: TURN over TLS (turns:) when a certificate is given: PEM files (the
+    #: key may be in the certificate file: tls_key "") and the TCP port
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 5349
 
 
 class Allocation:

@@ -4,8 +4,9 @@
 TURN methods in the salon's ``ServerState.handlers`` and the ChannelData
 hook (``ServerState.channel_data``), opens one relayed UDP socket per
 allocation (:class:`UdpRelays`, ports from a range, errors as values),
-listens for TURN over TCP on the salon's primary port (:mod:`.stream`), and
-runs the core's sweep once a second.
+listens for TURN over TCP on the salon's primary port (:mod:`.stream`) and,
+given a certificate, for TURN over TLS (:mod:`.tls`), and runs the core's
+sweep once a second.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from natsalon.server.binding import Reply
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
 from natsalon.server.turn.stream import TurnStreamFactory
+from natsalon.server.turn.tls import TlsConfigError, TlsFactory, load_context
 from natsalon.stun import Address, Method
 
 #: the methods the salon hands to the TURN core
@@ -139,6 +141,8 @@ class TurnService(service.MultiService):
         state.channel_data = self.core.channel_data
         self.interface = interface
         self.tcp = None
+        self.tls = None
+        self.tls_context = None
         self.streams = TurnStreamFactory(reactor, state, self.core, self.relays, TURN_METHODS)
         sweep = internet.TimerService(config.sweep_interval, self._sweep)
         sweep.clock = reactor
@@ -151,7 +155,30 @@ class TurnService(service.MultiService):
     def _sweep(self) -> None:
         self.core.sweep(self.reactor.seconds())
 
+    def load_tls(self) -> None:
+        """Read the TLS certificate and key (once); a file that is missing
+        or unusable ends start-up with one line."""
+        cfg = self.config
+        if cfg.tls_cert and self.tls_context is None:
+            try:
+                self.tls_context = load_context(cfg.tls_cert, cfg.tls_key)
+            except TlsConfigError as e:
+                raise SystemExit("natsalon: %s" % e) from None
+
+    def privilegedStartService(self) -> None:
+        self.load_tls()
+        super().privilegedStartService()
+
+    def _listen(self, port: int, factory, what: str):
+        try:
+            return self.reactor.listenTCP(port, factory, interface=self.interface)
+        except CannotListenError as e:
+            self.core.log.error("{what} off: cannot listen on TCP port {port}: {err}", what=what, port=port,
+                                err=e.socketError)
+            return None
+
     def startService(self) -> None:
+        self.load_tls()
         layout = self.state.layout
         if layout is not None:
             # the salon's own sockets are never peers: at their advertised
@@ -166,11 +193,12 @@ class TurnService(service.MultiService):
             own.update((h, p) for h in hosts for p in layout.ports)
         super().startService()
         if self.config.tcp and layout is not None and self.tcp is None:
-            try:
-                self.tcp = self.reactor.listenTCP(layout.ports[0], self.streams, interface=self.interface)
-            except CannotListenError as e:
-                self.core.log.error("TURN over TCP off: cannot listen on TCP port {port}: {err}",
-                                    port=layout.ports[0], err=e.socketError)
+            self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
+        if self.tls_context is not None and self.tls is None:
+            self.tls = self._listen(self.config.tls_port, TlsFactory(self.streams, self.tls_context, self.state.stats),
+                                    "TURN over TLS")
+            if self.tls is not None:
+                self.core.log.info("TURN over TLS on TCP port {port}", port=self.tls.getHost().port)
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
                            ip=self.relays.relay_ip)
@@ -178,7 +206,9 @@ class TurnService(service.MultiService):
     def stopService(self):
         d = super().stopService()
         self.core.close_all()
-        tcp, self.tcp = self.tcp, None
-        if tcp is not None:
-            return defer.gatherResults([defer.maybeDeferred(tcp.stopListening), defer.maybeDeferred(lambda: d)])
+        listening = [p for p in (self.tcp, self.tls) if p is not None]
+        self.tcp = self.tls = None
+        if listening:
+            return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in listening]
+                                       + [defer.maybeDeferred(lambda: d)])
         return d
