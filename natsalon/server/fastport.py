@@ -1,4 +1,5 @@
-"""A UDP port whose read loop answers plain Binding requests inline.
+"""UDP ports whose read loops answer plain Binding requests and relay
+TURN ChannelData inline.
 
 Twisted's ``udp.Port.doRead`` calls ``protocol.datagramReceived`` for each
 datagram, which then calls ``transport.write``: two Python frames and a
@@ -13,12 +14,26 @@ path after rate limiting), so behaviour is identical: the unit tests drive
 both and compare, and the loopback tests drive this port.
 
 The protocol must be a :class:`natsalon.server.reflector.ReflectorProtocol`.
+
+The TURN relay's hot path is inline the same way.  On a salon socket, a
+ChannelData frame from a client with an allocation on a live channel, with
+credit left, is relayed by :class:`ReflectorPort`'s loop: the allocation by
+client address, the peer by channel number, a credit subtraction and the
+relayed socket's ``sendto``.  :class:`RelayPort`, an allocation's relayed
+socket, sends a datagram from a peer with a channel back to the client as
+ChannelData the same way.  Anything else (no allocation, no channel, no
+credit, a short frame, a peer with a permission only, a client over TCP)
+goes to the core's own methods (``TurnCore.channel_data`` and
+``TurnCore.from_peer``), which count and drop it or send it the slow way;
+the unit tests drive both paths and compare.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+
+import struct
 
 from twisted.internet import udp
 from twisted.logger import Logger
@@ -30,8 +45,16 @@ _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _REFUSED = (errno.ECONNREFUSED,)
 #: datagrams read per doRead call before yielding to the reactor
 _BATCH = 4096
+_HH = struct.Struct("!HH")
 
 log = Logger()
+
+
+def _channel_table(channel, key):
+    """The TURN core's allocations on socket ``key`` when ``channel`` (the
+    ChannelData hook) is a core's ``channel_data``; else None (slow path)."""
+    table_of = getattr(getattr(channel, "__self__", None), "channel_table", None)
+    return table_of(key) if table_of is not None else None
 
 
 class ReflectorPort(udp.Port):
@@ -44,6 +67,8 @@ class ReflectorPort(udp.Port):
         answer = proto.answer
         channel = proto.state.channel_data
         key = proto.key
+        allocs = _channel_table(channel, key)
+        unpack = _HH.unpack_from
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
         v6 = self.addressFamily == socket.AF_INET6
@@ -62,7 +87,20 @@ class ReflectorPort(udp.Port):
                 if v6:
                     addr = addr[:2]
                 if channel is not None and data[:1] in CHANNEL_FIRST:
-                    channel(data, addr, key)  # TURN ChannelData: not rate limited as requests are
+                    # TURN ChannelData: not rate limited as requests are
+                    alloc = allocs.get(addr) if allocs is not None else None
+                    if alloc is not None and len(data) >= 4:
+                        number, length = unpack(data)
+                        peer = alloc.channels.get(number)
+                        credit = alloc.credit - length
+                        if peer is not None and credit >= 0 and len(data) >= 4 + length:
+                            alloc.credit = credit
+                            try:
+                                alloc.relay_sendto(data[4:4 + length], peer)
+                            except OSError:
+                                pass  # dropped, as a router would
+                            continue
+                    channel(data, addr, key)  # counts and drops it
                     continue
                 if allow is not None and not allow(addr[0]):
                     limited += 1
@@ -91,6 +129,56 @@ def _fold(proto, answered: int, limited: int, failed: int) -> None:
         stats["rate_limited"] += limited
     if failed:
         stats["send_failed"] += failed
+
+
+class RelayPort(udp.Port):
+    """An allocation's relayed socket; the protocol must be a
+    :class:`natsalon.server.turn.relay.RelayProtocol`."""
+
+    def doRead(self) -> None:
+        proto = self.protocol
+        alloc = proto.alloc
+        from_peer = proto.core.from_peer
+        peers = alloc.peers
+        client = alloc.client
+        client_sendto = alloc.client_sendto
+        recvfrom = self.socket.recvfrom
+        pack = _HH.pack
+        v6 = self.addressFamily == socket.AF_INET6
+        size = self.maxPacketSize
+        for _ in range(_BATCH):
+            try:
+                data, addr = recvfrom(size)
+            except OSError as e:
+                if e.errno in _IGNORE or e.errno in _REFUSED:
+                    return
+                raise
+            if v6:
+                addr = addr[:2]
+            number = peers.get(addr)
+            if number is not None and client_sendto is not None:
+                credit = alloc.credit - len(data)
+                if credit >= 0:
+                    alloc.credit = credit
+                    try:
+                        client_sendto(pack(number, len(data)) + data, client)
+                    except OSError:
+                        pass  # dropped, as a router would
+                    continue
+            try:
+                from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
+            except Exception:
+                log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+
+
+def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
+    """Like ``reactor.listenUDP`` but with :class:`RelayPort` (falls back
+    the same way as :func:`listen_reflector`)."""
+    if not hasattr(reactor, "addReader"):
+        return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=max_packet_size)
+    p = RelayPort(port, protocol, interface, max_packet_size, reactor)
+    p.startListening()
+    return p
 
 
 def listen_reflector(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):

@@ -104,7 +104,8 @@ class Allocation:
     __slots__ = (
         "client", "via", "username", "user", "key", "sha256", "relayed", "started", "expires",
         "permissions", "bindings", "bound", "channels", "peers", "credit", "granted", "quota_left",
-        "relayed_bytes", "dropped", "relay_write", "client_write", "handle", "counted",
+        "relayed_bytes", "dropped", "relay_write", "client_write", "relay_sendto", "client_sendto", "handle",
+        "counted",
     )
 
     def __init__(self, client: Client, via: Key, username: str, user: str, key: bytes, now: float) -> None:
@@ -129,6 +130,11 @@ class Allocation:
         self.dropped = 0
         self.relay_write: Callable[[bytes, Client], None] = _nowhere
         self.client_write: Callable[[bytes, Client], None] = _nowhere
+        #: the raw sends of the inline read loops (natsalon.server.fastport):
+        #: they may raise OSError; client_sendto is None when the client is
+        #: not on a datagram socket (TCP, TLS)
+        self.relay_sendto: Callable[[bytes, Client], object] = _nowhere
+        self.client_sendto: Optional[Callable[[bytes, Client], object]] = None
         self.handle = None
         self.counted = False
 
@@ -184,6 +190,12 @@ class TurnCore:
     def get(self, client: Client, via: Key) -> Optional[Allocation]:
         allocs = self._by_via.get(via)
         return allocs.get(tuple(client)) if allocs is not None else None
+
+    def channel_table(self, via: Key) -> Dict[Client, Allocation]:
+        """The live allocations of the clients on salon socket ``via``, by
+        client address: the dict :meth:`channel_data` looks in, for the
+        inline read loop of that socket (kept for the core's lifetime)."""
+        return self._by_via.setdefault(via, {})
 
     def allocations(self) -> List[Allocation]:
         return [a for allocs in self._by_via.values() for a in allocs.values()]

@@ -25,6 +25,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from natsalon.server.binding import Reply
+from natsalon.server.fastport import listen_relay
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
 from natsalon.server.turn.stream import TurnStreamFactory
 from natsalon.server.turn.tls import TlsConfigError, TlsFactory, load_context
@@ -40,12 +41,25 @@ MAX_RELAYED = 65507 - 4
 class RelayProtocol(DatagramProtocol):
     """One allocation's relayed socket: every datagram goes to
     ``core.from_peer(allocation, data, addr)`` (bound once, no frame of
-    ours in between)."""
+    ours in between).  On a :class:`~natsalon.server.fastport.RelayPort`
+    the read loop relays a channel's datagrams itself and calls this for
+    the rest."""
 
     noisy = False
 
     def __init__(self, core: TurnCore, alloc: Allocation) -> None:
+        self.core = core
+        self.alloc = alloc
         self.datagramReceived = partial(core.from_peer, alloc)
+
+
+def _raw_sendto(transport):
+    """The socket's own ``sendto`` (raises OSError), or the transport's
+    ``write`` when there is no socket (test fakes)."""
+    try:
+        return transport.getHandle().sendto
+    except AttributeError:
+        return transport.write
 
 
 def _sender(transport):
@@ -86,11 +100,13 @@ class UdpRelays:
 
     def open(self, alloc: Allocation, even: bool = False) -> Optional[Address]:
         client_write = self.writers.get(alloc.via)
+        client_sendto = None
         if client_write is None:
             transport = self.state.transports.get(alloc.via)
             if transport is None:
                 return None
             client_write = _sender(transport)
+            client_sendto = _raw_sendto(transport)
         lo, hi = self.ports
         proto = RelayProtocol(self.core, alloc)
         for _ in range(min(self.attempts, hi - lo + 1)):
@@ -100,7 +116,7 @@ class UdpRelays:
                 if not lo <= port <= hi:
                     return None
             try:
-                listening = self.reactor.listenUDP(port, proto, interface=self.interface, maxPacketSize=MAX_RELAYED)
+                listening = listen_relay(self.reactor, port, proto, self.interface, MAX_RELAYED)
             except CannotListenError as e:
                 if getattr(e.socketError, "errno", errno.EADDRINUSE) != errno.EADDRINUSE:
                     self.log.warn("cannot open a relayed socket: {err}", err=e.socketError)
@@ -112,7 +128,9 @@ class UdpRelays:
                 pass
             alloc.handle = listening
             alloc.relay_write = _sender(listening)
+            alloc.relay_sendto = _raw_sendto(listening)
             alloc.client_write = client_write
+            alloc.client_sendto = client_sendto
             return Address(self.relay_ip, listening.getHost().port)
         return None
 
