@@ -74,6 +74,11 @@ class TurnConfig(NamedTuple):
     #: bytes per second per allocation, both directions together, enforced
     #: by dropping; 0: no cap
     bandwidth: int = 0
+    #: bytes per second per user, all of the user's allocations together,
+    #: enforced by dropping: each sweep shares it equally among them (a new
+    #: allocation gets its share at once, so within one sweep interval a
+    #: user may exceed it by one share); 0: no cap
+    user_bandwidth: int = 0
     #: bytes relayed per allocation over its life; 0: no quota
     byte_quota: int = 0
     #: permissions per allocation (coturn's limit)
@@ -363,10 +368,10 @@ class TurnCore:
         alloc.relayed = relayed
         alloc.expires = now + lifetime
         alloc.quota_left = cfg.byte_quota or UNLIMITED
+        self._per_user[auth.user] = self._per_user.get(auth.user, 0) + 1
         self._grant(alloc)
         self._by_via.setdefault(via, {})[client] = alloc
         self._relayed[(relayed.host, relayed.port)] = alloc
-        self._per_user[auth.user] = self._per_user.get(auth.user, 0) + 1
         alloc.counted = True
         self._count += 1
         self.stats["turn_allocations"] += 1
@@ -380,8 +385,14 @@ class TurnCore:
         return self._answer(msg, auth, Class.SUCCESS, attrs)
 
     def _grant(self, alloc: Allocation) -> None:
+        """The allocation's credit for the next sweep interval: its own
+        bandwidth window, its share of its user's, what is left of its
+        byte quota, whichever is least."""
         cfg = self.config
         window = int(cfg.bandwidth * cfg.sweep_interval) if cfg.bandwidth else UNLIMITED
+        if cfg.user_bandwidth:
+            share = int(cfg.user_bandwidth * cfg.sweep_interval) // max(1, self._per_user.get(alloc.user, 1))
+            window = min(window, share)
         alloc.granted = alloc.credit = min(window, alloc.quota_left)
 
     # ------------------------------------------------------------ the others

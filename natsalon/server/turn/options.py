@@ -35,6 +35,8 @@ class TurnOptionsMixin:
         ["turn-user-quota", None, str(_D.user_quota), "TURN allocations at once per user (486 beyond; 0: no limit)."],
         ["turn-bandwidth", None, str(_D.bandwidth), "Bytes per second relayed per allocation, both ways; "
                                                     "more is dropped (0: no cap)."],
+        ["turn-user-bandwidth", None, str(_D.user_bandwidth), "Bytes per second relayed per user, all of its "
+                                                              "allocations together; more is dropped (0: no cap)."],
         ["turn-byte-quota", None, str(_D.byte_quota), "Bytes relayed per allocation over its life (0: no quota)."],
         ["turn-max-lifetime", None, str(_D.max_lifetime), "Longest allocation lifetime granted, in seconds."],
         ["tls-cert", None, None, "PEM certificate (chain) for TURN over TLS (turns:); read at start-up."],
@@ -98,6 +100,7 @@ class TurnOptionsMixin:
             max_allocations=_whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
             user_quota=_whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
             bandwidth=_whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
+            user_bandwidth=_whole(self["turn-user-bandwidth"], "--turn-user-bandwidth", 0, 10 ** 12),
             byte_quota=_whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
             max_lifetime=max_lifetime,
             default_lifetime=min(_D.default_lifetime, max_lifetime),
