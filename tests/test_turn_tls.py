@@ -157,3 +157,31 @@ def test_turnutils_uclient_over_tls_relays_to_turnutils_peer(tls_salon, turn_pee
     assert tls_salon.state.stats["turn_channels"] >= 1
     yield deferLater(reactor, 0.2, lambda: None)
     assert len(tls_salon.turn.core) == 0 and tls_salon.state.stats["turn_allocations_closed"] >= 1
+
+
+def _tls_salon(cert_path, key_path):
+    return SalonService(reactor, SalonConfig(
+        interface="127.0.0.1", port=0, alt_port=0, rcvbuf=0, rate_limit=0,
+        turn=TurnConfig(secrets=(SECRET,), tls_cert=str(cert_path), tls_key=str(key_path), tls_port=0)))
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_listens_before_privileges_are_dropped(cert):
+    svc = _tls_salon(*cert)
+    svc.privilegedStartService()  # what twistd runs as root
+    try:
+        assert svc.turn.tls is not None and svc.turn.tls.getHost().port
+        listening = svc.turn.tls
+        svc.startService()
+        assert svc.turn.tls is listening
+    finally:
+        yield defer.maybeDeferred(svc.stopService)
+    assert svc.turn.tls is None
+
+
+def test_a_bad_certificate_stops_the_service_with_one_line(tmp_path, cert):
+    svc = _tls_salon(tmp_path / "missing.crt", cert[1])
+    with pytest.raises(SystemExit, match="^natsalon: TLS: no such file: .*missing.crt$"):
+        svc.privilegedStartService()
+    for s in svc.sockets.values():
+        s.unbind()

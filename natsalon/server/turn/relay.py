@@ -184,8 +184,18 @@ class TurnService(service.MultiService):
                 raise SystemExit("natsalon: %s" % e) from None
 
     def privilegedStartService(self) -> None:
+        # before twistd drops privileges: the certificate may be readable,
+        # and the TLS port (443, say) bindable, only by root
         self.load_tls()
+        self._listen_tls()
         super().privilegedStartService()
+
+    def _listen_tls(self) -> None:
+        if self.tls_context is not None and self.tls is None:
+            self.tls = self._listen(self.config.tls_port, TlsFactory(self.streams, self.tls_context, self.state.stats),
+                                    "TURN over TLS")
+            if self.tls is not None:
+                self.core.log.info("TURN over TLS on TCP port {port}", port=self.tls.getHost().port)
 
     def _listen(self, port: int, factory, what: str):
         try:
@@ -212,11 +222,7 @@ class TurnService(service.MultiService):
         super().startService()
         if self.config.tcp and layout is not None and self.tcp is None:
             self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
-        if self.tls_context is not None and self.tls is None:
-            self.tls = self._listen(self.config.tls_port, TlsFactory(self.streams, self.tls_context, self.state.stats),
-                                    "TURN over TLS")
-            if self.tls is not None:
-                self.core.log.info("TURN over TLS on TCP port {port}", port=self.tls.getHost().port)
+        self._listen_tls()
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
                            ip=self.relays.relay_ip)
