@@ -6,6 +6,7 @@ addresses, the same counters and credits, for every kind of frame."""
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
 
@@ -34,6 +35,8 @@ class BoundSocket(FakeSocket):
     def setsockopt(self, *args) -> None:
         pass
 
+    family = socket.AF_INET
+
 
 class Wire:
     """A FakeSocket read like a FakeDatagramTransport (``pop()``)."""
@@ -50,11 +53,9 @@ class FastReactor(FakeUdpReactor):
     """Binds relayed ports as RelayPorts over FakeSockets."""
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        relay = RelayPort(port, protocol, interface, maxPacketSize, self)
-        relay.socket = BoundSocket((interface, port))
+        relay = RelayPort(self, BoundSocket((interface, port)), protocol, maxPacketSize)
         relay.stopListening = lambda: self.ports.pop(port, None)
         self.ports[port] = (relay, protocol)
-        protocol.makeConnection(relay)
         return relay
 
 
@@ -192,3 +193,30 @@ def test_data_indication_from_the_fast_port_decodes():
     msg = decode(raw)
     assert to == CLIENT and msg.method == Method.DATA and msg.get(Attr.DATA) == b"data"
     assert msg.get(Attr.XOR_PEER_ADDRESS) == Address(*PEER_SAME_IP)
+
+
+def test_listen_relay_binds_reads_and_closes_on_a_real_reactor():
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from natsalon.server.fastport import listen_relay
+
+    class Proto:
+        pass
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(CannotListenError):
+            listen_relay(reactor, busy.getsockname()[1], Proto(), "127.0.0.1")
+    finally:
+        busy.close()
+    relay = listen_relay(reactor, 0, Proto(), "127.0.0.1", 65503)
+    try:
+        host = relay.getHost()
+        assert host.type == "UDP" and host.host == "127.0.0.1" and host.port > 0
+        assert relay in reactor.getReaders() and relay.fileno() == relay.getHandle().fileno()
+    finally:
+        relay.stopListening()
+        relay.stopListening()  # idempotent
+    assert relay not in reactor.getReaders() and relay.fileno() == -1

@@ -36,7 +36,11 @@ import socket
 import struct
 
 from twisted.internet import udp
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD
 from natsalon.server.reflector import CHANNEL_FIRST
@@ -131,9 +135,48 @@ def _fold(proto, answered: int, limited: int, failed: int) -> None:
         stats["send_failed"] += failed
 
 
-class RelayPort(udp.Port):
-    """An allocation's relayed socket; the protocol must be a
-    :class:`natsalon.server.turn.relay.RelayProtocol`."""
+@implementer(IReadDescriptor)
+class RelayPort:
+    """An allocation's relayed socket, read by the reactor directly.
+
+    Not a ``udp.Port``: that logs a line when each socket opens and closes
+    (twice per allocation, whose start and end the core logs already, with
+    counters) and does more per socket than a relayed address needs.  The
+    protocol must be a :class:`natsalon.server.turn.relay.RelayProtocol`;
+    :func:`listen_relay` makes one."""
+
+    def __init__(self, reactor, sock: socket.socket, protocol, max_packet_size: int) -> None:
+        self.reactor = reactor
+        self.socket = sock
+        self.protocol = protocol
+        self.maxPacketSize = max_packet_size
+        self._fileno = sock.fileno()
+        self._v6 = sock.family == socket.AF_INET6
+
+    # -- what UdpRelays uses (as of an IListeningPort)
+    def getHandle(self) -> socket.socket:
+        return self.socket
+
+    def getHost(self):
+        host, port = self.socket.getsockname()[:2]
+        return (IPv6Address if self._v6 else IPv4Address)("UDP", host, port)
+
+    def stopListening(self) -> None:
+        """Stop reading and close the socket; idempotent."""
+        if self._fileno != -1:
+            self.reactor.removeReader(self)
+            self._fileno = -1
+            self.socket.close()
+
+    # -- IReadDescriptor
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "RelayPort"
+
+    def connectionLost(self, reason) -> None:
+        self.stopListening()
 
     def doRead(self) -> None:
         proto = self.protocol
@@ -144,7 +187,7 @@ class RelayPort(udp.Port):
         client_sendto = alloc.client_sendto
         recvfrom = self.socket.recvfrom
         pack = _HH.pack
-        v6 = self.addressFamily == socket.AF_INET6
+        v6 = self._v6
         size = self.maxPacketSize
         for _ in range(_BATCH):
             try:
@@ -172,13 +215,22 @@ class RelayPort(udp.Port):
 
 
 def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
-    """Like ``reactor.listenUDP`` but with :class:`RelayPort` (falls back
-    the same way as :func:`listen_reflector`)."""
+    """A :class:`RelayPort` bound to ``(interface, port)``; raises
+    ``CannotListenError`` as ``reactor.listenUDP`` does, and falls back to
+    it on reactors that are not file-descriptor based."""
     if not hasattr(reactor, "addReader"):
         return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=max_packet_size)
-    p = RelayPort(port, protocol, interface, max_packet_size, reactor)
-    p.startListening()
-    return p
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((interface, port))
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
+    relay = RelayPort(reactor, sock, protocol, max_packet_size)
+    reactor.addReader(relay)
+    return relay
 
 
 def listen_reflector(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
