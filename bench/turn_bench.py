@@ -219,8 +219,32 @@ def rss_kib(pid: int) -> int:
 # --------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------
+def drain(socks, quiet: float = 0.3, limit: float = 5.0) -> None:
+    """Read and drop what arrives until ``quiet`` s pass without a
+    datagram (a backed-up server may still relay an earlier run's)."""
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            ready = sel.select(quiet)
+            if not ready:
+                return
+            for key, _ in ready:
+                try:
+                    while True:
+                        key.fileobj.recv(65536)
+                except OSError:
+                    pass
+    finally:
+        sel.close()
+
+
 def blast(args, send: socket.socket, recv: socket.socket, send_to: int, expect_from: int, send_channel=0,
           expect_channel=0, rate=None) -> dict:
+    drain((send, recv))
     cmd = ["taskset", "-c", rb.LOAD_CPU, str(STUNLOAD), "--relay",
            "--send-fd", str(send.fileno()), "--recv-fd", str(recv.fileno()),
            "--send-to", str(send_to), "--expect-from", str(expect_from),
