@@ -9,6 +9,8 @@ import random
 import socket
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 
 from natsalon.server.fastport import ReflectorPort, RelayPort
 from natsalon.server.layout import Layout
@@ -175,6 +177,31 @@ def test_a_refused_send_is_dropped_not_raised():
     w.from_client(b"\x40\x01\x00\x04ping")
     w.from_peer(b"pong", PEER)
     assert w.outputs() == ([], []) and w.stats["internal_error"] == 0
+    assert w.alloc.dropped == 2
+    # the slow path's sends count their failures the same way
+    w.alloc.relay_write(b"ping", PEER)
+    w.alloc.client_write(b"\x40\x01\x00\x04pong", CLIENT)
+    assert w.alloc.dropped == 4
+
+
+@pytest_twisted.inlineCallbacks
+def test_relayed_and_salon_sockets_get_large_buffers():
+    from natsalon.server.turn.core import Allocation
+    from natsalon.server.turn.relay import RELAY_BUFFER, SALON_SEND_BUFFER
+    from test_turn_interop import start_salon
+
+    svc = start_salon()
+    try:
+        for transport in svc.state.transports.values():
+            assert transport.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= SALON_SEND_BUFFER
+        alloc = Allocation(("127.0.0.1", 9), (0, 0), "u", "u", b"k", 0.0)
+        assert svc.turn.relays.open(alloc) is not None
+        sock = alloc.handle.getHandle()
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            assert sock.getsockopt(socket.SOL_SOCKET, option) >= RELAY_BUFFER
+        svc.turn.relays.close(alloc)
+    finally:
+        yield defer.maybeDeferred(svc.stopService)
 
 
 def test_a_tcp_client_takes_the_slow_path_from_peers():

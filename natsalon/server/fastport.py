@@ -102,7 +102,7 @@ class ReflectorPort(udp.Port):
                             try:
                                 alloc.relay_sendto(data[4:4 + length], peer)
                             except OSError:
-                                pass  # dropped, as a router would
+                                alloc.dropped += 1  # as a router would
                             continue
                     channel(data, addr, key)  # counts and drops it
                     continue
@@ -206,7 +206,7 @@ class RelayPort:
                     try:
                         client_sendto(pack(number, len(data)) + data, client)
                     except OSError:
-                        pass  # dropped, as a router would
+                        alloc.dropped += 1  # as a router would
                     continue
             try:
                 from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped

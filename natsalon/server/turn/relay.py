@@ -36,6 +36,11 @@ TURN_METHODS = (Method.ALLOCATE, Method.REFRESH, Method.SEND, Method.CREATE_PERM
 #: relayed datagrams are read up to this size; the 4-byte ChannelData
 #: header must still fit in one UDP datagram to the client
 MAX_RELAYED = 65507 - 4
+#: send and receive buffer of each relayed socket, and send buffer of the
+#: salon's sockets, which carry the relayed data to UDP clients (bytes;
+#: memory is used only while datagrams wait)
+RELAY_BUFFER = 1 << 20
+SALON_SEND_BUFFER = 4 << 20
 
 
 class RelayProtocol(DatagramProtocol):
@@ -62,22 +67,32 @@ def _raw_sendto(transport):
         return transport.write
 
 
-def _sender(transport):
+def _sender(transport, alloc: Allocation):
     """``write(data, addr)`` for a UDP transport that drops the datagram on
-    a send error (ENOBUFS, EAGAIN...) as a router would, rather than raise
-    into the read loop and log per packet."""
-    try:
-        sendto = transport.getHandle().sendto
-    except AttributeError:  # not a socket (test fakes)
-        return transport.write
+    a send error (ENOBUFS, EAGAIN...) as a router would, counted in
+    ``alloc.dropped``, rather than raise into the read loop and log per
+    packet."""
+    sendto = _raw_sendto(transport)
 
-    def write(data, addr, sendto=sendto):
+    def write(data, addr):
         try:
             sendto(data, addr)
         except OSError:
-            pass
+            alloc.dropped += 1
 
     return write
+
+
+def _buffers(sock, size: int) -> None:
+    """Large send and receive buffers: on loopback a datagram stays charged
+    to its sender's send buffer until it is read, so the default (208 KiB,
+    a few hundred datagrams) drops bursts to a receiver that is a little
+    late."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except (OSError, AttributeError):
+            pass
 
 
 class UdpRelays:
@@ -105,7 +120,7 @@ class UdpRelays:
             transport = self.state.transports.get(alloc.via)
             if transport is None:
                 return None
-            client_write = _sender(transport)
+            client_write = _sender(transport, alloc)
             client_sendto = _raw_sendto(transport)
         lo, hi = self.ports
         proto = RelayProtocol(self.core, alloc)
@@ -123,11 +138,11 @@ class UdpRelays:
                     return None
                 continue
             try:
-                listening.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            except (OSError, AttributeError):
+                _buffers(listening.getHandle(), RELAY_BUFFER)
+            except AttributeError:  # not a socket (test fakes)
                 pass
             alloc.handle = listening
-            alloc.relay_write = _sender(listening)
+            alloc.relay_write = _sender(listening, alloc)
             alloc.relay_sendto = _raw_sendto(listening)
             alloc.client_write = client_write
             alloc.client_sendto = client_sendto
@@ -172,6 +187,13 @@ class TurnService(service.MultiService):
 
     def _sweep(self) -> None:
         self.core.sweep(self.reactor.seconds())
+
+    @staticmethod
+    def salon_send_buffer(sock) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SALON_SEND_BUFFER)
+        except OSError:
+            pass
 
     def load_tls(self) -> None:
         """Read the TLS certificate and key (once); a file that is missing
@@ -219,6 +241,11 @@ class TurnService(service.MultiService):
             hosts = {self.interface} | ({"127.0.0.1", "::1"} if ipaddress.ip_address(self.interface).is_unspecified
                                         else set())
             own.update((h, p) for h in hosts for p in layout.ports)
+        for transport in self.state.transports.values():
+            try:
+                self.salon_send_buffer(transport.getHandle())
+            except AttributeError:  # not a socket (test fakes)
+                pass
         super().startService()
         if self.config.tcp and layout is not None and self.tcp is None:
             self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
