@@ -380,6 +380,23 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
             for d in ("up", "down"):
                 per_round.append(f"| {k.label} | {k.runtime} | {'client→peer' if d == 'up' else 'peer→client'} | "
                                  + " | ".join(fmt_int(v) for v in r[d + "_all"]) + " |")
+            per_round.append(f"| {k.label} | {k.runtime} | 1-min load average when done | "
+                             + " | ".join(x.get("load", "?") for x in results[k.name]) + " |")
+    paired = []
+    if rows.get("coturn") and len(results["coturn"]) == args.rounds:
+        for k in kinds:
+            runs = results.get(k.name)
+            if k.name == "coturn" or not runs or len(runs) != args.rounds:
+                continue
+            cells = []
+            for d in ("up", "down"):
+                ratios = [mine[d]["rate"] / theirs[d]["rate"] for mine, theirs in zip(runs, results["coturn"])
+                          if theirs[d]["rate"]]
+                cells.append(f"{med(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "–")
+            paired.append(f"| {k.label} | {k.runtime} | {cells[0]} | {cells[1]} |")
+    if paired:
+        paired = ["Ratio to coturn within each round (the two ran a few seconds apart), median and range over "
+                  "rounds:", "", "| server | runtime | client→peer | peer→client |", "|---|---|---|---|"] + paired + [""]
     alloc_notes = []
     for k in kinds:
         r = rows.get(k.name)
@@ -418,6 +435,7 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
         "(kernel socket memory not included, for either server). Allocations/s is bounded by this Python harness "
         "too (two round trips and an HMAC per allocation): its CPU share is given below.",
         "",
+        *paired,
         "Packets/s per round:",
         "",
         *per_round,
@@ -519,6 +537,7 @@ def main() -> int:
                     failed = True
                     results[kind.name] = None
                     continue
+                res["load"] = loadavg().split()[0]
                 results[kind.name].append(res)
                 a = res.get("alloc", {})
                 log(f"round {rnd + 1} {kind.name}: up {res['up']['rate']:,.0f}/s down {res['down']['rate']:,.0f}/s "
