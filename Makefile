@@ -58,6 +58,7 @@ bench: $(STAMP) sysdeps
 	$(PY) bench/connect_bench.py
 	$(PY) bench/introducer_bench.py
 	$(PY) bench/hard_nat_bench.py
+	$(PY) bench/turn_bench.py
 
 demo: $(STAMP) sysdeps
 	$(PY) demo/demo.py

@@ -18,6 +18,21 @@
  * Serve mode (--serve): a minimal C Binding reflector with recvmmsg and
  * sendmmsg, used only to show the ceiling of the load generator itself.
  *
+ * Relay mode (--relay, for bench/turn_bench.py): sets nothing up itself.
+ * It is handed two UDP sockets already bound (--send-fd, --recv-fd; the
+ * harness made the TURN allocation, permission and channel from them),
+ * sends numbered datagrams from the first to 127.0.0.1:--send-to with
+ * sendmmsg, each prefixed with a ChannelData header when --send-channel is
+ * given, and reads what arrives on the second with recvmmsg: it must come
+ * from 127.0.0.1:--expect-from, carry a ChannelData header for
+ * --expect-channel when given (padding to 4 bytes allowed), and hold the
+ * exact payload that was sent (--payload bytes: sequence number, keyed hash,
+ * then a pattern of the sequence: every byte checked), once.  A datagram
+ * with another run's hash but an intact pattern is an earlier run's, relayed
+ * late by a backed-up server: counted as late, not invalid.  Closed loop
+ * with a window, or open loop at --rate, as in client mode; the same JSON
+ * line ("answered" counts the datagrams relayed).  Both fds at 127.0.0.1.
+ *
  * Only 127.0.0.0/8 targets are accepted.  Both modes stop by themselves.
  */
 #define _GNU_SOURCE
@@ -48,11 +63,12 @@ enum { ST_FREE = 0, ST_PENDING = 1, ST_ANSWERED = 2, ST_EXPIRED = 3 };
 
 enum {
     R_SHORT, R_TYPE, R_LENGTH, R_COOKIE, R_TXID, R_DUP, R_ATTR, R_NO_XMA,
-    R_XMA_FAMILY, R_XMA_ADDR, R_COUNT
+    R_XMA_FAMILY, R_XMA_ADDR, R_SOURCE, R_CHANNEL, R_PAYLOAD, R_COUNT
 };
 static const char *reason_names[R_COUNT] = {
     "short", "type", "length", "cookie", "txid", "duplicate", "attribute",
-    "no_xor_mapped_address", "xma_family", "xma_address"};
+    "no_xor_mapped_address", "xma_family", "xma_address", "source", "channel",
+    "payload"};
 
 static uint64_t now_ns(void)
 {
@@ -88,7 +104,11 @@ static void usage(void)
             "usage: stunload --port P [--duration S] [--warmup S] [--window N]\n"
             "                [--batch N] [--rate R] [--reorder N] [--timeout-ms MS]\n"
             "                [--drain-ms MS]\n"
-            "       stunload --serve P [--serve-seconds S]\n");
+            "       stunload --serve P [--serve-seconds S]\n"
+            "       stunload --relay --send-fd FD --recv-fd FD --send-to PORT --expect-from PORT\n"
+            "                [--send-channel N] [--expect-channel N] [--payload BYTES]\n"
+            "                [--duration S] [--warmup S] [--window N] [--batch N] [--rate R]\n"
+            "                [--reorder N] [--timeout-ms MS] [--drain-ms MS]\n");
     exit(2);
 }
 
@@ -175,6 +195,222 @@ struct slot {
 static struct slot table[TABLE_SIZE];
 static uint32_t hist[HIST_US + 1];
 
+/* ------------------------------------------------------------------ */
+/* relay mode: datagrams through a TURN relay (or a direct path)        */
+/* ------------------------------------------------------------------ */
+struct relay_args {
+    int send_fd, recv_fd, send_to, expect_from, send_channel, expect_channel, payload;
+    double duration, warmup, rate, timeout_ms, drain_ms;
+    int window, batch, reorder;
+};
+
+/* the payload of datagram `seq`: seq, keyed hash, then a pattern */
+static void fill_payload(uint8_t *p, int len, uint64_t key, uint32_t seq)
+{
+    put32(p, seq);
+    put64(p + 4, mix64(key ^ seq));
+    for (int j = 12; j < len; j++)
+        p[j] = (uint8_t)(seq * 7 + j);
+}
+
+static void print_result(uint64_t sent_measured, uint64_t answered_measured, uint64_t invalid,
+                         double duration, double warmup, uint64_t hist_count, uint64_t sent_total,
+                         uint64_t answered_total, uint64_t lost, uint64_t late, uint64_t send_errors,
+                         int window, int batch, int reorder, double rate, const uint64_t *reasons);
+
+static int relay_mode(struct relay_args *a)
+{
+    const int hdr_out = a->send_channel ? 4 : 0;
+    const int hdr_in = a->expect_channel ? 4 : 0;
+    const int pad_in = hdr_in ? (-a->payload & 3) : 0;
+    const unsigned want_len = hdr_in + a->payload, want_padded = want_len + pad_in;
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(a->send_to)};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* loopback only, by construction */
+    int big = 8 << 20;
+    if (setsockopt(a->recv_fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big) < 0)
+        setsockopt(a->recv_fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    if (setsockopt(a->send_fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big) < 0)
+        setsockopt(a->send_fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    fcntl(a->send_fd, F_SETFL, fcntl(a->send_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(a->recv_fd, F_SETFL, fcntl(a->recv_fd, F_GETFL) | O_NONBLOCK);
+
+    uint64_t key;
+    if (getrandom(&key, sizeof key, 0) != sizeof key)
+        key = now_ns() ^ ((uint64_t)getpid() << 32);
+
+    static uint8_t sbuf[MAX_BATCH][BUF_SIZE], rbuf[MAX_BATCH][BUF_SIZE], expect[BUF_SIZE];
+    static struct iovec siov[MAX_BATCH], riov[MAX_BATCH];
+    static struct mmsghdr smsg[MAX_BATCH], rmsg[MAX_BATCH];
+    static struct sockaddr_in from[MAX_BATCH];
+    for (int i = 0; i < MAX_BATCH; i++) {
+        if (hdr_out) {
+            put16(sbuf[i], (uint16_t)a->send_channel);
+            put16(sbuf[i] + 2, (uint16_t)a->payload);
+        }
+        siov[i].iov_base = sbuf[i];
+        siov[i].iov_len = hdr_out + a->payload;
+        smsg[i].msg_hdr.msg_iov = &siov[i];
+        smsg[i].msg_hdr.msg_iovlen = 1;
+        smsg[i].msg_hdr.msg_name = &to;
+        smsg[i].msg_hdr.msg_namelen = sizeof to;
+        riov[i].iov_base = rbuf[i];
+        riov[i].iov_len = BUF_SIZE;
+        rmsg[i].msg_hdr.msg_iov = &riov[i];
+        rmsg[i].msg_hdr.msg_iovlen = 1;
+    }
+
+    uint64_t sent_total = 0, sent_measured = 0, answered_total = 0, answered_measured = 0;
+    uint64_t lost = 0, late = 0, invalid = 0, send_errors = 0, hist_count = 0, stale = 0;
+    uint64_t reasons[R_COUNT] = {0};
+    uint32_t next_seq = 0, oldest = 0, max_answered = 0;
+    int64_t outstanding = 0;
+    const uint64_t timeout_ns = (uint64_t)(a->timeout_ms * 1e6);
+    const uint64_t t0 = now_ns();
+    const uint64_t t_measure = t0 + (uint64_t)(a->warmup * 1e9);
+    const uint64_t t_end = t_measure + (uint64_t)(a->duration * 1e9);
+    const uint64_t t_drain_end = t_end + (uint64_t)(a->drain_ms * 1e6);
+    uint64_t now = t0;
+    int first_bad_logged = 0;
+
+    while (!stop_flag && now < t_drain_end) {
+        int did = 0;
+        if (now < t_end && outstanding < a->window &&
+            (uint32_t)(next_seq - oldest) < TABLE_SIZE - MAX_BATCH) {
+            int n = a->window - (int)outstanding;
+            if (n > a->batch) n = a->batch;
+            if (a->rate > 0) {
+                double due = (double)(now - t0) * 1e-9 * a->rate - (double)sent_total;
+                if (due < n) n = due < 0 ? 0 : (int)due;
+            }
+            for (int i = 0; i < n; i++)
+                fill_payload(sbuf[i] + hdr_out, a->payload, key, next_seq + i);
+            int r = n > 0 ? sendmmsg(a->send_fd, smsg, n, 0) : 0;
+            if (r > 0) {
+                for (int i = 0; i < r; i++) {
+                    struct slot *s = &table[(next_seq + i) & TABLE_MASK];
+                    s->seq = next_seq + i;
+                    s->sent_ns = now;
+                    s->state = ST_PENDING;
+                }
+                next_seq += r;
+                outstanding += r;
+                sent_total += r;
+                if (now >= t_measure) sent_measured += r;
+                did = 1;
+            } else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
+                send_errors++;
+            }
+        }
+        for (int i = 0; i < a->batch; i++) {
+            rmsg[i].msg_hdr.msg_name = &from[i];
+            rmsg[i].msg_hdr.msg_namelen = sizeof from[i];
+        }
+        int r = recvmmsg(a->recv_fd, rmsg, a->batch, MSG_DONTWAIT, NULL);
+        if (r > 0) {
+            did = 1;
+            uint64_t t_rx = now_ns();
+            int measured = t_rx >= t_measure && t_rx < t_end;
+            for (int i = 0; i < r; i++) {
+                const uint8_t *p = rbuf[i];
+                unsigned len = rmsg[i].msg_len;
+                int bad = -1;
+                uint32_t seq = 0;
+                struct slot *s = NULL;
+                if (from[i].sin_family != AF_INET || ntohs(from[i].sin_port) != a->expect_from ||
+                    ntohl(from[i].sin_addr.s_addr) != INADDR_LOOPBACK)
+                    bad = R_SOURCE;
+                else if (len < (unsigned)hdr_in + 12) bad = R_SHORT;
+                else if (len != want_len && len != want_padded) bad = R_LENGTH;
+                else if (hdr_in && (get16(p) != a->expect_channel || get16(p + 2) != a->payload))
+                    bad = R_CHANNEL;
+                if (bad < 0) {
+                    seq = get32(p + hdr_in);
+                    fill_payload(expect, a->payload, key, seq);
+                    if (get64(p + hdr_in + 4) != mix64(key ^ seq)) {
+                        /* another run's key: a datagram of an earlier run that a
+                           backed-up server relays late, if the rest is intact */
+                        if (!memcmp(expect + 12, p + hdr_in + 12, a->payload - 12)) {
+                            stale++;
+                            continue;
+                        }
+                        bad = R_TXID;
+                    } else if (seq >= next_seq)
+                        bad = R_TXID;
+                }
+                if (bad < 0) {
+                    if (memcmp(expect, p + hdr_in, a->payload) != 0)
+                        bad = R_PAYLOAD;
+                    for (unsigned j = want_len; bad < 0 && j < len; j++)
+                        if (p[j]) bad = R_PAYLOAD;
+                }
+                if (bad < 0) {
+                    s = &table[seq & TABLE_MASK];
+                    if (s->seq != seq || s->state == ST_EXPIRED || s->state == ST_FREE) {
+                        late++;
+                        continue;
+                    }
+                    if (s->state == ST_ANSWERED) bad = R_DUP;
+                }
+                if (bad >= 0) {
+                    invalid++;
+                    reasons[bad]++;
+                    if (!first_bad_logged) {
+                        first_bad_logged = 1;
+                        fprintf(stderr, "stunload: first invalid datagram (%s), %u bytes:", reason_names[bad], len);
+                        for (unsigned j = 0; j < len && j < 32; j++)
+                            fprintf(stderr, " %02x", p[j]);
+                        fprintf(stderr, "\n");
+                    }
+                    continue;
+                }
+                s->state = ST_ANSWERED;
+                if (seq + 1 > max_answered) max_answered = seq + 1;
+                outstanding--;
+                answered_total++;
+                if (measured) {
+                    answered_measured++;
+                    uint64_t us = (t_rx - s->sent_ns) / 1000;
+                    hist[us < HIST_US ? us : HIST_US]++;
+                    hist_count++;
+                }
+            }
+        }
+        now = now_ns();
+        while (oldest != next_seq) {
+            struct slot *s = &table[oldest & TABLE_MASK];
+            if (s->state == ST_PENDING) {
+                if (now - s->sent_ns < timeout_ns && max_answered < oldest + 1 + (uint32_t)a->reorder)
+                    break;
+                s->state = ST_EXPIRED;
+                outstanding--;
+                lost++;
+            }
+            oldest++;
+        }
+        if (!did) {
+            if (now >= t_end && outstanding == 0)
+                break;
+            if (a->rate > 0 && now < t_end)
+                continue;
+            struct pollfd pfd = {.fd = a->recv_fd, .events = POLLIN};
+            poll(&pfd, 1, 1);
+            now = now_ns();
+        }
+    }
+    while (oldest != next_seq) {
+        struct slot *s = &table[oldest & TABLE_MASK];
+        if (s->state == ST_PENDING) lost++;
+        oldest++;
+    }
+    /* `late` in the JSON counts both: ours retired as lost, and an earlier run's */
+    print_result(sent_measured, answered_measured, invalid, a->duration, a->warmup, hist_count, sent_total,
+                 answered_total, lost, late + stale, send_errors, a->window, a->batch, a->reorder, a->rate, reasons);
+    if (stale)
+        fprintf(stderr, "stunload: %llu datagrams of an earlier run (another key, payload intact) ignored\n",
+                (unsigned long long)stale);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int port = 0, serve_port = 0;
@@ -183,9 +419,15 @@ int main(int argc, char **argv)
     double timeout_ms = 200.0, drain_ms = 200.0;
     int reorder = 256;
     double rate = 0; /* 0: closed loop (window only); else open loop, requests/s */
+    int relay = 0;
+    struct relay_args ra = {.send_fd = -1, .recv_fd = -1, .payload = 100};
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--relay")) {
+            relay = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
         const char *v = argv[++i];
@@ -200,10 +442,29 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--rate")) rate = atof(v);
         else if (!strcmp(a, "--serve")) serve_port = atoi(v);
         else if (!strcmp(a, "--serve-seconds")) serve_seconds = atof(v);
+        else if (!strcmp(a, "--send-fd")) ra.send_fd = atoi(v);
+        else if (!strcmp(a, "--recv-fd")) ra.recv_fd = atoi(v);
+        else if (!strcmp(a, "--send-to")) ra.send_to = atoi(v);
+        else if (!strcmp(a, "--expect-from")) ra.expect_from = atoi(v);
+        else if (!strcmp(a, "--send-channel")) ra.send_channel = (int)strtol(v, NULL, 0);
+        else if (!strcmp(a, "--expect-channel")) ra.expect_channel = (int)strtol(v, NULL, 0);
+        else if (!strcmp(a, "--payload")) ra.payload = atoi(v);
         else usage();
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
+    if (relay) {
+        if (ra.send_fd < 0 || ra.recv_fd < 0 || ra.send_to <= 0 || ra.send_to > 65535 ||
+            ra.expect_from <= 0 || ra.expect_from > 65535 || ra.payload < 12 || ra.payload > 1400 ||
+            ra.send_channel < 0 || ra.send_channel > 0x7FFF || ra.expect_channel < 0 ||
+            ra.expect_channel > 0x7FFF || duration <= 0 || duration > 600 || warmup < 0 || warmup > 60 ||
+            window < 1 || window > (int)(TABLE_SIZE / 4) || batch < 1 || batch > MAX_BATCH || reorder < 1 ||
+            rate < 0 || rate > 1e7 || timeout_ms <= 0 || drain_ms < 0 || drain_ms > 10000)
+            usage();
+        ra.duration = duration; ra.warmup = warmup; ra.rate = rate; ra.timeout_ms = timeout_ms;
+        ra.drain_ms = drain_ms; ra.window = window; ra.batch = batch; ra.reorder = reorder;
+        return relay_mode(&ra);
+    }
     if (serve_port > 0) {
         if (serve_seconds <= 0 || serve_seconds > 3600) usage();
         return serve(serve_port, serve_seconds);
@@ -416,6 +677,17 @@ int main(int argc, char **argv)
         oldest++;
     }
 
+    print_result(sent_measured, answered_measured, invalid, duration, warmup, hist_count, sent_total,
+                 answered_total, lost, late, send_errors, window, batch, reorder, rate, reasons);
+    close(fd);
+    return 0;
+}
+
+static void print_result(uint64_t sent_measured, uint64_t answered_measured, uint64_t invalid,
+                         double duration, double warmup, uint64_t hist_count, uint64_t sent_total,
+                         uint64_t answered_total, uint64_t lost, uint64_t late, uint64_t send_errors,
+                         int window, int batch, int reorder, double rate, const uint64_t *reasons)
+{
     double p50 = -1, p99 = -1, pmax = -1;
     if (hist_count) {
         uint64_t c50 = (hist_count + 1) / 2, c99 = (hist_count * 99 + 99) / 100, acc = 0;
@@ -445,6 +717,5 @@ int main(int argc, char **argv)
         first = 0;
     }
     printf("}}\n");
-    close(fd);
-    return 0;
 }
+

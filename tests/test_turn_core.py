@@ -601,3 +601,38 @@ def test_core_loads_no_reactor():
     code = "import sys, natsalon.server.turn; print([m for m in sys.modules if m.startswith('twisted.internet')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_user_bandwidth_is_shared_by_the_users_allocations():
+    core, opener = make_core(user_bandwidth=1000)
+    a = Client(core)
+    a.allocate()
+    a.bind(0x4000, PEER)
+    first = core.get(CLIENT, VIA)
+    assert first.credit == 1000
+    b = Client(core, addr=Address("198.51.100.7", 40001))
+    b.allocate()
+    b.bind(0x4000, PEER)
+    second = core.get(b.addr, VIA)
+    assert second.credit == 500  # its share at once
+    bob = Client(core, addr=Address("198.51.100.9", 1), user="bob")
+    bob.allocate()
+    assert core.get(bob.addr, VIA).credit == 1000  # another user: its own cap
+    core.sweep(NOW + 1)
+    assert (first.credit, second.credit) == (500, 500)
+    frame = b"\x40\x00\x01\x2c" + bytes(300)  # 300 bytes
+    core.channel_data(frame, CLIENT, VIA)
+    core.channel_data(frame, CLIENT, VIA)
+    assert len(opener.to_peers) == 1 and first.dropped == 1
+    b.refresh(0)
+    core.sweep(NOW + 2)
+    assert first.credit == 1000  # alone again: the whole cap
+    core.channel_data(frame, CLIENT, VIA)
+    core.channel_data(frame, CLIENT, VIA)
+    assert len(opener.to_peers) == 3
+
+
+def test_user_bandwidth_and_allocation_bandwidth_least_wins():
+    core, _ = make_core(user_bandwidth=1000, bandwidth=300)
+    Client(core).allocate()
+    assert core.get(CLIENT, VIA).credit == 300

@@ -137,3 +137,110 @@ def test_fuzz_a_live_salon_over_udp():
     finally:
         s.close()
         yield svc.stopService()
+
+
+def _rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_fuzz_a_live_daemon_keeps_its_memory_flat(tmp_path):
+    """``twistd -n natsalon`` with TURN, fuzzed over UDP from several
+    sockets with and without its credentials, ChannelData included, while
+    a real allocation and channel live: it stays up and its RSS after
+    30,000 more datagrams is within a generous bound of its RSS after a
+    warm-up of the same fuzz (no timing is asserted)."""
+    import subprocess
+    import sys
+    import time
+
+    from natsalon.stun import decode
+    from test_turn_interop import free_udp_port
+
+    port, alt = free_udp_port(), free_udp_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen([twistd, "-n", "--pidfile=", "natsalon", "--interface", "127.0.0.1", "--port", str(port),
+                             "--alt-port", str(alt), "--rate-limit", "0", "--turn-secret", SECRET.decode(),
+                             "--turn-allow-peer", "127.0.0.0/8", "--no-turn-tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+    target = ("127.0.0.1", port)
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.2)
+        client, peer = socks[0], socks[4]
+
+        def ask(data):
+            for _ in range(50):
+                client.sendto(data, target)
+                try:
+                    while True:
+                        got = decode(client.recvfrom(4096)[0])
+                        if got.transaction_id == decode(data).transaction_id:
+                            return got
+                except socket.timeout:
+                    assert proc.poll() is None, "the daemon exited"
+            raise AssertionError("the daemon did not answer")
+
+        username, password = mint(SECRET, "fuzz", int(time.time()) + 3600)
+        key = long_term_key(username, "natsalon", password)
+        nonce = ask(encode(Message(Method.ALLOCATE, Class.REQUEST, os.urandom(12),
+                                   ((Attr.REQUESTED_TRANSPORT, 17),)))).get(Attr.NONCE)
+        auth = ((Attr.USERNAME, username), (Attr.REALM, "natsalon"), (Attr.NONCE, nonce))
+        ok = ask(encode(Message(Method.ALLOCATE, Class.REQUEST, os.urandom(12),
+                                ((Attr.REQUESTED_TRANSPORT, 17),) + auth), integrity_key=key))
+        assert ok.cls == Class.SUCCESS
+        relayed = ok.get(Attr.XOR_RELAYED_ADDRESS)
+        bound = ask(encode(Message(Method.CHANNEL_BIND, Class.REQUEST, os.urandom(12), (
+            (Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, Address(*peer.getsockname()))) + auth),
+            integrity_key=key))
+        assert bound.cls == Class.SUCCESS
+        client.settimeout(0)
+        rng = random.Random(SEED + 3)
+        data_seeds = seeds(key, username, nonce) + seeds() + [b"\x40\x00\x00\x64" + bytes(100)] * 8
+
+        def blast(n):
+            for i in range(n):
+                data = data_seeds[i % len(data_seeds)]
+                if rng.random() < 0.8:
+                    data = mutate(rng, data)
+                try:
+                    socks[i % 4].sendto(data, target)
+                    if i % 7 == 0:
+                        peer.sendto(os.urandom(rng.randrange(0, 120)), (relayed.host, relayed.port))
+                except OSError:
+                    pass
+                if i % 500 == 0:
+                    time.sleep(0.005)  # let the daemon keep up; losses would not matter
+            time.sleep(0.5)
+            for s in socks:  # drain the answers and the relayed data
+                s.settimeout(0)
+                while True:
+                    try:
+                        s.recvfrom(65536)
+                    except OSError:
+                        break
+
+        blast(5000)
+        before = _rss_kib(proc.pid)
+        blast(30000)
+        after = _rss_kib(proc.pid)
+        assert proc.poll() is None
+        client.settimeout(2)
+        probe = struct.pack("!HH", 1, 0) + b"\x21\x12\xa4\x42" + TXID
+        client.sendto(probe, target)
+        assert client.recvfrom(2048)[0][:2] == b"\x01\x01"
+        assert after - before < 8 * 1024, "RSS grew from %d to %d KiB" % (before, after)
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -155,7 +155,7 @@ def test_turnutils_uclient_with_a_wrong_secret_relays_nothing(salon, turn_peer):
     assert salon.state.stats["turn_auth_failed"] >= 1
 
 
-def _aioice_scenario(server, username, password, n, transport="udp"):
+def _aioice_scenario(server, username, password, n, transport="udp", ssl=None):
     """Runs in a thread with its own asyncio loop: allocate with aioice,
     exchange ``n`` datagrams each way with a plain UDP socket."""
     from aioice.turn import create_turn_endpoint
@@ -170,7 +170,7 @@ def _aioice_scenario(server, username, password, n, transport="udp"):
     async def run():
         loop = asyncio.get_running_loop()
         turn, client = await create_turn_endpoint(Collect, server_addr=server, username=username,
-                                                  password=password, transport=transport)
+                                                  password=password, transport=transport, ssl=ssl)
         peer_t, peer = await loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
         try:
             relayed = turn.get_extra_info("sockname")

@@ -1,4 +1,5 @@
-"""A UDP port whose read loop answers plain Binding requests inline.
+"""UDP ports whose read loops answer plain Binding requests and relay
+TURN ChannelData inline.
 
 Twisted's ``udp.Port.doRead`` calls ``protocol.datagramReceived`` for each
 datagram, which then calls ``transport.write``: two Python frames and a
@@ -13,6 +14,18 @@ path after rate limiting), so behaviour is identical: the unit tests drive
 both and compare, and the loopback tests drive this port.
 
 The protocol must be a :class:`natsalon.server.reflector.ReflectorProtocol`.
+
+The TURN relay's hot path is inline the same way.  On a salon socket, a
+ChannelData frame from a client with an allocation on a live channel, with
+credit left, is relayed by :class:`ReflectorPort`'s loop: the allocation by
+client address, the peer by channel number, a credit subtraction and the
+relayed socket's ``sendto``.  :class:`RelayPort`, an allocation's relayed
+socket, sends a datagram from a peer with a channel back to the client as
+ChannelData the same way.  Anything else (no allocation, no channel, no
+credit, a short frame, a peer with a permission only, a client over TCP)
+goes to the core's own methods (``TurnCore.channel_data`` and
+``TurnCore.from_peer``), which count and drop it or send it the slow way;
+the unit tests drive both paths and compare.
 """
 
 from __future__ import annotations
@@ -20,8 +33,14 @@ from __future__ import annotations
 import errno
 import socket
 
+import struct
+
 from twisted.internet import udp
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD
 from natsalon.server.reflector import CHANNEL_FIRST
@@ -30,8 +49,16 @@ _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _REFUSED = (errno.ECONNREFUSED,)
 #: datagrams read per doRead call before yielding to the reactor
 _BATCH = 4096
+_HH = struct.Struct("!HH")
 
 log = Logger()
+
+
+def _channel_table(channel, key):
+    """The TURN core's allocations on socket ``key`` when ``channel`` (the
+    ChannelData hook) is a core's ``channel_data``; else None (slow path)."""
+    table_of = getattr(getattr(channel, "__self__", None), "channel_table", None)
+    return table_of(key) if table_of is not None else None
 
 
 class ReflectorPort(udp.Port):
@@ -44,6 +71,8 @@ class ReflectorPort(udp.Port):
         answer = proto.answer
         channel = proto.state.channel_data
         key = proto.key
+        allocs = _channel_table(channel, key)
+        unpack = _HH.unpack_from
         limiter = proto.state.limiter
         allow = limiter.allow if limiter is not None else None
         v6 = self.addressFamily == socket.AF_INET6
@@ -62,7 +91,20 @@ class ReflectorPort(udp.Port):
                 if v6:
                     addr = addr[:2]
                 if channel is not None and data[:1] in CHANNEL_FIRST:
-                    channel(data, addr, key)  # TURN ChannelData: not rate limited as requests are
+                    # TURN ChannelData: not rate limited as requests are
+                    alloc = allocs.get(addr) if allocs is not None else None
+                    if alloc is not None and len(data) >= 4:
+                        number, length = unpack(data)
+                        peer = alloc.channels.get(number)
+                        credit = alloc.credit - length
+                        if peer is not None and credit >= 0 and len(data) >= 4 + length:
+                            alloc.credit = credit
+                            try:
+                                alloc.relay_sendto(data[4:4 + length], peer)
+                            except OSError:
+                                alloc.dropped += 1  # as a router would
+                            continue
+                    channel(data, addr, key)  # counts and drops it
                     continue
                 if allow is not None and not allow(addr[0]):
                     limited += 1
@@ -91,6 +133,104 @@ def _fold(proto, answered: int, limited: int, failed: int) -> None:
         stats["rate_limited"] += limited
     if failed:
         stats["send_failed"] += failed
+
+
+@implementer(IReadDescriptor)
+class RelayPort:
+    """An allocation's relayed socket, read by the reactor directly.
+
+    Not a ``udp.Port``: that logs a line when each socket opens and closes
+    (twice per allocation, whose start and end the core logs already, with
+    counters) and does more per socket than a relayed address needs.  The
+    protocol must be a :class:`natsalon.server.turn.relay.RelayProtocol`;
+    :func:`listen_relay` makes one."""
+
+    def __init__(self, reactor, sock: socket.socket, protocol, max_packet_size: int) -> None:
+        self.reactor = reactor
+        self.socket = sock
+        self.protocol = protocol
+        self.maxPacketSize = max_packet_size
+        self._fileno = sock.fileno()
+        self._v6 = sock.family == socket.AF_INET6
+
+    # -- what UdpRelays uses (as of an IListeningPort)
+    def getHandle(self) -> socket.socket:
+        return self.socket
+
+    def getHost(self):
+        host, port = self.socket.getsockname()[:2]
+        return (IPv6Address if self._v6 else IPv4Address)("UDP", host, port)
+
+    def stopListening(self) -> None:
+        """Stop reading and close the socket; idempotent."""
+        if self._fileno != -1:
+            self.reactor.removeReader(self)
+            self._fileno = -1
+            self.socket.close()
+
+    # -- IReadDescriptor
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "RelayPort"
+
+    def connectionLost(self, reason) -> None:
+        self.stopListening()
+
+    def doRead(self) -> None:
+        proto = self.protocol
+        alloc = proto.alloc
+        from_peer = proto.core.from_peer
+        peers = alloc.peers
+        client = alloc.client
+        client_sendto = alloc.client_sendto
+        recvfrom = self.socket.recvfrom
+        pack = _HH.pack
+        v6 = self._v6
+        size = self.maxPacketSize
+        for _ in range(_BATCH):
+            try:
+                data, addr = recvfrom(size)
+            except OSError as e:
+                if e.errno in _IGNORE or e.errno in _REFUSED:
+                    return
+                raise
+            if v6:
+                addr = addr[:2]
+            number = peers.get(addr)
+            if number is not None and client_sendto is not None:
+                credit = alloc.credit - len(data)
+                if credit >= 0:
+                    alloc.credit = credit
+                    try:
+                        client_sendto(pack(number, len(data)) + data, client)
+                    except OSError:
+                        alloc.dropped += 1  # as a router would
+                    continue
+            try:
+                from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
+            except Exception:
+                log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+
+
+def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
+    """A :class:`RelayPort` bound to ``(interface, port)``; raises
+    ``CannotListenError`` as ``reactor.listenUDP`` does, and falls back to
+    it on reactors that are not file-descriptor based."""
+    if not hasattr(reactor, "addReader"):
+        return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=max_packet_size)
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((interface, port))
+    except OSError as e:
+        sock.close()
+        raise CannotListenError(interface, port, e) from None
+    relay = RelayPort(reactor, sock, protocol, max_packet_size)
+    reactor.addReader(relay)
+    return relay
 
 
 def listen_reflector(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):

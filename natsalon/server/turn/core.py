@@ -74,6 +74,11 @@ class TurnConfig(NamedTuple):
     #: bytes per second per allocation, both directions together, enforced
     #: by dropping; 0: no cap
     bandwidth: int = 0
+    #: bytes per second per user, all of the user's allocations together,
+    #: enforced by dropping: each sweep shares it equally among them (a new
+    #: allocation gets its share at once, so within one sweep interval a
+    #: user may exceed it by one share); 0: no cap
+    user_bandwidth: int = 0
     #: bytes relayed per allocation over its life; 0: no quota
     byte_quota: int = 0
     #: permissions per allocation (coturn's limit)
@@ -88,6 +93,11 @@ class TurnConfig(NamedTuple):
     rfc5766_channels: bool = True
     #: TURN over TCP on the salon's primary port too
     tcp: bool = True
+    #: TURN over TLS (turns:) when a certificate is given: PEM files (the
+    #: key may be in the certificate file: tls_key "") and the TCP port
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 5349
 
 
 class Allocation:
@@ -99,7 +109,8 @@ class Allocation:
     __slots__ = (
         "client", "via", "username", "user", "key", "sha256", "relayed", "started", "expires",
         "permissions", "bindings", "bound", "channels", "peers", "credit", "granted", "quota_left",
-        "relayed_bytes", "dropped", "relay_write", "client_write", "handle", "counted",
+        "relayed_bytes", "dropped", "relay_write", "client_write", "relay_sendto", "client_sendto", "handle",
+        "counted",
     )
 
     def __init__(self, client: Client, via: Key, username: str, user: str, key: bytes, now: float) -> None:
@@ -124,6 +135,11 @@ class Allocation:
         self.dropped = 0
         self.relay_write: Callable[[bytes, Client], None] = _nowhere
         self.client_write: Callable[[bytes, Client], None] = _nowhere
+        #: the raw sends of the inline read loops (natsalon.server.fastport):
+        #: they may raise OSError; client_sendto is None when the client is
+        #: not on a datagram socket (TCP, TLS)
+        self.relay_sendto: Callable[[bytes, Client], object] = _nowhere
+        self.client_sendto: Optional[Callable[[bytes, Client], object]] = None
         self.handle = None
         self.counted = False
 
@@ -180,6 +196,12 @@ class TurnCore:
     def get(self, client: Client, via: Key) -> Optional[Allocation]:
         allocs = self._by_via.get(via)
         return allocs.get(tuple(client)) if allocs is not None else None
+
+    def channel_table(self, via: Key) -> Dict[Client, Allocation]:
+        """The live allocations of the clients on salon socket ``via``, by
+        client address: the dict :meth:`channel_data` looks in, for the
+        inline read loop of that socket (kept for the core's lifetime)."""
+        return self._by_via.setdefault(via, {})
 
     def allocations(self) -> List[Allocation]:
         return [a for allocs in self._by_via.values() for a in allocs.values()]
@@ -347,10 +369,10 @@ class TurnCore:
         alloc.relayed = relayed
         alloc.expires = now + lifetime
         alloc.quota_left = cfg.byte_quota or UNLIMITED
+        self._per_user[auth.user] = self._per_user.get(auth.user, 0) + 1
         self._grant(alloc)
         self._by_via.setdefault(via, {})[client] = alloc
         self._relayed[(relayed.host, relayed.port)] = alloc
-        self._per_user[auth.user] = self._per_user.get(auth.user, 0) + 1
         alloc.counted = True
         self._count += 1
         self.stats["turn_allocations"] += 1
@@ -364,8 +386,14 @@ class TurnCore:
         return self._answer(msg, auth, Class.SUCCESS, attrs)
 
     def _grant(self, alloc: Allocation) -> None:
+        """The allocation's credit for the next sweep interval: its own
+        bandwidth window, its share of its user's, what is left of its
+        byte quota, whichever is least."""
         cfg = self.config
         window = int(cfg.bandwidth * cfg.sweep_interval) if cfg.bandwidth else UNLIMITED
+        if cfg.user_bandwidth:
+            share = int(cfg.user_bandwidth * cfg.sweep_interval) // max(1, self._per_user.get(alloc.user, 1))
+            window = min(window, share)
         alloc.granted = alloc.credit = min(window, alloc.quota_left)
 
     # ------------------------------------------------------------ the others

@@ -35,8 +35,13 @@ class TurnOptionsMixin:
         ["turn-user-quota", None, str(_D.user_quota), "TURN allocations at once per user (486 beyond; 0: no limit)."],
         ["turn-bandwidth", None, str(_D.bandwidth), "Bytes per second relayed per allocation, both ways; "
                                                     "more is dropped (0: no cap)."],
+        ["turn-user-bandwidth", None, str(_D.user_bandwidth), "Bytes per second relayed per user, all of its "
+                                                              "allocations together; more is dropped (0: no cap)."],
         ["turn-byte-quota", None, str(_D.byte_quota), "Bytes relayed per allocation over its life (0: no quota)."],
         ["turn-max-lifetime", None, str(_D.max_lifetime), "Longest allocation lifetime granted, in seconds."],
+        ["tls-cert", None, None, "PEM certificate (chain) for TURN over TLS (turns:); read at start-up."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (default: in the --tls-cert file)."],
+        ["tls-port", None, str(_D.tls_port), "TCP port of TURN over TLS (with --tls-cert)."],
     ]
     turnFlags = [
         ["no-turn", None, "No TURN relay, even with secrets."],
@@ -72,7 +77,11 @@ class TurnOptionsMixin:
 
     def turn_config(self, relay_ip: str) -> Optional[TurnConfig]:
         secrets: List[bytes] = self.get("turn-secrets", [])
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
         if self["no-turn"] or not secrets:
+            if self["tls-cert"]:
+                raise usage.UsageError("--tls-cert serves TURN over TLS: it needs --turn-secret and no --no-turn")
             return None
         if ipaddress.ip_address(relay_ip).is_unspecified:
             raise usage.UsageError("TURN needs the relay's public IP: give --advertise or a specific --interface")
@@ -91,8 +100,12 @@ class TurnOptionsMixin:
             max_allocations=_whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
             user_quota=_whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
             bandwidth=_whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
+            user_bandwidth=_whole(self["turn-user-bandwidth"], "--turn-user-bandwidth", 0, 10 ** 12),
             byte_quota=_whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
             max_lifetime=max_lifetime,
             default_lifetime=min(_D.default_lifetime, max_lifetime),
             tcp=not self["no-turn-tcp"],
+            tls_cert=self["tls-cert"] or "",
+            tls_key=self["tls-key"] or "",
+            tls_port=_whole(self["tls-port"], "--tls-port", 0, 65535),
         )

@@ -4,8 +4,9 @@
 TURN methods in the salon's ``ServerState.handlers`` and the ChannelData
 hook (``ServerState.channel_data``), opens one relayed UDP socket per
 allocation (:class:`UdpRelays`, ports from a range, errors as values),
-listens for TURN over TCP on the salon's primary port (:mod:`.stream`), and
-runs the core's sweep once a second.
+listens for TURN over TCP on the salon's primary port (:mod:`.stream`) and,
+given a certificate, for TURN over TLS (:mod:`.tls`), and runs the core's
+sweep once a second.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from natsalon.server.binding import Reply
+from natsalon.server.fastport import listen_relay
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
 from natsalon.server.turn.stream import TurnStreamFactory
+from natsalon.server.turn.tls import TlsConfigError, TlsFactory, load_context
 from natsalon.stun import Address, Method
 
 #: the methods the salon hands to the TURN core
@@ -33,35 +36,63 @@ TURN_METHODS = (Method.ALLOCATE, Method.REFRESH, Method.SEND, Method.CREATE_PERM
 #: relayed datagrams are read up to this size; the 4-byte ChannelData
 #: header must still fit in one UDP datagram to the client
 MAX_RELAYED = 65507 - 4
+#: send and receive buffer of each relayed socket, and send buffer of the
+#: salon's sockets, which carry the relayed data to UDP clients (bytes;
+#: memory is used only while datagrams wait)
+RELAY_BUFFER = 1 << 20
+SALON_SEND_BUFFER = 4 << 20
 
 
 class RelayProtocol(DatagramProtocol):
     """One allocation's relayed socket: every datagram goes to
     ``core.from_peer(allocation, data, addr)`` (bound once, no frame of
-    ours in between)."""
+    ours in between).  On a :class:`~natsalon.server.fastport.RelayPort`
+    the read loop relays a channel's datagrams itself and calls this for
+    the rest."""
 
     noisy = False
 
     def __init__(self, core: TurnCore, alloc: Allocation) -> None:
+        self.core = core
+        self.alloc = alloc
         self.datagramReceived = partial(core.from_peer, alloc)
 
 
-def _sender(transport):
-    """``write(data, addr)`` for a UDP transport that drops the datagram on
-    a send error (ENOBUFS, EAGAIN...) as a router would, rather than raise
-    into the read loop and log per packet."""
+def _raw_sendto(transport):
+    """The socket's own ``sendto`` (raises OSError), or the transport's
+    ``write`` when there is no socket (test fakes)."""
     try:
-        sendto = transport.getHandle().sendto
-    except AttributeError:  # not a socket (test fakes)
+        return transport.getHandle().sendto
+    except AttributeError:
         return transport.write
 
-    def write(data, addr, sendto=sendto):
+
+def _sender(transport, alloc: Allocation):
+    """``write(data, addr)`` for a UDP transport that drops the datagram on
+    a send error (ENOBUFS, EAGAIN...) as a router would, counted in
+    ``alloc.dropped``, rather than raise into the read loop and log per
+    packet."""
+    sendto = _raw_sendto(transport)
+
+    def write(data, addr):
         try:
             sendto(data, addr)
         except OSError:
-            pass
+            alloc.dropped += 1
 
     return write
+
+
+def _buffers(sock, size: int) -> None:
+    """Large send and receive buffers: on loopback a datagram stays charged
+    to its sender's send buffer until it is read, so the default (208 KiB,
+    a few hundred datagrams) drops bursts to a receiver that is a little
+    late."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except (OSError, AttributeError):
+            pass
 
 
 class UdpRelays:
@@ -84,11 +115,13 @@ class UdpRelays:
 
     def open(self, alloc: Allocation, even: bool = False) -> Optional[Address]:
         client_write = self.writers.get(alloc.via)
+        client_sendto = None
         if client_write is None:
             transport = self.state.transports.get(alloc.via)
             if transport is None:
                 return None
-            client_write = _sender(transport)
+            client_write = _sender(transport, alloc)
+            client_sendto = _raw_sendto(transport)
         lo, hi = self.ports
         proto = RelayProtocol(self.core, alloc)
         for _ in range(min(self.attempts, hi - lo + 1)):
@@ -98,19 +131,21 @@ class UdpRelays:
                 if not lo <= port <= hi:
                     return None
             try:
-                listening = self.reactor.listenUDP(port, proto, interface=self.interface, maxPacketSize=MAX_RELAYED)
+                listening = listen_relay(self.reactor, port, proto, self.interface, MAX_RELAYED)
             except CannotListenError as e:
                 if getattr(e.socketError, "errno", errno.EADDRINUSE) != errno.EADDRINUSE:
                     self.log.warn("cannot open a relayed socket: {err}", err=e.socketError)
                     return None
                 continue
             try:
-                listening.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            except (OSError, AttributeError):
+                _buffers(listening.getHandle(), RELAY_BUFFER)
+            except AttributeError:  # not a socket (test fakes)
                 pass
             alloc.handle = listening
-            alloc.relay_write = _sender(listening)
+            alloc.relay_write = _sender(listening, alloc)
+            alloc.relay_sendto = _raw_sendto(listening)
             alloc.client_write = client_write
+            alloc.client_sendto = client_sendto
             return Address(self.relay_ip, listening.getHost().port)
         return None
 
@@ -139,6 +174,8 @@ class TurnService(service.MultiService):
         state.channel_data = self.core.channel_data
         self.interface = interface
         self.tcp = None
+        self.tls = None
+        self.tls_context = None
         self.streams = TurnStreamFactory(reactor, state, self.core, self.relays, TURN_METHODS)
         sweep = internet.TimerService(config.sweep_interval, self._sweep)
         sweep.clock = reactor
@@ -151,7 +188,47 @@ class TurnService(service.MultiService):
     def _sweep(self) -> None:
         self.core.sweep(self.reactor.seconds())
 
+    @staticmethod
+    def salon_send_buffer(sock) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SALON_SEND_BUFFER)
+        except OSError:
+            pass
+
+    def load_tls(self) -> None:
+        """Read the TLS certificate and key (once); a file that is missing
+        or unusable ends start-up with one line."""
+        cfg = self.config
+        if cfg.tls_cert and self.tls_context is None:
+            try:
+                self.tls_context = load_context(cfg.tls_cert, cfg.tls_key)
+            except TlsConfigError as e:
+                raise SystemExit("natsalon: %s" % e) from None
+
+    def privilegedStartService(self) -> None:
+        # before twistd drops privileges: the certificate may be readable,
+        # and the TLS port (443, say) bindable, only by root
+        self.load_tls()
+        self._listen_tls()
+        super().privilegedStartService()
+
+    def _listen_tls(self) -> None:
+        if self.tls_context is not None and self.tls is None:
+            self.tls = self._listen(self.config.tls_port, TlsFactory(self.streams, self.tls_context, self.state.stats),
+                                    "TURN over TLS")
+            if self.tls is not None:
+                self.core.log.info("TURN over TLS on TCP port {port}", port=self.tls.getHost().port)
+
+    def _listen(self, port: int, factory, what: str):
+        try:
+            return self.reactor.listenTCP(port, factory, interface=self.interface)
+        except CannotListenError as e:
+            self.core.log.error("{what} off: cannot listen on TCP port {port}: {err}", what=what, port=port,
+                                err=e.socketError)
+            return None
+
     def startService(self) -> None:
+        self.load_tls()
         layout = self.state.layout
         if layout is not None:
             # the salon's own sockets are never peers: at their advertised
@@ -164,13 +241,15 @@ class TurnService(service.MultiService):
             hosts = {self.interface} | ({"127.0.0.1", "::1"} if ipaddress.ip_address(self.interface).is_unspecified
                                         else set())
             own.update((h, p) for h in hosts for p in layout.ports)
+        for transport in self.state.transports.values():
+            try:
+                self.salon_send_buffer(transport.getHandle())
+            except AttributeError:  # not a socket (test fakes)
+                pass
         super().startService()
         if self.config.tcp and layout is not None and self.tcp is None:
-            try:
-                self.tcp = self.reactor.listenTCP(layout.ports[0], self.streams, interface=self.interface)
-            except CannotListenError as e:
-                self.core.log.error("TURN over TCP off: cannot listen on TCP port {port}: {err}",
-                                    port=layout.ports[0], err=e.socketError)
+            self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
+        self._listen_tls()
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
                            ip=self.relays.relay_ip)
@@ -178,7 +257,9 @@ class TurnService(service.MultiService):
     def stopService(self):
         d = super().stopService()
         self.core.close_all()
-        tcp, self.tcp = self.tcp, None
-        if tcp is not None:
-            return defer.gatherResults([defer.maybeDeferred(tcp.stopListening), defer.maybeDeferred(lambda: d)])
+        listening = [p for p in (self.tcp, self.tls) if p is not None]
+        self.tcp = self.tls = None
+        if listening:
+            return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in listening]
+                                       + [defer.maybeDeferred(lambda: d)])
         return d
