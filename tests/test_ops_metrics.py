@@ -72,9 +72,16 @@ def test_salon_counters_are_read_at_scrape_time():
                   "leave_refused": 1, "turn_401": 6,
                   "turn_486": 1, "turn_allocations": 2})
     svc.protocols[0].fast_answers = 10  # not folded yet: the scrape folds it
+    from natsalon.stun import Class, Method
+
+    svc.state.messages[(Method.JOIN, Class.REQUEST)] += 3
+    svc.state.messages[(0x3FF, Class.INDICATION)] += 2  # a method nobody defines: "other"
     s = samples(exposition(c))
     assert value(s, "natsalon_answers_total", code="success") == 17
     assert value(s, "natsalon_answers_total", code="400") == 2
+    assert value(s, "natsalon_messages_total", method="binding", **{"class": "request"}) == 10
+    assert value(s, "natsalon_messages_total", method="join", **{"class": "request"}) == 3
+    assert value(s, "natsalon_messages_total", method="other", **{"class": "indication"}) == 2
     assert value(s, "natsalon_dropped_total", reason="malformed") == 3
     assert value(s, "natsalon_dropped_total", reason="rate_limited") == 4
     assert value(s, "natsalon_joins_total", outcome="introduced") == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Dict, Iterable, Iterator, Optional, Tuple
 
+from natsalon.stun import Class, Method
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -48,6 +49,8 @@ DROP_REASONS = {
 #: introducer's own refusals) -> outcome label of natsalon_joins_total
 #: TURN error codes always exported (others appear once answered)
 TURN_CODES = ("400", "401", "403", "437", "438", "441", "442", "486", "508")
+METHOD_NAMES = {m.value: m.name.lower() for m in Method}
+CLASS_NAMES = {c.value: {"SUCCESS": "success", "ERROR": "error"}.get(c.name, c.name.lower()) for c in Class}
 JOIN_OUTCOMES = ("waiting", "introduced", "full", "too_many_rooms", "too_many_from_source", "cookie_sent",
                  "bad", "not_request", "registry_failed")
 
@@ -214,6 +217,7 @@ class SalonCollector(_Base):
                         "handler made (Binding, JOIN, TURN; their error answers too); 400: the reflector's own 400 "
                         "for a request it could not decode or has no handler for.", "code",
                         [("success", stats.get("answered", 0)), ("400", stats.get("answered_400", 0))])
+        yield self._messages(salon)
         yield _labelled(CounterMetricFamily, "natsalon_dropped", "Datagrams dropped or left unanswered, by reason.",
                         "reason", [(label, stats.get(key, 0)) for key, label in DROP_REASONS.items()])
         limiter = salon.state.limiter
@@ -227,6 +231,22 @@ class SalonCollector(_Base):
         yield from self._turn(stats)
         yield _labelled(CounterMetricFamily, "natsalon_events", "Every counter the salon keeps, by name "
                         "(the log's stats line).", "event", sorted(stats.items()))
+
+    @staticmethod
+    def _messages(salon) -> CounterMetricFamily:
+        """STUN messages by method and class; methods outside the salon's
+        own set are counted as "other" (the label set stays bounded
+        whatever the senders put in their headers)."""
+        counts: Dict[Tuple[str, str], int] = {}
+        for (method, cls), n in salon.state.messages.items():
+            key = (METHOD_NAMES.get(method, "other"), CLASS_NAMES.get(cls, "other"))
+            counts[key] = counts.get(key, 0) + n
+        m = CounterMetricFamily("natsalon_messages", "STUN messages received and decoded, by method and class "
+                                "(the plain Binding requests the read loops answer inline included).",
+                                labels=["method", "class"])
+        for (method, cls), n in sorted(counts.items()):
+            m.add_metric([method, cls], n)
+        return m
 
     def _introducer(self, stats: Dict[str, int]) -> Iterator[Metric]:
         intro = self.salon.introducer

@@ -16,6 +16,7 @@ answered with 400/420 where the RFC says so; nothing raises out of
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from typing import Callable, Dict, Optional
 
 from twisted.internet.defer import Deferred
@@ -57,6 +58,10 @@ class ServerState:
         self.fast_plain = True
         #: channel_data(data, addr, key): TURN ChannelData, when a relay runs
         self.channel_data: Optional[Callable] = None
+        #: decoded messages by (method, class), counted on the slow path only
+        #: (the plain Binding requests the read loops answer inline are the
+        #: protocols' ``fast_answers``)
+        self.messages: Counter = Counter()
 
     def binding_handler(self, msg, source, key):
         return binding.answer(msg, source, key, self.layout)
@@ -114,6 +119,7 @@ class ReflectorProtocol(DatagramProtocol):
     def flush_stats(self) -> None:
         if self.fast_answers:
             self.state.stats["answered"] += self.fast_answers
+            self.state.messages[(Method.BINDING, Class.REQUEST)] += self.fast_answers
             self.fast_answers = 0
 
     def datagramReceived(self, data: bytes, addr) -> None:
@@ -187,6 +193,7 @@ class ReflectorProtocol(DatagramProtocol):
         msg = self._decode(data, addr)
         if msg is None:
             return
+        self.state.messages[(msg.method, msg.cls)] += 1
         if msg.method == Method.BINDING:
             handler = self.state.binding_handler
         else:
