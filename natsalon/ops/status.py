@@ -49,50 +49,64 @@ def report(text: str) -> dict:
     common = {"memory_bytes": _int(_one(s, "process_resident_memory_bytes")),
               "cpu_seconds": _one(s, "process_cpu_seconds_total")}
     if "natsalon_uptime_seconds" in s:
-        turn = None
-        if _one(s, "natsalon_turn_enabled") == 1:
-            turn = {"allocations": _int(_one(s, "natsalon_turn_allocations", 0)),
-                    "allocations_created": _int(_one(s, "natsalon_turn_allocations_created_total", 0)),
-                    "permissions": _int(_one(s, "natsalon_turn_permissions", 0)),
-                    "channels": _int(_one(s, "natsalon_turn_channels", 0)),
-                    "relayed_bytes": _int(_one(s, "natsalon_turn_relayed_bytes_total", 0)),
-                    "refusals": {k: int(v) for k, v in _by(s, "natsalon_turn_refusals_total", "reason").items()}}
-        rooms = _one(s, "natsalon_rooms")
-        members = _one(s, "natsalon_room_members")
-        return dict({
-            "daemon": "salon",
-            "version": _current(s, "natsalon_build_info", "version"),
-            "uptime_s": round(_one(s, "natsalon_uptime_seconds", 0), 1),
-            "answered": _int(_one(s, "natsalon_answers_total", 0, code="success")),
-            "answered_400": _int(_one(s, "natsalon_answers_total", 0, code="400")),
-            "dropped": {k: int(v) for k, v in _by(s, "natsalon_dropped_total", "reason").items() if v},
-            "rate_limit": _int(_one(s, "natsalon_rate_limit")),
-            "rooms": None if rooms is None else {"rooms": int(rooms), "members": _int(members or 0)},
-            "joins": {k: int(v) for k, v in _by(s, "natsalon_joins_total", "outcome").items() if v},
-            "introductions": _int(_one(s, "natsalon_introductions_total", 0)),
-            "turn": turn,
-        }, **common)
+        return dict(_salon_report(s), **common)
     if "natclient_uptime_seconds" in s:
-        rtt = _one(s, "natclient_rtt_seconds")
-        silence = _one(s, "natclient_peer_silence_seconds")
-        return dict({
-            "daemon": "client",
-            "version": _current(s, "natclient_build_info", "version"),
-            "uptime_s": round(_one(s, "natclient_uptime_seconds", 0), 1),
-            "state": _current(s, "natclient_state", "state"),
-            "path": _current(s, "natclient_path", "kind"),
-            "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
-            "peer_silence_s": None if silence is None else round(silence, 1),
-            "frames": {k: int(v) for k, v in _by(s, "natclient_frames_total", "direction").items()},
-            "bytes": {k: int(v) for k, v in _by(s, "natclient_payload_bytes_total", "direction").items()},
-            "rejected": _int(sum(_by(s, "natclient_frames_rejected_total", "reason").values())),
-            "forwarded": {k: int(v) for k, v in _by(s, "natclient_forwarded_datagrams_total", "direction").items()}
-            or None,
-            "connects": _int(_one(s, "natclient_connects_total", 0)),
-            "repunches": _int(_one(s, "natclient_repunches_total", 0)),
-            "rejoins": _int(_one(s, "natclient_rejoins_total", 0)),
-        }, **common)
+        return dict(_client_report(s), **common)
     raise ValueError("not a natsalon or natclient metrics page")
+
+
+def _counts(s, name: str, label: str, nonzero: bool = False) -> dict:
+    return {k: int(v) for k, v in _by(s, name, label).items() if v or not nonzero}
+
+
+def _turn_report(s) -> Optional[dict]:
+    if _one(s, "natsalon_turn_enabled") != 1:
+        return None
+    return {"allocations": _int(_one(s, "natsalon_turn_allocations", 0)),
+            "allocations_created": _int(_one(s, "natsalon_turn_allocations_created_total", 0)),
+            "permissions": _int(_one(s, "natsalon_turn_permissions", 0)),
+            "channels": _int(_one(s, "natsalon_turn_channels", 0)),
+            "relayed_bytes": _int(_one(s, "natsalon_turn_relayed_bytes_total", 0)),
+            "refusals": _counts(s, "natsalon_turn_refusals_total", "reason")}
+
+
+def _salon_report(s) -> dict:
+    rooms = _one(s, "natsalon_rooms")
+    members = _one(s, "natsalon_room_members")
+    return {
+        "daemon": "salon",
+        "version": _current(s, "natsalon_build_info", "version"),
+        "uptime_s": round(_one(s, "natsalon_uptime_seconds", 0), 1),
+        "answered": _int(_one(s, "natsalon_answers_total", 0, code="success")),
+        "answered_400": _int(_one(s, "natsalon_answers_total", 0, code="400")),
+        "dropped": _counts(s, "natsalon_dropped_total", "reason", nonzero=True),
+        "rate_limit": _int(_one(s, "natsalon_rate_limit")),
+        "rooms": None if rooms is None else {"rooms": int(rooms), "members": _int(members or 0)},
+        "joins": _counts(s, "natsalon_joins_total", "outcome", nonzero=True),
+        "introductions": _int(_one(s, "natsalon_introductions_total", 0)),
+        "turn": _turn_report(s),
+    }
+
+
+def _client_report(s) -> dict:
+    rtt = _one(s, "natclient_rtt_seconds")
+    silence = _one(s, "natclient_peer_silence_seconds")
+    return {
+        "daemon": "client",
+        "version": _current(s, "natclient_build_info", "version"),
+        "uptime_s": round(_one(s, "natclient_uptime_seconds", 0), 1),
+        "state": _current(s, "natclient_state", "state"),
+        "path": _current(s, "natclient_path", "kind"),
+        "rtt_ms": None if rtt is None else round(rtt * 1000, 1),
+        "peer_silence_s": None if silence is None else round(silence, 1),
+        "frames": _counts(s, "natclient_frames_total", "direction"),
+        "bytes": _counts(s, "natclient_payload_bytes_total", "direction"),
+        "rejected": _int(sum(_by(s, "natclient_frames_rejected_total", "reason").values())),
+        "forwarded": _counts(s, "natclient_forwarded_datagrams_total", "direction") or None,
+        "connects": _int(_one(s, "natclient_connects_total", 0)),
+        "repunches": _int(_one(s, "natclient_repunches_total", 0)),
+        "rejoins": _int(_one(s, "natclient_rejoins_total", 0)),
+    }
 
 
 def _duration(seconds: float) -> str:

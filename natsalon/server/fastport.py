@@ -62,23 +62,22 @@ def _channel_table(channel, key):
 
 
 class ReflectorPort(udp.Port):
-    def doRead(self) -> None:
+    def _loop_locals(self) -> tuple:
+        """What the read loop keeps in locals, looked up once per batch."""
         proto = self.protocol
-        recvfrom = self.socket.recvfrom
-        sendto = self.socket.sendto
-        tails = proto.tails
-        tail_for = proto.fast_tail
-        answer = proto.answer
-        channel = proto.state.channel_data
-        key = proto.key
-        allocs = _channel_table(channel, key)
+        state = proto.state
+        channel = state.channel_data
+        limiter = state.limiter
+        return (proto, self.socket.recvfrom, self.socket.sendto, proto.tails, proto.fast_tail, proto.answer,
+                channel, proto.key, _channel_table(channel, proto.key),
+                limiter.allow if limiter is not None else None, self.addressFamily == socket.AF_INET6,
+                PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize)
+
+    def doRead(self) -> None:
+        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, allocs, allow, v6, plain,
+         size) = self._loop_locals()
         unpack = _HH.unpack_from
-        limiter = proto.state.limiter
-        allow = limiter.allow if limiter is not None else None
-        v6 = self.addressFamily == socket.AF_INET6
-        plain = PLAIN_REQUEST_PREFIX if proto.state.fast_plain else None
         head = RESPONSE_HEAD
-        size = self.maxPacketSize
         answered = limited = failed = 0
         try:
             for _ in range(_BATCH):

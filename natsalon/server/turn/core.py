@@ -330,6 +330,27 @@ class TurnCore:
     # ------------------------------------------------------------ Allocate
 
     def _allocate(self, msg: Message, auth: _Auth, client: Client, via: Key, now: float) -> bytes:
+        refused = self._refuse_allocate(msg, auth, client, via)
+        if refused is not None:
+            return refused
+        alloc = Allocation(client, via, auth.username, auth.user, auth.key, now)
+        relayed = self.opener.open(alloc, even=msg.get(Attr.EVEN_PORT) is not None)
+        if relayed is None:
+            self.stats["turn_no_relay_port"] += 1
+            return self._error(msg, auth, 508)
+        lifetime = self._lifetime(msg.get(Attr.LIFETIME))
+        self._register(alloc, relayed, lifetime, now)
+        self.log.info("TURN allocation for {user!r} on relay port {port} ({n} active)",
+                      user=auth.username, port=relayed.port, n=self._count)
+        self.log.debug("TURN allocation for {client} relayed at {relayed}", client=client, relayed=relayed)
+        attrs = [(Attr.XOR_RELAYED_ADDRESS, relayed), (Attr.LIFETIME, lifetime),
+                 (Attr.XOR_MAPPED_ADDRESS, Address(*client))]
+        if msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None:
+            attrs.append((Attr.ADDRESS_ERROR_CODE, AddressErrorCode(FAMILY_IPV6, 440, REASONS[440])))
+        return self._answer(msg, auth, Class.SUCCESS, attrs)
+
+    def _refuse_allocate(self, msg: Message, auth: _Auth, client: Client, via: Key) -> Optional[bytes]:
+        """The error answer an Allocate gets before any state is made, or None."""
         cfg = self.config
         if self.get(client, via) is not None:
             return self._error(msg, auth, 437)
@@ -350,8 +371,7 @@ class TurnCore:
             return self._error(msg, auth, 508)  # no token is ever valid: we make no reservations
         if additional is not None and (family is not None or additional != FAMILY_IPV6):
             return self._error(msg, auth, 400)
-        even = msg.get(Attr.EVEN_PORT)
-        if even:
+        if msg.get(Attr.EVEN_PORT):
             return self._error(msg, auth, 508)  # R bit: we do not reserve port pairs
         if family is not None and family != FAMILY_IPV4:
             return self._error(msg, auth, 440)
@@ -360,30 +380,19 @@ class TurnCore:
             return self._error(msg, auth, 508)
         if cfg.user_quota and self._per_user.get(auth.user, 0) >= cfg.user_quota:
             return self._error(msg, auth, 486)
-        alloc = Allocation(client, via, auth.username, auth.user, auth.key, now)
-        relayed = self.opener.open(alloc, even=even is not None)
-        if relayed is None:
-            self.stats["turn_no_relay_port"] += 1
-            return self._error(msg, auth, 508)
-        lifetime = self._lifetime(msg.get(Attr.LIFETIME))
+        return None
+
+    def _register(self, alloc: Allocation, relayed: Address, lifetime: int, now: float) -> None:
         alloc.relayed = relayed
         alloc.expires = now + lifetime
-        alloc.quota_left = cfg.byte_quota or UNLIMITED
-        self._per_user[auth.user] = self._per_user.get(auth.user, 0) + 1
+        alloc.quota_left = self.config.byte_quota or UNLIMITED
+        self._per_user[alloc.user] = self._per_user.get(alloc.user, 0) + 1
         self._grant(alloc)
-        self._by_via.setdefault(via, {})[client] = alloc
+        self._by_via.setdefault(alloc.via, {})[alloc.client] = alloc
         self._relayed[(relayed.host, relayed.port)] = alloc
         alloc.counted = True
         self._count += 1
         self.stats["turn_allocations"] += 1
-        self.log.info("TURN allocation for {user!r} on relay port {port} ({n} active)",
-                      user=auth.username, port=relayed.port, n=self._count)
-        self.log.debug("TURN allocation for {client} relayed at {relayed}", client=client, relayed=relayed)
-        attrs = [(Attr.XOR_RELAYED_ADDRESS, relayed), (Attr.LIFETIME, lifetime),
-                 (Attr.XOR_MAPPED_ADDRESS, Address(*client))]
-        if additional is not None:
-            attrs.append((Attr.ADDRESS_ERROR_CODE, AddressErrorCode(FAMILY_IPV6, 440, REASONS[440])))
-        return self._answer(msg, auth, Class.SUCCESS, attrs)
 
     def _grant(self, alloc: Allocation) -> None:
         """The allocation's credit for the next sweep interval: its own
