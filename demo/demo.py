@@ -40,8 +40,8 @@ SERVER = SERVER_IP + ":3478"
 FWD_PORT, APP_PORT = 7000, 7001
 NAT_CHOICES = ("open", "full_cone", "restricted_cone", "port_restricted_cone", "symmetric_random",
                "symmetric_sequential", "symmetric_udp_firewall")
-# pairs the lab shows cannot be punched (docs/salon.md, "Lab results")
-UNPUNCHABLE = {frozenset({"symmetric_random", "port_restricted_cone"}), frozenset({"symmetric_random"})}
+# pairs with no direct path (README, "Hard NATs": strategy none; a relay is needed)
+UNPUNCHABLE = {frozenset({"symmetric_random", "symmetric_sequential"}), frozenset({"symmetric_random"})}
 
 T0 = time.monotonic()
 
