@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks use: command -> package
-SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn
+SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn redis-server:redis-server
 ARGS ?=
 PYTEST_ARGS ?=
 
