@@ -31,10 +31,12 @@ from twisted.logger import Logger
 
 import txredisapi
 
+from natsalon.server.introducer.errors import RegistryUnavailable
+
 DEFAULT_PORT = 6379
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(RegistryUnavailable):
     """Redis cannot be asked now (not connected, or it did not answer in
     time); the link reconnects on its own."""
 
@@ -129,7 +131,8 @@ class RedisLink(service.Service):
     def __init__(self, clock, endpoint, *, name: str = "redis", password: Optional[bytes] = None, db: int = 0,
                  reply_timeout: float = 2.0, protocol_class=None,
                  retry: Optional[Callable[[int], float]] = None,
-                 on_ready: Optional[Callable[[object], object]] = None) -> None:
+                 on_ready: Optional[Callable[[object], object]] = None,
+                 down_effect: str = "rooms are unavailable (JOINs go unanswered)") -> None:
         self.clock = clock
         self.endpoint = endpoint
         self.where = name
@@ -140,6 +143,7 @@ class RedisLink(service.Service):
         self.retry = retry or backoffPolicy(initialDelay=0.2, maxDelay=10.0, factor=2.0,
                                             jitter=lambda: random.uniform(0, 0.2))
         self.on_ready = on_ready
+        self.down_effect = down_effect
         #: the live, ready protocol; None while down
         self.protocol = None
         self._client: Optional[ClientService] = None
@@ -172,8 +176,8 @@ class RedisLink(service.Service):
     def _retry(self, attempt: int) -> float:
         if not self._down_logged:
             self._down_logged = True
-            self.log.warn("{where} unreachable: rooms are unavailable (JOINs go unanswered) until it is back; "
-                          "retrying with backoff", where=self.where)
+            self.log.warn("{where} unreachable: {effect} until it is back; retrying with backoff",
+                          where=self.where, effect=self.down_effect)
         return self.retry(attempt)
 
     @defer.inlineCallbacks
@@ -197,8 +201,8 @@ class RedisLink(service.Service):
             self.protocol = None
         if self.running and not self._down_logged:
             self._down_logged = True
-            self.log.warn("{where} connection lost: rooms are unavailable (JOINs go unanswered) until it is back; "
-                          "reconnecting with backoff", where=self.where)
+            self.log.warn("{where} connection lost: {effect} until it is back; reconnecting with backoff",
+                          where=self.where, effect=self.down_effect)
 
     # -- commands --------------------------------------------------------
 
