@@ -53,6 +53,7 @@ bench: $(STAMP) sysdeps
 	@command -v pypy3 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq pypy3 >/dev/null; } || true
 	mkdir -p bench/build bench/results
 	cc -O2 -Wall -o bench/build/stunload bench/stunload.c
+	cc -O2 -Wall -o bench/build/joinload bench/joinload.c
 	$(PY) bench/reflector_bench.py
 	$(PY) bench/probe_bench.py
 	$(PY) bench/connect_bench.py

@@ -231,7 +231,6 @@ class Introducer:
                 os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
                 indication=True, others=[(m.blob, m.address) for m in rest])))
             self.stats["introductions_pushed"] += 1
-        self.log.debug("a member joined a room of {n} others", n=len(others))
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         """A LEAVE: the member whose JOIN carried the hash of the revealed

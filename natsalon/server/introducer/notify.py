@@ -23,11 +23,9 @@ from typing import Callable, Optional
 from twisted.application import service
 from twisted.logger import Logger
 
-import txredisapi
-
 from natsalon.ops.stats import Stats
 from natsalon.server.binding import Reply
-from natsalon.server.introducer.redislink import RedisLink
+from natsalon.server.introducer.redislink import RedisLink, SubscriberProtocol
 from natsalon.server.introducer.redisrooms import RemoteVia
 
 #: the largest notice accepted: an introduction and its routing
@@ -53,7 +51,7 @@ def unpack_notice(raw: bytes) -> Reply:
     return Reply(tuple(via), (host, port), data)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(SubscriberProtocol):
     """txredisapi's pub/sub protocol, handing each message to a callable."""
 
     def __init__(self, on_message: Callable[[object, bytes, bytes], None], **kwargs) -> None:

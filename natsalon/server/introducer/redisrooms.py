@@ -40,7 +40,6 @@ a single primary, with Sentinel or a managed service for availability, is.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
@@ -228,15 +227,14 @@ class RemoteVia:
 
 def pack_record(instance: str, via, blob: bytes) -> bytes:
     """What the scripts store opaquely for a member: its salon, its socket
-    key, its JOIN."""
-    return json.dumps([instance, list(via) if isinstance(via, tuple) else via],
-                      separators=(",", ":")).encode() + b"\n" + blob
+    key (a tuple of ints), its JOIN: ``<instance> <n>,<n>[,<n>]\\n<JOIN>``."""
+    return b"%s %s\n%s" % (instance.encode(), ",".join(map(str, via)).encode(), blob)
 
 
 def unpack_record(record: bytes) -> Tuple[str, Any, bytes]:
     head, _, blob = record.partition(b"\n")
-    instance, via = json.loads(head)
-    return instance, tuple(via) if isinstance(via, list) else via, blob
+    instance, via = head.split(b" ")
+    return instance.decode(), tuple(int(x) for x in via.split(b",")), blob
 
 
 def member_field(nonce: bytes, address: Address) -> Tuple[bytes, bytes]:
@@ -259,8 +257,8 @@ class RedisRooms:
     def __init__(self, link, instance: str, max_rooms: int = 10000, member_timeout: float = MEMBER_TIMEOUT,
                  max_members: int = MAX_MEMBERS, max_per_source: int = 16, prefix: str = "natsalon:",
                  safety_ttl: float = SAFETY_TTL, prune_batch: int = PRUNE_BATCH) -> None:
-        if "/" in instance or not instance:
-            raise ValueError("an instance id is a non-empty name without '/'")
+        if not instance or "/" in instance or not instance.isprintable() or " " in instance:
+            raise ValueError("an instance id is a non-empty name without '/' or spaces")
         self.link = link
         self.instance = instance
         self.max_rooms = max_rooms
