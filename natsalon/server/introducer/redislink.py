@@ -101,12 +101,21 @@ class FastEncoding:
     bytes or ints, as this package sends them."""
 
     def _build_command(self, *args, **kwargs) -> bytes:
+        heads = _HEADS
         parts = [b"*%d\r\n" % len(args)]
+        append = parts.append
         for arg in args:
-            if not isinstance(arg, bytes):
+            if arg.__class__ is not bytes:
                 arg = str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+            n = len(arg)
+            append(heads[n] if n < 4096 else b"$%d\r\n" % n)
+            append(arg)
+            append(b"\r\n")
         return b"".join(parts)
+
+
+#: RESP bulk headers by length
+_HEADS = [b"$%d\r\n" % n for n in range(4096)]
 
 
 class RedisProtocol(FastEncoding, txredisapi.RedisProtocol):

@@ -73,15 +73,16 @@ local function roomgone(room, nrooms)
 end
 """
 
-#: KEYS: room, seen, rooms, own source.  ARGV: now, timeout, max members,
-#: max rooms, max per source, field, address part of the field, source
-#: key, leave hash hex, record, prefix, room hex, safety ttl
+#: KEYS: room, seen, rooms, own source.  ARGV: now, the settings ("timeout
+#: max-members max-rooms max-per-source safety-ttl-ms"), field, address part
+#: of the field, source key, leave hash hex, record, prefix, room hex
 JOIN = _COMMON + r"""
 local room, seenz, nrooms, srck = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now_s = ARGV[1]
-local now, timeout = tonumber(ARGV[1]), tonumber(ARGV[2])
-local max_members, max_rooms, max_src = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local field, addr, src, lh, rec, prefix, roomhex, ttl = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], tonumber(ARGV[13])
+local now = tonumber(ARGV[1])
+local timeout, max_members, max_rooms, max_src, ttl = string.match(ARGV[2], "^(%S+) (%S+) (%S+) (%S+) (%S+)$")
+timeout, max_members, max_rooms, max_src, ttl = tonumber(timeout), tonumber(max_members), tonumber(max_rooms), tonumber(max_src), tonumber(ttl)
+local field, addr, src, lh, rec, prefix, roomhex = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 
 local all = redis.call("HGETALL", room)
 local had = false
@@ -273,6 +274,8 @@ class RedisRooms:
         self._prune = link.script(PRUNE)
         p = self.prefix
         self._seen, self._rooms = p + b"seen", p + b"rooms"
+        self._settings = b"%r %d %d %d %d" % (float(member_timeout), max_members, max_rooms, max_per_source,
+                                              self.safety_ms)
 
     def _room(self, room_id: bytes) -> bytes:
         return self.prefix + b"room:" + room_id.hex().encode()
@@ -283,9 +286,8 @@ class RedisRooms:
         lh = member.leave_hash.hex().encode() if member.leave_hash else b"-"
         via = member.via.via if isinstance(member.via, RemoteVia) else member.via
         keys = [self._room(room_id), self._seen, self._rooms, self.prefix + b"src:" + src]
-        args = [repr(float(now)).encode(), repr(float(self.member_timeout)).encode(), self.max_members,
-                self.max_rooms, self.max_per_source, field, addr, src, lh,
-                pack_record(self.instance, via, member.blob), self.prefix, room_id.hex().encode(), self.safety_ms]
+        args = [repr(float(now)).encode(), self._settings, field, addr, src, lh,
+                pack_record(self.instance, via, member.blob), self.prefix, room_id.hex().encode()]
         return self._join(keys, args).addCallback(self._joined, member)
 
     def _joined(self, reply: List[bytes], member: Member) -> JoinResult:
