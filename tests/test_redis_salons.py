@@ -180,16 +180,20 @@ def test_a_thousand_rooms_through_two_salons_pair_exactly_once(redis):
             for m in members[k:k + 50]:
                 m["crowd"].send(m)
             yield deferLater(reactor, 0.01, lambda: None)
-        yield until(lambda: all(m["peers"] for m in members), timeout=60)
+        yield until(lambda: all(m["peers"] for m in members), timeout=120)
         by_room = {}
         for m in members:
             by_room.setdefault(m["room"], []).append(m)
         for room, (x, y) in by_room.items():
             assert x["peers"] == {y["nonce"]} and y["peers"] == {x["nonce"]}, room
         assert not any(m["refused"] for m in members)
-        # each room had exactly one newcomer, announced to exactly one waiting member
-        pushed = one.state.stats["introductions_pushed"] + two.state.stats["introductions_pushed"]
-        assert pushed == 1000
+        # each room had exactly one newcomer, announced to exactly one waiting
+        # member (unless Redis's answer was lost on a loaded machine: its
+        # client retransmitted and was answered as a known member)
+        stats = [one.state.stats, two.state.stats]
+        pushed = sum(s["introductions_pushed"] for s in stats)
+        failed = sum(s["join_registry_failed"] for s in stats)
+        assert 1000 - failed <= pushed <= 1000, [dict(s) for s in stats]
         # about half of them crossed to the other salon over pub/sub, and all arrived
         sent = one.state.stats["notices_sent"] + two.state.stats["notices_sent"]
         assert 300 < sent < 700
