@@ -11,7 +11,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from natsalon import __version__
-from natsalon.server.introducer.redislink import parse_redis_url
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
 
@@ -75,6 +74,10 @@ def _shared_rooms(o) -> dict:
             if o[name]:
                 raise usage.UsageError("--%s needs --rooms redis://... or unix:..." % name)
         return out
+    # imported here: txredisapi imports the global reactor, which must not
+    # happen before twistd has installed the one it was asked for
+    from natsalon.server.introducer.redislink import parse_redis_url
+
     try:
         out["rooms"] = parse_redis_url(o["rooms"])
     except ValueError as e:
