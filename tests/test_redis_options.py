@@ -141,3 +141,15 @@ def test_salon_with_shared_rooms_builds_without_connecting():
     assert svc.shared is not None and svc.introducer.rooms is svc.shared.rooms
     assert svc.introducer.cookies.secret == b"s" * 16
     assert svc.shared.link.protocol is None and not svc.running
+
+
+def test_the_tap_loads_the_redis_client_only_when_rooms_are_shared():
+    """txredisapi imports the global reactor: twistd must have installed
+    the one it was asked for (``twistd -r ...``) before that happens."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import natsalon.server.tap as t; t.Options().parseOptions([]); "
+            "print('txredisapi' in sys.modules, 'twisted.internet.reactor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
