@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # Debian packages the tests and benchmarks use: command -> package
-SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn promtool:prometheus systemd-analyze:systemd
+SYSTEM_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_stunclient:coturn sysctl:procps cc:gcc taskset:util-linux turnutils_uclient:coturn turnutils_peer:coturn promtool:prometheus systemd-analyze:systemd redis-server:redis-server
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -53,6 +53,7 @@ bench: $(STAMP) sysdeps
 	@command -v pypy3 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq pypy3 >/dev/null; } || true
 	mkdir -p bench/build bench/results
 	cc -O2 -Wall -o bench/build/stunload bench/stunload.c
+	cc -O2 -Wall -o bench/build/joinload bench/joinload.c
 	$(PY) bench/reflector_bench.py
 	$(PY) bench/probe_bench.py
 	$(PY) bench/connect_bench.py

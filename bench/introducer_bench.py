@@ -1,326 +1,452 @@
 #!/usr/bin/env python3
-"""Introducer benchmark: JOINs handled per second, and memory per waiting member.
+"""Introducer benchmark: JOINs and whole meetings per second against a running
+``twistd -n natsalon`` over real sockets, with the memory registry and with the
+Redis registry; memory per waiting member at 100,000 members.
 
-In-process, no sockets: a :class:`natsalon.server.service.SalonService` built on a
-``twisted.internet.task.Clock`` (time does not move during a run), its
-primary :class:`natsalon.server.reflector.ReflectorProtocol` connected to the
-in-memory :class:`natsalon.testing.FakeDatagramTransport`.  Each JOIN is
-fed as bytes to ``datagramReceived``, so a figure covers what the salon does
-per datagram after the kernel: STUN decode, dispatch, the introducer's
-cookie HMAC and checks, the room registry, encoding the answer (and, for
-the pairing join, the pushed indication), and the write to the (fake)
-transport.  Not covered: the kernel, the reactor's socket loop.
+Method:
 
-Kinds of JOIN, each measured over ``--joins`` datagrams (distinct rooms and
-source addresses, 10.x lab addresses; nothing is sent anywhere):
-
-- ``cookie``: a JOIN without cookie, answered 401 + NS-COOKIE (stateless);
-- ``register``: a JOIN with its cookie opening a new room (member waits);
-- ``poll``: the waiting member's repeated JOIN (refresh);
-- ``pair``: the second member's JOIN, answered with the introduction, the
-  first member's introduction pushed as an indication;
-- ``room``: a whole meeting, cookie + join for each of the two members
-  (4 datagrams; the figure is rooms per second).
-
-Every run is checked (right answer kind per datagram) and repeated
-``--repeats`` times on a fresh service; medians are reported.
-
-Memory per waiting member: N members join N rooms (each from its own source
-address, as members behind different NATs do) and stay waiting;
-``tracemalloc`` counts the bytes still allocated after a ``gc.collect()``
-(the JOINs are built inside the measured window, so the JOIN each member
-keeps for its peer is counted), and, as a cross-check without tracemalloc, a
-child process reports its RSS growth.  Per-source rate limiting is off
-(``rate_limit=0``): its table is per source and cleared every second, not
-per member.
+- The salon runs as the user runs it (``.venv/bin/twistd -n --pidfile= natsalon
+  --interface 127.0.0.1 --rate-limit 0 ...``) pinned to core 0 (``taskset -c
+  0``); with ``--rooms unix:...`` for the Redis rows, a ``redis-server --save ''
+  --appendonly no`` on a unix socket, pinned to core 1.  The load generator,
+  ``bench/build/joinload`` (C, ``bench/joinload.c``), runs on core 1 too: it
+  replays prepared datagrams from two UDP sockets with at most ``--window``
+  requests outstanding (closed loop) and counts answers by STUN class, and
+  the indications the salon pushes.
+- The salon is given a ``--cookie-secret-file``; the harness knows the
+  secret, so it prepares JOINs that carry valid cookies for the generator's
+  two source ports (a client fetches its cookie with a JOIN without one: the
+  ``cookie`` kind measures that round trip, and the ``meeting`` kind sends it
+  as a client does).  ``--member-timeout 120`` keeps members while a run
+  lasts; ``--max-waiting-per-ip`` and ``--max-rooms`` are raised since every
+  member comes from 127.0.0.1.
+- Kinds, each ``--joins`` datagrams, distinct rooms, one candidate per JOIN:
+  ``cookie`` (no cookie: 401 + NS-COOKIE), ``register`` (new room: waiting),
+  ``poll`` (the same members again: waiting), ``pair`` (the second member of
+  each room, from the other socket: introduced, and an indication pushed to
+  the first), ``meeting`` (per room: A without cookie, A with, B without, B
+  with; the figure is rooms per second).  Each run checks every answer's class
+  and the number of indications.
+- Binding answers per second, for scale: ``bench/build/stunload`` against the
+  same salon right after the JOIN kinds (2 s, window 1024).
+- Rounds alternate memory and Redis; medians over rounds.
+- Memory: a fresh salon, 100,000 members registered (each its own room);
+  salon RSS growth (``VmRSS``) with memory, Redis ``used_memory`` growth with
+  Redis (and the salon's RSS growth beside it), divided by the members.
 
 Writes bench/results/introducer.md; asserts nothing about speed.
 """
 from __future__ import annotations
 
-from benchinfo import cpu_model
 import argparse
 import datetime
-import gc
 import json
 import os
 import platform
+import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
 RESULTS = BENCH / "results" / "introducer.md"
+JOINLOAD = BENCH / "build" / "joinload"
+STUNLOAD = BENCH / "build" / "stunload"
+TWISTD = ROOT / ".venv" / "bin" / "twistd"
+SALON_CPU, LOAD_CPU = "0", "1"
 
-from twisted.internet.task import Clock  # noqa: E402
-
+from benchinfo import cpu_model  # noqa: E402
 from natsalon import wire  # noqa: E402
-from natsalon.server.service import SalonConfig, SalonService  # noqa: E402
-from natsalon.stun import Address, decode  # noqa: E402
-from natsalon.testing import FakeDatagramTransport  # noqa: E402
+from natsalon.server.introducer.cookies import CookieJar  # noqa: E402
+from natsalon.stun import Address  # noqa: E402
 
-KINDS = ("cookie", "register", "poll", "pair", "room")
-START = 1_000_000.0  # the Clock's time during a run
-
-
-LOAD_AT_START = " / ".join("%.2f" % x for x in os.getloadavg())
+KINDS = ("cookie", "register", "poll", "pair", "meeting")
+SECRET = os.urandom(24).hex().encode()
+_children: list = []
 
 
 def log(msg: str) -> None:
     print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
-def source(i: int, side: int) -> tuple:
-    """Distinct lab source addresses: side 0 in 10.0-63.x.x, side 1 in 10.64-127.x.x."""
-    return ("10.%d.%d.%d" % ((i >> 16) + 64 * side, (i >> 8) & 255, i & 255), 40000 + side)
+def spawn(argv, logfile: Path, cpu: str) -> subprocess.Popen:
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def free_udp_ports(n: int) -> list:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def binding_answers(port: int, tries: int = 100) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.1)
+    try:
+        for _ in range(tries):
+            s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), ("127.0.0.1", port))
+            try:
+                s.recv(1500)
+                return True
+            except socket.timeout:
+                continue
+        return False
+    finally:
+        s.close()
+
+
+def rss(pid: int) -> int:
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Redis:
+    def __init__(self, tmp: Path) -> None:
+        tmp.mkdir(exist_ok=True)
+        self.sock = tmp / "redis.sock"
+        self.proc = spawn(["redis-server", "--save", "", "--appendonly", "no", "--port", "0", "--dir", str(tmp),
+                           "--unixsocket", str(self.sock), "--unixsocketperm", "700"], tmp / "redis.log", LOAD_CPU)
+        for _ in range(200):
+            if self.sock.exists() and self.cli("PING").strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *words: str) -> str:
+        return subprocess.run(["redis-cli", "-s", str(self.sock), *words], capture_output=True, text=True,
+                              timeout=30).stdout
+
+    def used_memory(self) -> int:
+        for line in self.cli("INFO", "memory").splitlines():
+            if line.startswith("used_memory:"):
+                return int(line.split(":")[1])
+        raise RuntimeError("no used_memory")
 
 
 class Salon:
-    """A fresh in-process salon and its fake transport."""
-
-    def __init__(self, rooms: int) -> None:
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.svc = SalonService(self.clock, SalonConfig(rate_limit=0, max_rooms=rooms + 10,
-                                                        max_waiting_per_ip=16))
-        self.proto = self.svc.protocols[0]
-        self.transport = FakeDatagramTransport()
-        self.proto.makeConnection(self.transport)
-        self.cookies = self.svc.introducer.cookies
-
-    def cookie(self, src: tuple, room_id: bytes) -> bytes:
-        return self.cookies.issue(Address(*src), room_id, self.clock.seconds())
-
-
-class Member:
-    __slots__ = ("room_id", "k_join", "nonce", "src", "bare", "joined")
-
-    def __init__(self, room_id: bytes, k_join: bytes, src: tuple) -> None:
-        self.room_id, self.k_join, self.src = room_id, k_join, src
-        self.nonce = os.urandom(16)
-        cands = (Address("10.200.0.2", src[1]),)
-        self.bare = wire.join_request(room_id, self.nonce, cands, k_join)[1]
-        self.joined = b""
-
-    def with_cookie(self, salon: Salon) -> None:
-        cands = (Address("10.200.0.2", self.src[1]),)
-        self.joined = wire.join_request(self.room_id, self.nonce, cands, self.k_join,
-                                        cookie=salon.cookie(self.src, self.room_id))[1]
+    def __init__(self, tmp: Path, redis: "Redis | None") -> None:
+        self.port, alt = free_udp_ports(2)
+        secret = tmp / "cookie-secret"
+        secret.write_bytes(SECRET + b"\n")
+        argv = [str(TWISTD), "-n", "--pidfile=", "natsalon", "--interface", "127.0.0.1", "--port", str(self.port),
+                "--alt-port", str(alt), "--rate-limit", "0", "--max-rooms", "1000000",
+                "--max-waiting-per-ip", "1000000", "--member-timeout", "120", "--stats-interval", "86400",
+                "--cookie-secret-file", str(secret)]
+        if redis is not None:
+            argv += ["--rooms", "unix:" + str(redis.sock), "--instance-id", "bench"]
+        self.logfile = tmp / ("salon-%s.log" % ("redis" if redis else "memory"))
+        self.proc = spawn(argv, self.logfile, SALON_CPU)
+        if not binding_answers(self.port):
+            stop(self.proc)
+            raise RuntimeError("salon did not start:\n" + self.logfile.read_text()[-2000:])
+        if redis is not None:  # wait until its link to Redis is up
+            for _ in range(100):
+                if "connected" in self.logfile.read_text():
+                    break
+                time.sleep(0.05)
+        self.jar = CookieJar(SECRET)
 
 
-def feed(salon: Salon, datagrams) -> float:
-    """Hand every (data, addr) to the protocol; seconds taken."""
-    receive = salon.proto.datagramReceived
-    t = time.perf_counter()
-    for data, addr in datagrams:
-        receive(data, addr)
-    return time.perf_counter() - t
+class Members:
+    """Prepared JOINs: member ``i`` of side ``s`` is in room ``base + i``."""
+
+    def __init__(self, base: int, n: int, sides=(0, 1)) -> None:
+        self.rooms = [(base + i).to_bytes(16, "big") for i in range(n)]
+        self.nonces = {s: [os.urandom(16) for _ in range(n)] for s in sides}
+
+    def join(self, txid_index: int, side: int, i: int, cookie_for=None) -> bytes:
+        cookie = cookie_for(self.rooms[i]) if cookie_for else None
+        txid = struct.pack("!I", txid_index) + os.urandom(8)
+        return wire.join_request(self.rooms[i], self.nonces[side][i], (Address("10.200.0.2", 40000 + side),),
+                                 b"k" * 32, cookie, txid=txid)[1]
 
 
-def answers(salon: Salon) -> list:
-    out = [wire.parse_join_answer(decode(d)).status for d, _ in salon.transport.written]
-    salon.transport.written.clear()
-    return out
+def write_file(path: Path, records) -> None:
+    with open(path, "wb") as f:
+        for side, data in records:
+            f.write(struct.pack("!BH", side, len(data)) + data)
 
 
-def one_repeat(n: int) -> dict:
-    """Every kind once over n rooms (a fresh salon each); rates in datagrams/s."""
-    rates = {}
-    salon = Salon(n)
-    firsts = [Member(os.urandom(16), os.urandom(32), source(i, 0)) for i in range(n)]
-    seconds = [Member(m.room_id, m.k_join, source(i, 1)) for i, m in enumerate(firsts)]
-    for m in firsts + seconds:
-        m.with_cookie(salon)
-    checks = []
-
-    dt = feed(salon, [(m.bare, m.src) for m in firsts])
-    rates["cookie"] = n / dt
-    checks.append(("cookie", answers(salon), ["cookie"] * n))
-    dt = feed(salon, [(m.joined, m.src) for m in firsts])
-    rates["register"] = n / dt
-    checks.append(("register", answers(salon), ["waiting"] * n))
-    dt = feed(salon, [(m.joined, m.src) for m in firsts])
-    rates["poll"] = n / dt
-    checks.append(("poll", answers(salon), ["waiting"] * n))
-    dt = feed(salon, [(m.joined, m.src) for m in seconds])
-    rates["pair"] = n / dt
-    checks.append(("pair", sorted(answers(salon)), ["introduced"] * (2 * n)))
-
-    salon = Salon(n)  # whole meetings on a fresh salon, cookies fetched as clients do
-    for m in firsts + seconds:
-        m.with_cookie(salon)
-    seq = []
-    for a, b in zip(firsts, seconds):
-        seq += [(a.bare, a.src), (a.joined, a.src), (b.bare, b.src), (b.joined, b.src)]
-    dt = feed(salon, seq)
-    rates["room"] = n / dt
-    got = answers(salon)
-    checks.append(("room", sorted(got), sorted(["cookie", "waiting", "cookie", "introduced", "introduced"] * n)))
-    for kind, got, want in checks:
-        if got != want:
-            raise RuntimeError("%s: unexpected answers (%d of %d as expected)"
-                               % (kind, sum(1 for g, w in zip(got, want) if g == w), len(want)))
-    return rates
-
-
-def fill(salon: Salon, n: int, start: int = 0) -> None:
-    """n members join n rooms and wait; the JOINs are built here (their bytes
-    are kept by the registry, so they count).  ``start`` numbers the first
-    member's source address, so later fills use new sources."""
-    receive = salon.proto.datagramReceived
-    written = salon.transport.written
-    for i in range(start, start + n):
-        m = Member(os.urandom(16), os.urandom(32), source(i, 0))
-        m.with_cookie(salon)
-        receive(m.joined, m.src)
-        if i % 1024 == 0:
-            written.clear()
-    written.clear()
-
-
-def memory_tracemalloc(n: int) -> dict:
-    salon = Salon(n)
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    fill(salon, n)
-    gc.collect()
-    used = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    rooms = salon.svc.introducer.rooms
-    if rooms.waiting() != n:
-        raise RuntimeError("%d members waiting, expected %d" % (rooms.waiting(), n))
-    return {"bytes": used, "per_member": used / n}
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def memory_rss_child(n: int) -> None:
-    salon = Salon(n)
-    fill(salon, 1000)  # warm up: first allocations of every type
-    gc.collect()
-    before = rss_bytes()
-    fill(salon, n, start=1000)
-    gc.collect()
-    used = rss_bytes() - before
-    print(json.dumps({"bytes": used, "per_member": used / n, "waiting": salon.svc.introducer.rooms.waiting()}))
-
-
-def memory_rss(n: int) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True,
-                       timeout=600)
+def replay(salon: Salon, path: Path, gen_ports, window: int) -> dict:
+    r = subprocess.run(["taskset", "-c", LOAD_CPU, str(JOINLOAD), "--port", str(salon.port), "--file", str(path),
+                        "--ports", "%d,%d" % tuple(gen_ports), "--window", str(window), "--timeout-ms", "10000"],
+                       capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        raise RuntimeError("RSS child failed: %s" % r.stderr.strip()[-500:])
+        raise RuntimeError("joinload failed: " + r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def check(kind: str, res: dict, success: int, error: int, indications: int) -> None:
+    """Every request answered, with the right class; an answer later than
+    the generator's timeout (the shared machine stalled the salon) still
+    counts as long as it came."""
+    late = min(res["lost"], res["duplicate"])
+    if late and res["error"] == error:
+        res = dict(res, success=res["success"] + late, lost=res["lost"] - late, duplicate=res["duplicate"] - late)
+    bad = [k for k in ("lost", "unknown", "duplicate") if res[k]]
+    if res["success"] != success or res["error"] != error or res["indications"] != indications or bad:
+        raise RuntimeError("%s: unexpected answers %s (expected %d success, %d error, %d indications)"
+                           % (kind, res, success, error, indications))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the salon's own core
+    time: a rate per CPU-second does not depend on what else the shared
+    machine runs)."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kinds_run(salon: Salon, n: int, tmp: Path, window: int, base: int, redis=None) -> dict:
+    """Each kind's rate: per wall-clock second, and per second of the
+    salon's CPU time (and Redis's CPU time per unit)."""
+    gen_ports = free_udp_ports(2)
+    src = [Address("127.0.0.1", p) for p in gen_ports]
+
+    def cookie(side):
+        now = time.time()
+        return lambda room: salon.jar.issue(src[side], room, now)
+
+    m = Members(base, n)
+    rooms = n // 4
+    mm = Members(base + n, rooms)
+
+    def meeting():
+        out = []
+        for i in range(rooms):
+            for side in (0, 1):
+                out.append((side, mm.join(len(out), side, i)))
+                out.append((side, mm.join(len(out), side, i, cookie(side))))
+        return out
+
+    # built just before each run: a cookie is valid 30 to 60 s
+    plans = {
+        "cookie": (lambda: [(0, m.join(i, 0, i)) for i in range(n)], (0, n, 0), n),
+        "register": (lambda: [(0, m.join(i, 0, i, cookie(0))) for i in range(n)], (n, 0, 0), n),
+        "poll": (lambda: [(0, m.join(i, 0, i, cookie(0))) for i in range(n)], (n, 0, 0), n),
+        "pair": (lambda: [(1, m.join(i, 1, i, cookie(1))) for i in range(n)], (n, 0, n), n),
+        "meeting": (meeting, (2 * rooms, 2 * rooms, rooms), rooms),
+    }
+    out = {}
+    for kind in KINDS:
+        build, expected, units = plans[kind]
+        path = tmp / (kind + ".bin")
+        write_file(path, build())
+        cpu0 = cpu_seconds(salon.proc.pid)
+        rcpu0 = cpu_seconds(redis.proc.pid) if redis else 0.0
+        res = replay(salon, path, gen_ports, window)
+        time.sleep(0.2)  # let the salon finish what it still does (pushes)
+        cpu = cpu_seconds(salon.proc.pid) - cpu0
+        check(kind, res, *expected)
+        out[kind] = {"wall": units / res["seconds"], "cpu": units / cpu if cpu else float("nan"),
+                     "redis_us": (cpu_seconds(redis.proc.pid) - rcpu0) / units * 1e6 if redis else None}
+    return out
+
+
+def binding_rate(salon: Salon) -> float:
+    r = subprocess.run(["taskset", "-c", LOAD_CPU, str(STUNLOAD), "--port", str(salon.port), "--warmup", "0.5",
+                        "--duration", "2", "--window", "1024", "--batch", "64"],
+                       capture_output=True, text=True, timeout=60)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("answers_per_sec", "rate", "answers_per_second"):
+        if key in res:
+            return float(res[key])
+    raise RuntimeError("stunload: no rate in %s" % res)
+
+
+def memory_run(tmp: Path, registry: str, members: int, window: int) -> dict:
+    redis = Redis(tmp / "mem-redis") if registry == "redis" else None
+    try:
+        salon = Salon(tmp, redis)
+        try:
+            gen_ports = free_udp_ports(2)
+            time.sleep(1.0)
+            before = rss(salon.proc.pid)
+            used_before = redis.used_memory() if redis else 0
+            m = Members(10 ** 9, members, sides=(0,))
+            now = time.time()
+            src = Address("127.0.0.1", gen_ports[0])
+            records = [(0, m.join(i, 0, i, lambda room: salon.jar.issue(src, room, now))) for i in range(members)]
+            path = tmp / "memory.bin"
+            write_file(path, records)
+            res = replay(salon, path, gen_ports, window)
+            check("memory", res, members, 0, 0)
+            time.sleep(1.0)
+            out = {"rss": (rss(salon.proc.pid) - before) / members, "join_bytes": len(records[0][1])}
+            if redis:
+                out["used_memory"] = (redis.used_memory() - used_before) / members
+            return out
+        finally:
+            stop(salon.proc)
+    finally:
+        if redis:
+            stop(redis.proc)
+
+
 def med(values):
-    return statistics.median(values)
+    return statistics.median(values) if values else float("nan")
 
 
-def report(args, rates: list, mem: dict) -> str:
-    import twisted
-    cpu = cpu_model()
-    labels = {
+def report(args, rates, bindings, mem) -> str:
+    regs = ("memory", "redis")
+    lines = [
+        "# Introducer benchmark: JOINs and meetings per second over real sockets, memory per waiting member",
+        "",
+        "A running `twistd -n natsalon` (core 0) answers prepared JOINs from `bench/build/joinload` (C, core 1) "
+        "over loopback UDP; with `--rooms unix:…` a `redis-server` (core 1, beside the generator) holds the rooms. "
+        "Generated by `bench/introducer_bench.py` (method in its docstring).",
+        "",
+        "- date: %s UTC" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "- machine: %s, nproc %d, %s, Linux %s" % (platform.node() or "?", os.cpu_count(), cpu_model(),
+                                                 platform.release()),
+        "- load average when the run started: %s (the machine is shared: other work ran beside it)" % LOAD_AT_START,
+        "- CPython %s; %s" % (platform.python_version(), subprocess.run(["redis-server", "--version"],
+                                                                     capture_output=True, text=True).stdout.strip()),
+        "- %d datagrams per kind per round, window %d, %d rounds alternating memory and Redis; memory: %d members"
+        % (args.joins, args.window, args.rounds, args.members),
+        "- command: `bench/introducer_bench.py%s`" % ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:])),
+        "",
+        "## Per second (one core for the salon; medians over rounds)",
+        "",
+        "*per CPU-s*: units per second of the salon process's own CPU time (user + system, from `/proc`), what one "
+        "core fully given to the salon would do; it does not depend on the other work sharing the machine. "
+        "*wall*: units per wall-clock second of the run, which does (see the load average above). "
+        "*Redis µs*: redis-server CPU time per unit.",
+        "",
+        "| kind | memory: per CPU-s | Redis: per CPU-s | Redis / memory | memory: wall | Redis: wall "
+        "| Redis µs | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {
         "cookie": "JOIN without cookie → 401 + cookie",
         "register": "JOIN with cookie, new room → waiting",
         "poll": "waiting member's poll → waiting",
         "pair": "second member's JOIN → introduction + pushed indication",
-        "room": "whole meeting (2 × cookie + join = 4 datagrams): **rooms/s**",
+        "meeting": "**whole meetings** (2 × cookie + join = 4 datagrams): rooms/s",
     }
-    rows = ["| JOIN | per second (median) | min–max | µs each |", "|---|---|---|---|"]
-    for k in KINDS:
-        vals = [r[k] for r in rates]
-        m = med(vals)
-        rows.append("| %s | %s | %s–%s | %.1f |" % (labels[k], format(m, ",.0f"), format(min(vals), ",.0f"),
-                                                   format(max(vals), ",.0f"), 1e6 / m))
-    mrows = ["| waiting members | tracemalloc bytes/member (median) | RSS growth bytes/member (median) | "
-             "tracemalloc total MB |", "|---|---|---|---|"]
-    for n in args.members:
-        t = [x["per_member"] for x in mem[n]["tracemalloc"]]
-        r = [x["per_member"] for x in mem[n]["rss"]]
-        mrows.append("| %s | %.0f | %.0f | %.1f |" % (format(n, ","), med(t), med(r),
-                                                      med([x["bytes"] for x in mem[n]["tracemalloc"]]) / 1e6))
-    return "\n".join([
-        "# Introducer benchmark: joins per second, memory per waiting member",
+    def m(reg, kind, key):
+        return med([x[key] for x in rates[reg][kind]])
+
+    for kind in KINDS:
+        mv, rv = m("memory", kind, "cpu"), m("redis", kind, "cpu")
+        target = "memory ≥ 20,000; Redis ≥ 0.5× memory" if kind in ("register", "poll", "pair") else ""
+        lines.append("| %s | %s | %s | %.2f× | %s | %s | %.0f | %s |" % (
+            names[kind], "{:,.0f}".format(mv), "{:,.0f}".format(rv), rv / mv if mv else float("nan"),
+            "{:,.0f}".format(m("memory", kind, "wall")), "{:,.0f}".format(m("redis", kind, "wall")),
+            m("redis", kind, "redis_us"), target))
+    lines.append("| reflector: Binding answers/s, wall (stunload, same salon, after the JOIN kinds) | | | | %s | %s "
+                 "| | |" % tuple("{:,.0f}".format(med(bindings[r])) for r in regs))
+    lines += ["", "Per round, per CPU-s / wall (JOINs, or rooms for meetings):", "",
+              "| registry | kind | " + " | ".join("round %d" % (i + 1) for i in range(args.rounds)) + " |",
+              "|---|---|" + "---|" * args.rounds]
+    for r in regs:
+        for kind in KINDS:
+            lines.append("| %s | %s | %s |" % (r, kind, " | ".join(
+                "{:,.0f} / {:,.0f}".format(v["cpu"], v["wall"]) for v in rates[r][kind])))
+    lines += [
         "",
-        "**In-process** measurement (no sockets, no kernel): the salon's `ReflectorProtocol.datagramReceived` "
-        "fed JOIN datagrams as bytes, over an in-memory transport, time frozen by a `task.Clock`. "
-        "Generated by `bench/introducer_bench.py` (method in its docstring).",
+        "## Memory per waiting member (%s members, each in its own room)" % "{:,}".format(args.members),
         "",
-        "- date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "- machine: %s, nproc %s, %s, Linux %s" % (platform.node(), os.cpu_count(), cpu, platform.release()),
-        "- load average when the run started: %s (anything else running shares the cores)" % LOAD_AT_START,
-        "- %s %s, Twisted %s" % (platform.python_implementation(), platform.python_version(), twisted.__version__),
-        "- %s JOINs of each kind per run, %d runs, each on a fresh salon; memory: %d runs per size"
-        % (format(args.joins, ","), args.repeats, args.mem_repeats),
-        "- command: `%s`" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "| registry | salon RSS growth, bytes/member | Redis `used_memory` growth, bytes/member | target |",
+        "|---|---|---|---|",
+        "| memory | %.0f | | ≤ 1,024 |" % mem["memory"]["rss"],
+        "| Redis | %.0f | %.0f | ≤ 1,024 |" % (mem["redis"]["rss"], mem["redis"]["used_memory"]),
         "",
-        "## JOINs handled per second (one core, CPython)",
+        "Each JOIN here is %d bytes (one candidate and a cookie), kept verbatim for the peer. With Redis, a member is "
+        "a field of its room's hash (the JOIN and a short header), an entry in the `seen` sorted set, and counts "
+        "(rooms, per source); the salon itself keeps nothing per member." % mem["memory"]["join_bytes"],
         "",
-        *rows,
-        "",
-        "Each datagram: STUN decode, dispatch, cookie HMAC-SHA256 check (or issue), room registry, answer "
-        "encoding, write to the transport. Every answer was checked (cookie / waiting / introduced as "
-        "expected). Not counted: the kernel and the reactor's socket loop; the reflector benchmark "
-        "(`results/reflector.md`) shows what those cost per Binding answer on the same machine.",
-        "",
-        "## Memory per waiting member",
-        "",
-        *mrows,
-        "",
-        "A waiting member holds a room entry (dict slot, `Room` and `Member` dataclasses, its `Address`), "
-        "its JOIN kept verbatim for the peer (~130 bytes), and a count in the per-source-IP table "
-        "(each member here has its own source address, the worst case for that table). "
-        "*tracemalloc* counts Python allocations still live after `gc.collect()`; *RSS growth* is the "
-        "child process's resident set growth for the same fill (allocator and page granularity included). "
-        "At the default `--max-rooms` of 10,000 a full salon holds about %.1f MB of rooms."
-        % (med([x["per_member"] for n in args.members for x in mem[n]["tracemalloc"]]) * 10000 / 1e6),
-    ]) + "\n"
+        "Every answer was checked: its STUN class (401 error for the cookie kind, success otherwise), no request "
+        "lost, unknown or answered twice, and one pushed indication per pairing.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+LOAD_AT_START = " / ".join("%.2f" % x for x in os.getloadavg())
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--joins", type=int, default=20000, help="JOINs of each kind per run")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--members", default="10000,100000", help="comma list of waiting-member counts")
-    ap.add_argument("--mem-repeats", type=int, default=3)
-    ap.add_argument("--output", type=Path, default=RESULTS)
-    ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--joins", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--members", type=int, default=100000)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    if args.rss_child:
-        memory_rss_child(args.rss_child)
-        return 0
-    args.members = [int(x) for x in args.members.split(",") if x.strip()]
-    if args.joins < 1 or args.repeats < 1 or not args.members or min(args.members) < 1:
-        ap.error("bad --joins/--repeats/--members")
-    rates = []
-    for r in range(args.repeats):
-        rates.append(one_repeat(args.joins))
-        log("run %d: %s" % (r + 1, ", ".join("%s %.0f/s" % (k, v) for k, v in rates[-1].items())))
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    for tool, src in ((JOINLOAD, "joinload.c"), (STUNLOAD, "stunload.c")):
+        if not tool.exists():
+            tool.parent.mkdir(exist_ok=True)
+            subprocess.run(["cc", "-O2", "-Wall", "-o", str(tool), str(BENCH / src)], check=True)
+    rates = {r: {k: [] for k in KINDS} for r in ("memory", "redis")}
+    bindings = {"memory": [], "redis": []}
     mem = {}
-    for n in args.members:
-        mem[n] = {"tracemalloc": [], "rss": []}
-        for r in range(args.mem_repeats):
-            mem[n]["tracemalloc"].append(memory_tracemalloc(n))
-            mem[n]["rss"].append(memory_rss(n))
-            log("%d waiting members: tracemalloc %.0f B/member, RSS %.0f B/member"
-                % (n, mem[n]["tracemalloc"][-1]["per_member"], mem[n]["rss"][-1]["per_member"]))
-    text = report(args, rates, mem)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.output)
+    try:
+        with tempfile.TemporaryDirectory(prefix="natsalon-ibench-") as t:
+            tmp = Path(t)
+            redis = Redis(tmp)
+            try:
+                for rnd in range(args.rounds):
+                    order = ("memory", "redis") if rnd % 2 == 0 else ("redis", "memory")
+                    for registry in order:
+                        if registry == "redis":
+                            redis.cli("FLUSHALL")
+                        salon = Salon(tmp, redis if registry == "redis" else None)
+                        try:
+                            got = kinds_run(salon, args.joins, tmp, args.window, base=rnd * 10 * args.joins,
+                                            redis=redis if registry == "redis" else None)
+                            bindings[registry].append(binding_rate(salon))
+                        finally:
+                            stop(salon.proc)
+                        for k, v in got.items():
+                            rates[registry][k].append(v)
+                        log("round %d %s: %s; bindings %.0f/s" % (rnd + 1, registry, ", ".join(
+                            "%s %.0f/s (%.0f per CPU-s)" % (k, v["wall"], v["cpu"]) for k, v in got.items()),
+                            bindings[registry][-1]))
+            finally:
+                stop(redis.proc)
+            for registry in ("memory", "redis"):
+                mem[registry] = memory_run(tmp, registry, args.members, args.window)
+                log("memory %s: %s" % (registry, mem[registry]))
+    finally:
+        for proc in list(_children):
+            stop(proc)
+    text = report(args, rates, bindings, mem)
+    if not args.no_write:
+        RESULTS.write_text(text)
     print(text)
-    log("wrote %s" % os.path.relpath(args.output))
     return 0
 
 

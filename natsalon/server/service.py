@@ -8,13 +8,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from twisted.application import internet, service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from natsalon.server.introducer.cookies import CookieJar
 from natsalon.server.introducer.handler import Introducer
+from natsalon.server.introducer.redisrooms import RemoteVia
 from natsalon.server.layout import PRIMARY, Layout, hostport, ipv4_twin
 from natsalon.server.ratelimit import SourceLimiter
 from natsalon.server.reflector import ReflectorProtocol, ServerState
@@ -51,6 +53,15 @@ class SalonConfig:
     max_waiting_per_ip: int = 16  # members one source IP (IPv6: /64) holds in all rooms
     #: the TURN relay's settings (natsalon.server.turn.TurnConfig); None: off
     turn: Optional[object] = None
+    #: rooms shared with other salons in this Redis
+    #: (natsalon.server.introducer.redislink.RedisAddress); None: in memory
+    rooms: Optional[object] = None
+    redis_password: Optional[bytes] = None
+    #: this salon's name among those sharing the rooms (unique per process)
+    instance_id: str = "salon"
+    #: cookie secrets, the first issues and all verify (shared by the
+    #: salons sharing rooms); empty: a random one per process
+    cookie_secrets: Tuple[bytes, ...] = ()
 
 
 def _is_wildcard(ip: str) -> bool:
@@ -106,11 +117,24 @@ class SalonService(service.MultiService):
         self.state = ServerState(limiter=limiter)
         self.state.fast_plain = not config.full_plain_answers
         self.introducer = None
+        self.shared = None
         if config.introducer:
+            if rooms is None and config.rooms is not None:
+                from natsalon.server.introducer.shared import SharedRooms
+
+                self.shared = SharedRooms(
+                    reactor, config.rooms, config.instance_id, self._push, password=config.redis_password,
+                    stats=self.state.stats, max_rooms=config.max_rooms, member_timeout=config.member_timeout,
+                    max_members=config.max_members, max_per_source=config.max_waiting_per_ip)
+                self.shared.setServiceParent(self)
+                rooms = self.shared.rooms
             if rooms is None:
                 rooms = MemoryRooms(config.max_rooms, config.member_timeout, config.max_members,
                                     config.max_waiting_per_ip)
-            self.introducer = Introducer(reactor, rooms, push=self._push, stats=self.state.stats)
+            cookies = None
+            if config.cookie_secrets:
+                cookies = CookieJar(config.cookie_secrets[0], previous=config.cookie_secrets[1:])
+            self.introducer = Introducer(reactor, rooms, cookies=cookies, push=self._push, stats=self.state.stats)
             self.state.handlers.update(self.introducer.handlers())
         self.protocols = []
         self.sockets = {}
@@ -166,11 +190,18 @@ class SalonService(service.MultiService):
             sockets=", ".join(hostport(s.interface, s.bound_port) for s in self.sockets.values()),
             advertised=self.state.layout.describe(),
             rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
-            introducer="on" if self.introducer is not None else "off",
+            introducer=self._describe_introducer(),
         )
         if not self.config.alt_ip:
             log.info("no --alt-ip: clients can learn their public address but not classify their NAT "
                      "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2")
+
+    def _describe_introducer(self) -> str:
+        if self.introducer is None:
+            return "off"
+        if self.shared is None:
+            return "on"
+        return "on (rooms shared in %s as instance %s)" % (self.shared.address, self.shared.instance)
 
     def stopService(self):
         if self.introducer is not None:
@@ -178,6 +209,10 @@ class SalonService(service.MultiService):
         return service.MultiService.stopService(self)
 
     def _push(self, reply) -> None:
+        if isinstance(reply.via, RemoteVia):  # a member waiting on another salon
+            if self.shared is not None:
+                self.shared.send(reply)
+            return
         # the socket it joined on, or the primary one of the same family
         via = reply.via
         transport = self.state.transports.get(via) or self.state.transports.get(PRIMARY + tuple(via[2:]))

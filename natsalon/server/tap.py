@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 import sys
 
 from twisted.logger import Logger
@@ -49,6 +51,53 @@ def _member_timeout(o) -> float:
     return seconds
 
 
+def _secret_lines(path: str, name: str) -> list:
+    try:
+        with open(path, "rb") as f:
+            return [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError as e:
+        raise usage.UsageError("%s: %s" % (name, e)) from None
+
+
+def _shared_rooms(o) -> dict:
+    """The SalonConfig fields of --rooms, --redis-password-file,
+    --instance-id and --cookie-secret-file."""
+    out = {}
+    if o["cookie-secret-file"]:
+        secrets = _secret_lines(o["cookie-secret-file"], "--cookie-secret-file")
+        if not secrets:
+            raise usage.UsageError("--cookie-secret-file: no secret in %s" % o["cookie-secret-file"])
+        if any(len(s) < 16 for s in secrets):
+            raise usage.UsageError("--cookie-secret-file: a secret is shorter than 16 bytes")
+        out["cookie_secrets"] = tuple(secrets)
+    if o["rooms"] == "memory":
+        for name in ("redis-password-file", "instance-id"):
+            if o[name]:
+                raise usage.UsageError("--%s needs --rooms redis://... or unix:..." % name)
+        return out
+    # imported here: txredisapi imports the global reactor, which must not
+    # happen before twistd has installed the one it was asked for
+    from natsalon.server.introducer.redislink import parse_redis_url
+
+    try:
+        out["rooms"] = parse_redis_url(o["rooms"])
+    except ValueError as e:
+        raise usage.UsageError("--rooms: %s" % e) from None
+    if o["redis-password-file"]:
+        lines = _secret_lines(o["redis-password-file"], "--redis-password-file")
+        if not lines:
+            raise usage.UsageError("--redis-password-file: no password in %s" % o["redis-password-file"])
+        out["redis_password"] = lines[0]
+    instance = o["instance-id"] or "%s-%s" % (socket.gethostname(), os.urandom(4).hex())
+    if "/" in instance or not instance.isprintable() or " " in instance:
+        raise usage.UsageError("--instance-id: %r: use letters, digits, '-', '.', ':'" % instance)
+    out["instance_id"] = instance
+    if "cookie_secrets" not in out:
+        log.warn("--rooms is shared but no --cookie-secret-file: cookies from this salon verify only here "
+                 "(a client that changes salon gets a new cookie first)")
+    return out
+
+
 class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
     command = "twistd natsalon"
     synopsis = "[options]"
@@ -75,6 +124,13 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
         ["room-timeout", None, None, "Deprecated: the old name of --member-timeout."],
         ["max-members", None, "6", "Members one room holds at once (each is introduced to the others)."],
         ["max-waiting-per-ip", None, "16", "Members one source IP (IPv6: its /64) holds in all rooms at once."],
+        ["rooms", None, "memory", "Where rooms live: 'memory' (this salon alone), or a Redis shared by several "
+                                  "salons: redis://HOST[:PORT][/DB] or unix:/PATH[?db=N]."],
+        ["redis-password-file", None, None, "File holding the Redis password (its first line)."],
+        ["instance-id", None, None, "This salon's name among the salons sharing --rooms (unique per running "
+                                    "salon; default: host name and a random suffix)."],
+        ["cookie-secret-file", None, None, "File of cookie secrets, one a line: the first issues cookies, every "
+                                           "line verifies them. Give the salons sharing --rooms the same file."],
     ] + TurnOptionsMixin.turnParameters
     optFlags = [
         ["no-introducer", None, "Serve STUN only: refuse JOIN (no rooms)."],
@@ -125,6 +181,7 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
             max_members=_int(o["max-members"], "--max-members", 2, 64),
             max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
             turn=self.turn_config(advertise or interface),
+            **_shared_rooms(o),
         )
 
 

@@ -8,7 +8,7 @@ import hmac
 import os
 import socket
 import struct
-from typing import Optional
+from typing import Optional, Sequence
 
 from natsalon.stun import Address
 
@@ -18,17 +18,24 @@ COOKIE_SIZE = 16
 class CookieJar:
     """Stateless cookies bound to source address, room and time bucket; a
     cookie is valid in its bucket and the next one (``lifetime`` to
-    ``2 * lifetime`` seconds)."""
+    ``2 * lifetime`` seconds).
 
-    def __init__(self, secret: Optional[bytes] = None, lifetime: float = 30.0) -> None:
+    Salons sharing rooms share ``secret`` (``--cookie-secret-file``), so a
+    cookie from one verifies on all.  Cookies are issued with ``secret``;
+    the ``previous`` secrets are still accepted, so a secret is rotated
+    without refusing the cookies already out."""
+
+    def __init__(self, secret: Optional[bytes] = None, lifetime: float = 30.0,
+                 previous: Sequence[bytes] = ()) -> None:
         self.secret = secret or os.urandom(32)
         self.lifetime = lifetime
+        self.previous = tuple(previous)
 
-    def _make(self, bucket: int, source: Address, room_id: bytes) -> bytes:
+    def _make(self, bucket: int, source: Address, room_id: bytes, secret: Optional[bytes] = None) -> bytes:
         host = source.host.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, host) + room_id
-        return hmac.new(self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
+        return hmac.new(secret or self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
 
     def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
         return self._make(int(now // self.lifetime), source, room_id)
@@ -37,4 +44,5 @@ class CookieJar:
         if not cookie or len(cookie) != COOKIE_SIZE:
             return False
         bucket = int(now // self.lifetime)
-        return any(hmac.compare_digest(cookie, self._make(b, source, room_id)) for b in (bucket, bucket - 1))
+        return any(hmac.compare_digest(cookie, self._make(b, source, room_id, secret))
+                   for secret in (self.secret,) + self.previous for b in (bucket, bucket - 1))

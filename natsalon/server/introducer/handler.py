@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from natsalon import wire
 from natsalon.server.binding import Reply, error_response
 from natsalon.server.introducer.cookies import CookieJar
+from natsalon.server.introducer.errors import RegistryUnavailable
 from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, MemoryRooms, Outcome
 from natsalon.ops.stats import Stats
 from natsalon.stun import Address, Class, Message, Method
@@ -102,8 +103,9 @@ class Introducer:
     registry answers later (a registry may return Deferreds, see
     :class:`IRoomRegistry`): they then return a Deferred that fires with
     the reply, or with None when the registry failed (counted as
-    ``join_registry_failed`` / ``leave_registry_failed`` and logged; the
-    client's retransmission asks again).
+    ``join_registry_failed`` / ``leave_registry_failed`` and logged,
+    except a :class:`RegistryUnavailable` outage, which its registry logs
+    once; the client's retransmission asks again).
     """
 
     log = Logger()
@@ -151,7 +153,7 @@ class Introducer:
             self.stats["members_expired"] += n
 
     def _prune_failed(self, failure) -> None:
-        if failure.check(CancelledError):
+        if failure.check(CancelledError, RegistryUnavailable):
             return
         self.stats["rooms_prune_failed"] += 1
         self.log.failure("the room registry failed to prune", failure)
@@ -190,6 +192,8 @@ class Introducer:
 
     def _registry_failed(self, failure, call: str) -> None:
         self.stats[call + "_registry_failed"] += 1
+        if failure.check(RegistryUnavailable):
+            return None  # the registry logs the outage once; the client retransmits
         self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
@@ -227,7 +231,6 @@ class Introducer:
                 os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
                 indication=True, others=[(m.blob, m.address) for m in rest])))
             self.stats["introductions_pushed"] += 1
-        self.log.debug("a member joined a room of {n} others", n=len(others))
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         """A LEAVE: the member whose JOIN carried the hash of the revealed

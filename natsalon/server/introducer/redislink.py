@@ -1,0 +1,275 @@
+"""One connection to Redis, kept up by Twisted's ``ClientService``.
+
+:class:`RedisLink` is a service: started, it connects (TCP or a unix
+socket), authenticates and selects its database, and reconnects on its own
+with capped exponential backoff and jitter whenever the connection drops.
+While it is down, :meth:`RedisLink.call` fails at once with
+:class:`RedisUnavailable` (nothing queues behind a dead connection), and the
+outage is logged once when it starts and once when it ends, never per
+request.
+
+The protocol is txredisapi's (``RedisProtocol``, or ``SubscriberProtocol``
+for pub/sub), driven here by ``ClientService`` with the clock given to the
+link, rather than by txredisapi's own pool, whose commands wait for a
+connection while Redis is down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+import txredisapi
+
+from natsalon.server.introducer.errors import RegistryUnavailable
+
+DEFAULT_PORT = 6379
+
+
+class RedisUnavailable(RegistryUnavailable):
+    """Redis cannot be asked now (not connected, or it did not answer in
+    time); the link reconnects on its own."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is: ``host``/``port`` for TCP, or ``path`` for a unix
+    socket; ``db`` the database number."""
+
+    host: Optional[str] = None
+    port: int = DEFAULT_PORT
+    path: Optional[str] = None
+    db: int = 0
+
+    def endpoint(self, reactor, timeout: float = 5.0):
+        if self.path is not None:
+            return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
+        return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            where = "unix:" + self.path
+        else:
+            where = "redis://%s:%d" % ("[%s]" % self.host if ":" in self.host else self.host, self.port)
+        return where + ("/%d" % self.db if self.db else "")
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://HOST[:PORT][/DB]`` (``[v6]`` hosts too) or
+    ``unix:/PATH[?db=N]``; raises ValueError with the reason."""
+    if url.startswith("unix:"):
+        rest = url[len("unix:"):]
+        path, _, query = rest.partition("?")
+        if not path.startswith("/"):
+            raise ValueError("a unix: socket path must be absolute (unix:/run/redis/redis.sock)")
+        db = 0
+        if query:
+            key, _, value = query.partition("=")
+            if key != "db" or not value.isdigit():
+                raise ValueError("unix: takes only ?db=N")
+            db = int(value)
+        return RedisAddress(path=path, db=db)
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError("expected redis://HOST[:PORT][/DB] or unix:/PATH")
+    if parts.username or parts.password:
+        raise ValueError("give the password in a file (--redis-password-file), not in the URL")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as e:
+        raise ValueError("bad port: %s" % e) from None
+    db_text = parts.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise ValueError("the database must be a number: %r" % db_text)
+    return RedisAddress(host=parts.hostname, port=port, db=int(db_text))
+
+
+class FastEncoding:
+    """Mixed into txredisapi's protocols: commands encoded in one
+    ``bytes.join`` (txredisapi builds them a few bytes at a time, which
+    was the largest cost of a JOIN on the salon's core).  Arguments are
+    bytes or ints, as this package sends them."""
+
+    def _build_command(self, *args, **kwargs) -> bytes:
+        heads = _HEADS
+        parts = [b"*%d\r\n" % len(args)]
+        append = parts.append
+        for arg in args:
+            if arg.__class__ is not bytes:
+                arg = str(arg).encode()
+            n = len(arg)
+            append(heads[n] if n < 4096 else b"$%d\r\n" % n)
+            append(arg)
+            append(b"\r\n")
+        return b"".join(parts)
+
+
+#: RESP bulk headers by length
+_HEADS = [b"$%d\r\n" % n for n in range(4096)]
+
+
+class RedisProtocol(FastEncoding, txredisapi.RedisProtocol):
+    """txredisapi's protocol (hiredis's parser when installed)."""
+
+
+class SubscriberProtocol(FastEncoding, txredisapi.SubscriberProtocol):
+    """txredisapi's pub/sub protocol."""
+
+
+class _Factory(Factory):
+    """Builds txredisapi protocols for ``ClientService``.  AUTH and SELECT
+    are sent by the link (as the connection's preparation), so the
+    protocol is built without password or database; the factory only
+    answers the calls a protocol makes of its factory."""
+
+    noisy = False
+
+    def __init__(self, protocol_class, clock) -> None:
+        self.protocol_class = protocol_class
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        proto = self.protocol_class(charset=None, convertNumbers=False)
+        proto.factory = self
+        proto.callLater = self.clock.callLater  # reply timeouts on our clock
+        return proto
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, why) -> None:
+        pass
+
+    isLazy = True
+
+
+class RedisLink(service.Service):
+    """A connection to Redis that keeps itself up; see the module
+    docstring.  ``on_ready(protocol)`` runs on each new connection once it
+    is authenticated (to subscribe, say) and may return a Deferred."""
+
+    log = Logger()
+
+    def __init__(self, clock, endpoint, *, name: str = "redis", password: Optional[bytes] = None, db: int = 0,
+                 reply_timeout: float = 2.0, protocol_class=None,
+                 retry: Optional[Callable[[int], float]] = None,
+                 on_ready: Optional[Callable[[object], object]] = None,
+                 down_effect: str = "rooms are unavailable (JOINs go unanswered)") -> None:
+        self.clock = clock
+        self.endpoint = endpoint
+        self.where = name
+        self.password = password
+        self.db = db
+        self.reply_timeout = reply_timeout
+        self.protocol_class = protocol_class or RedisProtocol
+        self.retry = retry or backoffPolicy(initialDelay=0.2, maxDelay=10.0, factor=2.0,
+                                            jitter=lambda: random.uniform(0, 0.2))
+        self.on_ready = on_ready
+        self.down_effect = down_effect
+        #: the live, ready protocol; None while down
+        self.protocol = None
+        self._client: Optional[ClientService] = None
+        self._was_up = False
+        self._down_logged = False
+        self._scripts = {}
+
+    # -- the service ---------------------------------------------------
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._client = ClientService(self.endpoint, _Factory(self.protocol_class, self.clock),
+                                     retryPolicy=self._retry, clock=self.clock, prepareConnection=self._prepare)
+        self._client.startService()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        client, self._client = self._client, None
+        self.protocol = None
+        if client is not None:
+            return client.stopService()
+        return None
+
+    def whenReady(self) -> defer.Deferred:
+        """Fires with the protocol once a connection is ready."""
+        if self.protocol is not None:
+            return defer.succeed(self.protocol)
+        return self._client.whenConnected()
+
+    def _retry(self, attempt: int) -> float:
+        if not self._down_logged:
+            self._down_logged = True
+            self.log.warn("{where} unreachable: {effect} until it is back; retrying with backoff",
+                          where=self.where, effect=self.down_effect)
+        return self.retry(attempt)
+
+    @defer.inlineCallbacks
+    def _prepare(self, proto):
+        proto.replyTimeout = self.reply_timeout
+        if self.password is not None:
+            yield proto.auth(self.password)
+        if self.db:
+            yield proto.select(self.db)
+        if self.on_ready is not None:
+            yield self.on_ready(proto)
+        proto.whenDisconnected().addCallback(lambda _: self._lost(proto))
+        self.protocol = proto
+        if self._down_logged or not self._was_up:
+            self.log.info("{where} connected", where=self.where)
+        self._was_up = True
+        self._down_logged = False
+
+    def _lost(self, proto) -> None:
+        if self.protocol is proto:
+            self.protocol = None
+        if self.running and not self._down_logged:
+            self._down_logged = True
+            self.log.warn("{where} connection lost: {effect} until it is back; reconnecting with backoff",
+                          where=self.where, effect=self.down_effect)
+
+    # -- commands --------------------------------------------------------
+
+    def call(self, *args) -> defer.Deferred:
+        """Send one command; fails with :class:`RedisUnavailable` at once
+        when not connected, or when Redis does not answer in time."""
+        proto = self.protocol
+        if proto is None or not proto.connected:
+            return defer.fail(RedisUnavailable("not connected to %s" % self.where))
+        return proto.execute_command(*args).addErrback(self._unavailable)
+
+    @staticmethod
+    def _unavailable(failure):
+        failure.trap(txredisapi.ConnectionError)  # TimeoutError is one too
+        raise RedisUnavailable(failure.getErrorMessage())
+
+    def script(self, source: str) -> "Script":
+        return Script(self, source)
+
+
+class Script:
+    """A Lua script run with EVALSHA, loaded (EVAL) when Redis does not
+    know it (a restarted Redis has forgotten every script)."""
+
+    def __init__(self, link: RedisLink, source: str) -> None:
+        self.link = link
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+    def __call__(self, keys, args) -> defer.Deferred:
+        d = self.link.call(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        return d.addErrback(self._noscript, keys, args)
+
+    def _noscript(self, failure, keys, args):
+        failure.trap(txredisapi.ResponseError)
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        return self.link.call(b"EVAL", self.source, len(keys), *keys, *args)

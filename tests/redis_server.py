@@ -1,0 +1,156 @@
+"""A throwaway ``redis-server`` for the tests: started on a unix socket in
+a temporary folder (or a loopback port), nothing saved (``--save ''
+--appendonly no``), stopped after.  Tests that need one skip when the
+Debian package is not installed (``make test`` installs it)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from natsalon.server.introducer.redislink import RedisAddress
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class RedisServer:
+    """``start()``/``stop()`` as often as a test likes: a restarted server
+    is empty, like a Redis that lost its memory."""
+
+    def __init__(self, tcp: bool = False) -> None:
+        if not Path(REDIS_SERVER).exists():
+            pytest.skip("redis-server is not installed (Debian package redis-server; make test installs it)")
+        self.dir = Path(tempfile.mkdtemp(prefix="natsalon-redis-"))
+        self.port = free_port() if tcp else 0
+        self.path = None if tcp else str(self.dir / "redis.sock")
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> RedisAddress:
+        if self.path is not None:
+            return RedisAddress(path=self.path)
+        return RedisAddress(host="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return "unix:" + self.path if self.path else "redis://127.0.0.1:%d" % self.port
+
+    def start(self) -> "RedisServer":
+        args = [REDIS_SERVER, "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.path is not None:
+            args += ["--unixsocket", self.path, "--unixsocketperm", "700"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited with %s" % self.proc.returncode)
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer within 10 s")
+
+    def ping(self) -> bool:
+        try:
+            return self.command("PING") == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    def connect(self) -> socket.socket:
+        if self.path is not None:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(self.path)
+        else:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return s
+
+    def command(self, *words: str) -> bytes:
+        """One command, its raw answer (a tiny client for checks)."""
+        s = self.connect()
+        try:
+            s.sendall(("*%d\r\n" % len(words) + "".join("$%d\r\n%s\r\n" % (len(w), w) for w in words)).encode())
+            return s.recv(65536)
+        finally:
+            s.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class BlockingLink:
+    """A :class:`natsalon.server.introducer.redislink.RedisLink` stand-in
+    that runs each script over a blocking socket and returns an already
+    fired Deferred: the registry's scripts and parsing run against a real
+    Redis inside a synchronous test (the contract suite's)."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.sock = server.connect()
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def script(self, source: str):
+        from twisted.internet import defer
+
+        def run(keys, args):
+            try:
+                return defer.succeed(self.call(b"EVAL", source.encode(), len(keys), *keys, *args))
+            except Exception as e:
+                return defer.fail(e)
+        return run
+
+    def call(self, *args):
+        parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        self.sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        return self._reply()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self.buf += self.sock.recv(65536)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        if kind == b"*":
+            return [self._reply() for _ in range(int(rest))]
+        raise RuntimeError("bad reply %r" % line)
