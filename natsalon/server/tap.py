@@ -11,28 +11,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from natsalon import __version__
+from natsalon.server.optcheck import ip, secret_lines, whole
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
 from natsalon.ops.options import OpsOptionsMixin
 
 log = Logger()
-
-
-def _ip(value: str, name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise usage.UsageError("%s: %r is not an IP address" % (name, value)) from None
-
-
-def _int(value, name: str, low: int, high: int) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError("%s: %r is not a whole number" % (name, value)) from None
-    if not low <= n <= high:
-        raise usage.UsageError("%s: %d is out of range (%d to %d)" % (name, n, low, high))
-    return n
 
 
 def _member_timeout(o) -> float:
@@ -51,20 +35,12 @@ def _member_timeout(o) -> float:
     return seconds
 
 
-def _secret_lines(path: str, name: str) -> list:
-    try:
-        with open(path, "rb") as f:
-            return [line.strip() for line in f.read().splitlines() if line.strip()]
-    except OSError as e:
-        raise usage.UsageError("%s: %s" % (name, e)) from None
-
-
 def _shared_rooms(o) -> dict:
     """The SalonConfig fields of --rooms, --redis-password-file,
     --instance-id and --cookie-secret-file."""
     out = {}
     if o["cookie-secret-file"]:
-        secrets = _secret_lines(o["cookie-secret-file"], "--cookie-secret-file")
+        secrets = secret_lines(o["cookie-secret-file"], "--cookie-secret-file")
         if not secrets:
             raise usage.UsageError("--cookie-secret-file: no secret in %s" % o["cookie-secret-file"])
         if any(len(s) < 16 for s in secrets):
@@ -84,7 +60,7 @@ def _shared_rooms(o) -> dict:
     except ValueError as e:
         raise usage.UsageError("--rooms: %s" % e) from None
     if o["redis-password-file"]:
-        lines = _secret_lines(o["redis-password-file"], "--redis-password-file")
+        lines = secret_lines(o["redis-password-file"], "--redis-password-file")
         if not lines:
             raise usage.UsageError("--redis-password-file: no password in %s" % o["redis-password-file"])
         out["redis_password"] = lines[0]
@@ -146,12 +122,12 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
 
     def postOptions(self) -> None:
         o = self
-        interface = _ip(o["interface"], "--interface")
-        port = _int(o["port"], "--port", 0, 65535)
-        alt_port = _int(o["alt-port"], "--alt-port", 0, 65535)
+        interface = ip(o["interface"], "--interface")
+        port = whole(o["port"], "--port", 0, 65535)
+        alt_port = whole(o["alt-port"], "--alt-port", 0, 65535)
         if port and port == alt_port:
             raise usage.UsageError("--alt-port must differ from --port (both are %d)" % port)
-        alt_ip = _ip(o["alt-ip"], "--alt-ip") if o["alt-ip"] else None
+        alt_ip = ip(o["alt-ip"], "--alt-ip") if o["alt-ip"] else None
         if alt_ip is not None:
             if ipaddress.ip_address(interface).is_unspecified:
                 raise usage.UsageError("--alt-ip needs --interface set to a specific address, not %s" % interface)
@@ -159,8 +135,8 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
                 raise usage.UsageError("--alt-ip %s and --interface %s are of different IP versions" % (alt_ip, interface))
             if alt_ip == interface:
                 raise usage.UsageError("--alt-ip must differ from --interface")
-        advertise = _ip(o["advertise"], "--advertise") if o["advertise"] else None
-        advertise_alt = _ip(o["advertise-alt"], "--advertise-alt") if o["advertise-alt"] else None
+        advertise = ip(o["advertise"], "--advertise") if o["advertise"] else None
+        advertise_alt = ip(o["advertise-alt"], "--advertise-alt") if o["advertise-alt"] else None
         if advertise_alt and not alt_ip:
             raise usage.UsageError("--advertise-alt needs --alt-ip")
         self.config = SalonConfig(
@@ -170,16 +146,16 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
             alt_ip=alt_ip,
             advertise=advertise,
             advertise_alt=advertise_alt,
-            rate_limit=_int(o["rate-limit"], "--rate-limit", 0, 10 ** 9),
-            max_sources=_int(o["max-sources"], "--max-sources", 1, 10 ** 8),
-            rcvbuf=_int(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
-            stats_interval=float(_int(o["stats-interval"], "--stats-interval", 1, 86400)),
+            rate_limit=whole(o["rate-limit"], "--rate-limit", 0, 10 ** 9),
+            max_sources=whole(o["max-sources"], "--max-sources", 1, 10 ** 8),
+            rcvbuf=whole(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
+            stats_interval=float(whole(o["stats-interval"], "--stats-interval", 1, 86400)),
             introducer=not o["no-introducer"],
             full_plain_answers=bool(o["full-plain-answers"]),
-            max_rooms=_int(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
+            max_rooms=whole(o["max-rooms"], "--max-rooms", 1, 10 ** 8),
             member_timeout=_member_timeout(o),
-            max_members=_int(o["max-members"], "--max-members", 2, 64),
-            max_waiting_per_ip=_int(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
+            max_members=whole(o["max-members"], "--max-members", 2, 64),
+            max_waiting_per_ip=whole(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
             turn=self.turn_config(advertise or interface),
             **_shared_rooms(o),
         )

@@ -12,19 +12,10 @@ from typing import List, Optional
 
 from twisted.python import usage
 
+from natsalon.server.optcheck import secret_lines, whole
 from natsalon.server.turn.core import TurnConfig
 
 _D = TurnConfig()
-
-
-def _whole(value, name: str, low: int, high: int) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError("%s: %r is not a whole number" % (name, value)) from None
-    if not low <= n <= high:
-        raise usage.UsageError("%s: %d is out of range (%d to %d)" % (name, n, low, high))
-    return n
 
 
 class TurnOptionsMixin:
@@ -57,11 +48,7 @@ class TurnOptionsMixin:
     def opt_turn_secret_file(self, path: str) -> None:
         """File of TURN shared secrets, one a line (keeps them off the
         command line)."""
-        try:
-            with open(path, "rb") as f:
-                secrets = [line.strip() for line in f.read().splitlines() if line.strip()]
-        except OSError as e:
-            raise usage.UsageError("--turn-secret-file: %s" % e) from None
+        secrets = secret_lines(path, "--turn-secret-file")
         if not secrets:
             raise usage.UsageError("--turn-secret-file: no secret in %s" % path)
         self.setdefault("turn-secrets", []).extend(secrets)
@@ -88,24 +75,24 @@ class TurnOptionsMixin:
         lo, sep, hi = self["relay-ports"].partition("-")
         if not sep:
             raise usage.UsageError("--relay-ports: %r is not LO-HI" % self["relay-ports"])
-        lo, hi = _whole(lo, "--relay-ports", 1, 65535), _whole(hi, "--relay-ports", 1, 65535)
+        lo, hi = whole(lo, "--relay-ports", 1, 65535), whole(hi, "--relay-ports", 1, 65535)
         if lo > hi:
             raise usage.UsageError("--relay-ports: %d is above %d" % (lo, hi))
-        max_lifetime = _whole(self["turn-max-lifetime"], "--turn-max-lifetime", 60, 86400)
+        max_lifetime = whole(self["turn-max-lifetime"], "--turn-max-lifetime", 60, 86400)
         return TurnConfig(
             secrets=tuple(secrets),
             realm=self["turn-realm"],
             allow_peer=tuple(self.get("turn-allow-peer", [])),
             relay_ports=(lo, hi),
-            max_allocations=_whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
-            user_quota=_whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
-            bandwidth=_whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
-            user_bandwidth=_whole(self["turn-user-bandwidth"], "--turn-user-bandwidth", 0, 10 ** 12),
-            byte_quota=_whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
+            max_allocations=whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
+            user_quota=whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
+            bandwidth=whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
+            user_bandwidth=whole(self["turn-user-bandwidth"], "--turn-user-bandwidth", 0, 10 ** 12),
+            byte_quota=whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
             max_lifetime=max_lifetime,
             default_lifetime=min(_D.default_lifetime, max_lifetime),
             tcp=not self["no-turn-tcp"],
             tls_cert=self["tls-cert"] or "",
             tls_key=self["tls-key"] or "",
-            tls_port=_whole(self["tls-port"], "--tls-port", 0, 65535),
+            tls_port=whole(self["tls-port"], "--tls-port", 0, 65535),
         )
