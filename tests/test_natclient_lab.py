@@ -10,39 +10,12 @@ import sys
 import pytest
 
 from natlab import Lab, Nat
+from natlab.apps import ECHO, PINGER
 from natlab.salon import start_salon
 
 SERVER = "203.0.113.10:3478"
 
-ECHO = r"""
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 7001))
-print("ready", flush=True)
-while True:
-    data, addr = s.recvfrom(4096)
-    s.sendto(b"echo:" + data, addr)
-"""
 
-PINGER = r"""
-import json, socket, sys, time
-count = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 7001))
-for n in range(count):
-    s.sendto(b"ping %d" % n, ("127.0.0.1", 7000))
-    time.sleep(0.002)
-s.settimeout(3)
-got = set()
-try:
-    while len(got) < count:
-        data, _ = s.recvfrom(4096)
-        if data.startswith(b"echo:ping "):
-            got.add(int(data.split()[-1]))
-except socket.timeout:
-    pass
-print(json.dumps({"sent": count, "echoed": len(got)}), flush=True)
-"""
 
 
 @pytest.mark.nat
