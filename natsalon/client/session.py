@@ -7,8 +7,11 @@ States (the data each one owns, cancelled on every way out)::
     Idle
     Joining       [Attempt: the Joiner's JOIN transaction / cookie exchange]
     Waiting       [Attempt: the same Joiner, polling every second]
-    Punching      [Punch: the Puncher probing the peer's candidates]
-    Connected     [Live: the verified session and its Keepalive]
+    Punching      [Punch: the Puncher probing the peer's candidates, and the
+                   Relay racing it (a TURN allocation at the salon, when the
+                   introduction carried credentials)]
+    Connected     [Live: the verified session and its Keepalive, and the
+                   Relay while the path is relayed]
     BackingOff    [IDelayedCall: the retry, after backoff with jitter]
     Stopped
 
@@ -57,7 +60,9 @@ from natsalon.client.demux import ClientSocket
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
-from natsalon.client.punch import Path, Puncher
+from natsalon.client.demux import JOIN_POLICY
+from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
+from natsalon.client.relay import Relay
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
@@ -98,6 +103,13 @@ class Settings:
     #: dead_after intervals of silence, at the tick after (10 to 15 s by default)
     keepalive: float = 5.0
     dead_after: int = 2  #: keepalive intervals of silence that end a path
+    #: seconds of direct punching without a verified pair before the relay
+    #: joins the race (at once when the plan is strategy none)
+    relay_after: float = 3.0
+    #: seconds between JOINs that tell the salon our relayed address and
+    #: ask for the peer's, until we know it
+    relay_signal: float = 0.5
+    relay: bool = True  #: use the salon's TURN relay when it hands out credentials
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 
@@ -108,6 +120,7 @@ class Session(NamedTuple):
     puncher: Puncher
     keys: SessionKeys
     path: Path
+    relay: Optional[Relay] = None  #: our allocation, kept while the path is relayed
 
 
 class ClientInputs(Protocol):
@@ -258,7 +271,8 @@ class Punch:
         self.plan = decide(intro.nat, intro.peer.nat)
         ordered = self.plan.role is Role.ORDERED
         timeout = s.punch_timeout
-        if self.plan.strategy is Strategy.NONE and kit is not None:
+        relaying = s.relay and intro.turn is not None
+        if self.plan.strategy is Strategy.NONE and kit is not None and not relaying:
             timeout = min(timeout, kit.settings.none_after)
         self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
                                None if ordered else intro.peer_address, () if ordered else intro.peer.candidates,
@@ -280,11 +294,131 @@ class Punch:
         self.deferred = self.puncher.start()
         if self.runner is not None:
             self.runner.start()
+        self.intro = intro
+        self.relay: Optional[Relay] = None
+        self.relay_error: Optional[str] = None
+        self._relay_call = None
+        self._signal_call = None
+        self._signal_req: Optional[defer.Deferred] = None
+        self._cookie = intro.cookie
+        if relaying:
+            delay = 0.0 if self.plan.strategy is Strategy.NONE else s.relay_after
+            self._relay_call = core.clock.callLater(delay, self._start_relay)
         self.deferred.addCallbacks(self._found, self._no_path)
-        self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path)),
+        self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
+                                                                          self._keep_relay(path))),
                                    _unless_cancelled(machine._failed))
 
+    # -- the relay racing direct punching --------------------------------------
+    def _start_relay(self) -> None:
+        self._relay_call = None
+        if self.puncher.best() is not None or self.puncher.selected is not None:
+            return  # direct punching won the head start: no allocation
+        core = self.core
+        self.relay = Relay(core.clock, core.socket, core.server, self.intro.turn)
+        core.log.info("relay: allocating at the salon's TURN")
+        core.emit({"event": "relay-allocating", "server": "%s:%d" % tuple(core.server),
+                   "after_ms": round((core.clock.seconds() - self.started) * 1000, 1)})
+        self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._relay_failed)
+
+    def _allocated(self, relayed) -> None:
+        self.core.emit({"event": "relay-allocated", "server": "%s:%d" % tuple(self.core.server),
+                        "allocate_ms": round((self.core.clock.seconds() - self.started) * 1000, 1)})
+        self.core.log.debug("relayed address {relayed}", relayed=relayed)
+        self._signal()
+
+    def _relay_failed(self, f: Failure) -> None:
+        if f.check(defer.CancelledError):
+            return
+        self.relay_error = f.getErrorMessage()
+        self.core.log.warn("relay: {error}", error=self.relay_error)
+        self.core.emit({"event": "relay-failed", "reason": self.relay_error})
+        if self.relay is not None:
+            self.relay.close()
+
+    def _signal(self) -> None:
+        """JOIN again with our relayed address (NS-RELAY): the salon updates
+        our JOIN for the peer, and its answer lists the peer's, with its
+        relayed address once it has one."""
+        self._signal_call = None
+        core, relay = self.core, self.relay
+        if relay is None or relay.relayed is None or self.puncher.selected is not None or core.member is None:
+            return
+        nonce, token = core.member
+        msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self._cookie,
+                                   leave_hash=wire.leave_hash(token),
+                                   flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
+                                   nat=self.intro.nat if self.intro.nat.known else None, relay=relay.relayed)
+        req = self._signal_req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY,
+                                                          sha256_key=core.keys.k_join)
+        req.addCallbacks(self._signalled, self._signal_failed)
+
+    def _signalled(self, response) -> None:
+        self._signal_req = None
+        try:
+            ans = wire.parse_join_answer(response.message)
+        except wire.WireError:
+            ans = None
+        if ans is not None and ans.kind is wire.Answer.COOKIE:
+            self._cookie = ans.cookie
+            self._signal()
+            return
+        if ans is not None and ans.kind is wire.Answer.INTRODUCED:
+            for raw, _address in ans.peers:
+                try:
+                    peer = wire.verify_peer_join(raw, self.core.keys.k_join, self.core.keys.room_id)
+                except wire.WireError:
+                    continue
+                if peer.nonce == self.intro.peer.nonce and peer.relay is not None:
+                    self.core.log.debug("the peer's relayed address {relay}", relay=peer.relay)
+                    self.puncher.add_candidate(peer.relay, CandidateKind.RELAY)
+                    return
+        self._signal_call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
+
+    def _signal_failed(self, f: Failure) -> None:
+        self._signal_req = None
+        if not f.check(defer.CancelledError):
+            self._signal_call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
+
+    def _keep_relay(self, path: Path) -> Optional[Relay]:
+        """Our allocation goes on with a relayed path (the peer may have
+        chosen it even if we chose its own); otherwise it is released."""
+        self._stop_signal()
+        relay, self.relay = self.relay, None
+        if relay is None:
+            return None
+        if path.kind != RELAY:
+            relay.close()
+            return None
+        if path.local is relay.local:
+            # the connection's frames to the peer leave through the allocation
+            self.core.socket.routes[tuple(path.address)] = relay.local.send
+        return relay
+
+    def _stop_signal(self) -> None:
+        if self._relay_call is not None and self._relay_call.active():
+            self._relay_call.cancel()
+        self._relay_call = None
+        if self._signal_call is not None and self._signal_call.active():
+            self._signal_call.cancel()
+        self._signal_call = None
+        req, self._signal_req = self._signal_req, None
+        if req is not None:
+            req.cancel()
+
+    def stop_relay(self) -> None:
+        """Cancel the relay's pending work and release the allocation."""
+        self._stop_signal()
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.close()
+
     def _found(self, path: Path) -> Path:
+        if path.kind == RELAY:
+            self.core.log.info("relayed path through the salon's TURN")
+            self.core.emit({"event": "relayed", "server": "%s:%d" % tuple(self.core.server),
+                            "relay_ms": round((self.core.clock.seconds() - self.started) * 1000, 1),
+                            "local": "relay" if path.local is not None and path.local.relayed else "socket"})
         if self.runner is not None:
             self.runner.finish(path)
         if path.strategy != Strategy.PLAIN.value:
@@ -294,6 +428,9 @@ class Punch:
         return path
 
     def _no_path(self, f: Failure) -> Failure:
+        self.stop_relay()
+        if f.check(PunchFailed) and self.relay_error is not None:
+            f = Failure(PunchFailed("%s; relay: %s" % (f.getErrorMessage(), self.relay_error)))
         if f.check(PunchFailed) and self.plan.strategy is Strategy.NONE:
             return Failure(PunchFailed("%s (strategy none; %s)" % (self.plan.reason, f.getErrorMessage())))
         return f
@@ -301,6 +438,7 @@ class Punch:
     def cancel(self) -> None:
         self.deferred.cancel()
         self.puncher.stop()
+        self.stop_relay()
 
     def goodbye(self) -> None:
         self.puncher.goodbye()
@@ -311,6 +449,7 @@ class Live:
 
     def __init__(self, machine: ClientInputs, core: Core, session: Session) -> None:
         self.session = session
+        self.core = core
         s = core.settings
         self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
                                    lambda silent: self._dead(machine, core, silent))
@@ -328,6 +467,10 @@ class Live:
         self.keepalive.stop()
         self.session.puncher.stop()
         connection.detach()
+        relay = self.session.relay
+        if relay is not None:
+            self.core.socket.routes.pop(tuple(self.session.path.address), None)
+            relay.close()
 
     def goodbye(self) -> None:
         self.session.puncher.goodbye()
@@ -434,6 +577,7 @@ def _backing_off(m: ClientInputs, c: Core, failure: Failure):
 def _attempt_failed(m: ClientInputs, c: Core, pending: object, failure: Failure) -> None:
     if isinstance(pending, Punch):
         pending.puncher.stop()
+        pending.stop_relay()
     if c.connects:
         c.emit({"event": "repunch-failed", "reason": failure.getErrorMessage()})
     c.count_failure(failure)
