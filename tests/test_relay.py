@@ -1,0 +1,192 @@
+"""The relay fallback (issue 12) on a Clock: the salon's real introducer
+and TURN relay, two client machines whose direct path is cut, wired
+through the in-memory network of test_session; no sockets."""
+
+from __future__ import annotations
+
+import random
+
+from natsalon.client.punch import RELAY, CandidateKind, LocalSocket
+from natsalon.client.relay import Relay
+from natsalon.client.session import Phase
+from natsalon.server.introducer.cookies import CookieJar
+from natsalon.server.introducer.handler import Introducer
+from natsalon.server.introducer.rooms import MemoryRooms
+from natsalon.server.layout import Layout
+from natsalon.server.reflector import ReflectorProtocol, ServerState
+from natsalon.server.turn import TurnConfig
+from natsalon.server.turn.auth import room_credentials
+from natsalon.server.turn.relay import TurnService
+from natsalon.stun import Address, Method
+
+from test_session import A, B, SALON, Net, Wire
+
+SECRET = b"relay-test-secret"
+
+
+class _Host:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+class _Listening:
+    """A relayed socket on the in-memory network."""
+
+    def __init__(self, net: "RelayNet", addr) -> None:
+        self.net, self.addr = net, addr
+
+    def write(self, data: bytes, addr) -> None:
+        self.net.send(self.addr, tuple(addr), data)
+
+    def getHost(self):
+        return _Host(self.addr[1])
+
+    def stopListening(self) -> None:
+        self.net.nodes.pop(self.addr, None)
+
+
+class RelayNet(Net):
+    """The session tests' network, with the direct path between A and B
+    cut (every datagram between them dropped: no hole can be punched) and
+    UDP ports for the salon's relayed sockets."""
+
+    def __init__(self, direct: bool = False, **kw) -> None:
+        super().__init__(**kw)
+        self.direct = direct
+        self.allocations = 0
+
+    def send(self, src, dst, data: bytes) -> None:
+        if not self.direct and {src, dst} == {A, B}:
+            return
+        super().send(src, dst, data)
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        addr = (SALON[0], port)
+        self.attach(addr, protocol)
+        return _Listening(self, addr)
+
+    def salon(self, turn: bool = True):
+        state = ServerState()
+        state.layout = Layout((SALON[0], None), (SALON[1], 3479))
+        intro = Introducer(self.clock, MemoryRooms(), CookieJar(b"k" * 32),
+                           push=lambda r: state.transports[(0, 0)].write(r.data, r.to))
+        state.handlers[Method.JOIN] = intro.handle
+        proto = ReflectorProtocol((0, 0), state, rcvbuf=0)
+        self.attach(SALON, proto)
+        state.transports[(0, 0)] = proto.transport
+        self.turn = None
+        if turn:
+            self.turn = TurnService(self, state, TurnConfig(secrets=(SECRET,), allow_peer=("0.0.0.0/0",), tcp=False),
+                                    "0.0.0.0", SALON[0], rng=random.Random(3))
+            intro.turn_credentials = lambda room, now: room_credentials(SECRET, room, now)
+        return intro
+
+    # the Clock is the reactor: TurnService asks it for seconds() and callLater()
+    def seconds(self):
+        return self.clock.seconds()
+
+    def callLater(self, *a, **kw):
+        return self.clock.callLater(*a, **kw)
+
+
+def _pair(net: RelayNet, **settings):
+    net.salon()
+    a, ca, ea = net.client(A, **settings)
+    b, cb, eb = net.client(B, **settings)
+    return (a, ca, ea), (b, cb, eb)
+
+
+def test_no_direct_path_connects_through_the_relay_and_carries_frames():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    for core, events in ((ca, ea), (cb, eb)):
+        path = core.connection.path
+        assert path.kind == RELAY
+        names = [e["event"] for e in events]
+        assert "relay-allocating" in names and "relay-allocated" in names and "relayed" in names
+        relayed = [e for e in events if e["event"] == "relayed"][0]
+        assert relayed["server"] == "%s:%d" % SALON
+        # the head start, then about the allocation and a few round trips
+        assert 1000 <= relayed["relay_ms"] <= 1600, relayed
+    assert len(net.turn.core) == 2  # both allocated; either side's allocation may carry a direction
+    got = {"a": [], "b": []}
+    ca.connection.set_receiver(got["a"].append)
+    cb.connection.set_receiver(got["b"].append)
+    for i in range(50):
+        assert ca.connection.send(b"a%d" % i)
+        assert cb.connection.send(b"b%d" % i)
+    net.run(0.5)
+    assert got["b"] == [b"a%d" % i for i in range(50)]
+    assert got["a"] == [b"b%d" % i for i in range(50)]
+    # the relay saw only AEAD frames and PUNCH probes, and data goes as
+    # ChannelData once a channel is bound
+    assert any(alloc.channels for alloc in net.turn.core.allocations())
+    a.stop()
+    b.stop()
+    net.run(1.0)
+    assert len(net.turn.core) == 0  # both allocations released (Refresh 0)
+
+
+def test_a_direct_path_wins_and_no_allocation_is_made():
+    net = RelayNet(direct=True)
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == cb.connection.path.kind == "direct"
+    assert not [e for e in ea + eb if e["event"].startswith("relay")]
+    assert len(net.turn.core) == 0
+
+
+def test_without_credentials_no_relay_and_the_punch_fails():
+    net = RelayNet()
+    net.salon(turn=False)
+    a, ca, ea = net.client(A, punch_timeout=2.0)
+    b, cb, eb = net.client(B, punch_timeout=2.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(2.5)
+    assert ca.phase is Phase.BACKING_OFF
+    assert not [e for e in ea if e["event"].startswith("relay")]
+
+
+def test_relay_local_socket_is_a_relayed_pair():
+    local = LocalSocket(lambda d, a: None, "relay", relayed=SALON)
+    from natsalon.client.punch import Candidate, CandidatePair
+    pair = CandidatePair(local, Candidate(Address(*A), CandidateKind.PRFLX))
+    assert pair.relayed and pair.path_kind == RELAY and pair.rank == CandidateKind.RELAY.rank
+    plain = CandidatePair(LocalSocket(lambda d, a: None), Candidate(Address(*A), CandidateKind.RELAY))
+    assert plain.path_kind == RELAY
+    assert CandidatePair(LocalSocket(lambda d, a: None), Candidate(Address(*A), CandidateKind.SRFLX)).path_kind \
+        == "direct"
+
+
+def test_relay_send_without_allocation_raises_and_close_is_idempotent():
+    net = RelayNet()
+    net.salon()
+    sock = net.client(A)[1].socket
+    relay = Relay(net.clock, sock, SALON, room_credentials(SECRET, b"r" * 16, net.clock.seconds()))
+    try:
+        relay.send(b"x", B)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("sent without an allocation")
+    d = relay.start(B[0])
+    got = []
+    d.addCallback(got.append)
+    net.run(0.5)
+    assert got and got[0].host == SALON[0] and len(net.turn.core) == 1
+    closed = []
+    relay.close().addCallback(closed.append)
+    relay.close().addCallback(closed.append)
+    net.run(0.5)
+    assert closed == [False, True] and len(net.turn.core) == 0
+    assert SALON not in sock.relays
