@@ -53,9 +53,10 @@ class RelayNet(Net):
     def __init__(self, direct: bool = False, **kw) -> None:
         super().__init__(**kw)
         self.direct = direct
-        self.allocations = 0
+        self.sent = []
 
     def send(self, src, dst, data: bytes) -> None:
+        self.sent.append((src, dst))
         if not self.direct and {src, dst} == {A, B}:
             return
         super().send(src, dst, data)
@@ -185,7 +186,11 @@ def test_relay_send_without_allocation_raises_and_close_is_idempotent():
     net.run(0.5)
     assert got and got[0].host == SALON[0] and len(net.turn.core) == 1
     closed = []
+    net.sent.clear()
     relay.close().addCallback(closed.append)
+    # the release leaves at once, not at the next turn of the reactor (a
+    # client that closes its socket right after, at shutdown, still releases)
+    assert net.sent == [(A, SALON)]
     relay.close().addCallback(closed.append)
     net.run(0.5)
     assert closed == [False, True] and len(net.turn.core) == 0

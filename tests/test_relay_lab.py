@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat) -> None:
     lab = natlab
     ha = lab.add_site("a", a).hosts[0]
     hb = lab.add_site("b", b).hosts[0]
-    start_salon(lab, extra_args=TURN_ARGS)
+    salon = start_salon(lab, extra_args=TURN_ARGS)
     count = 3000
     fwd = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "relay-fwd",
                     "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",
@@ -62,8 +63,21 @@ def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat) -> None:
     results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in recv]
     for p in fwd:
         p.terminate()
-    closed = [_events(p, 10)[1] for p in fwd]
+    ended = [_events(p, 10) for p in fwd]
+    closed = [e[1] for e in ended]
     assert results == [{"received": count, "bad": 0}] * 2, (results, early, closed)
     for events in closed:
         c = _last(events, "closed")
         assert c is not None and c["to_peer"] == count and c["from_peer"] == count and c["rejected"] == 0, events
+    # every allocation was released on close (Refresh 0: "deleted", not left to expire)
+    allocated = sum(1 for evs in early for e in evs if e["event"] == "relay-allocated")
+    assert allocated >= 1
+    deadline = time.monotonic() + 5
+    while True:
+        salon.salon_log.seek(0)
+        log = salon.salon_log.read().decode(errors="replace")
+        deleted = sum(1 for line in log.splitlines() if "TURN allocation for" in line and " deleted:" in line)
+        if deleted >= allocated or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert deleted == allocated, (log[-3000:], [e[2][-2000:] for e in ended])
