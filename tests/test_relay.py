@@ -195,3 +195,52 @@ def test_relay_send_without_allocation_raises_and_close_is_idempotent():
     net.run(0.5)
     assert closed == [False, True] and len(net.turn.core) == 0
     assert SALON not in sock.relays
+
+
+def test_a_relayed_pair_upgrades_to_direct_when_a_path_opens():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_interval=1.0, release_after=2.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == cb.connection.path.kind == RELAY
+    conn_a, conn_b = ca.connection, cb.connection
+    got = []
+    conn_b.set_receiver(got.append)
+    for i in range(20):
+        conn_a.send(b"x%d" % i)
+    net.run(0.2)
+    net.direct = True  # the NAT lets the direct path through now
+    sent = 20
+    for _ in range(40):  # frames flow across the switch
+        conn_a.send(b"x%d" % sent)
+        sent += 1
+        net.run(0.1)
+    assert conn_a.path.kind == conn_b.path.kind == "direct"
+    assert conn_a.path.address == B and conn_b.path.address == A
+    for events in (ea, eb):
+        up = [e for e in events if e["event"] == "upgraded"]
+        assert len(up) == 1 and up[0]["path"] == "direct", events
+    net.run(0.5)
+    assert got == [b"x%d" % i for i in range(sent)]  # nothing lost across the switch
+    assert conn_a.rejected == conn_b.rejected == 0
+    net.run(3.0)
+    assert len(net.turn.core) == 0  # the allocations were released after the switch
+    a.stop()
+    b.stop()
+
+
+def test_no_upgrade_past_its_budget():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_interval=1.0, upgrade_budget=3.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(8.0)
+    net.direct = True
+    net.run(3.0)
+    assert ca.connection.path.kind == RELAY
+    assert len(net.turn.core) == 2  # still relayed, allocations kept
+    a.stop()
+    b.stop()

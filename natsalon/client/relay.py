@@ -6,8 +6,9 @@ that shares the client's UDP socket (the salon answers TURN on its STUN
 port).  Its :attr:`Relay.local` is a
 :class:`~natsalon.client.punch.LocalSocket` whose ``send`` relays through
 the allocation, so the puncher probes and answers through it like through
-any socket, and the connection's frames follow it through
-``ClientSocket.routes``.  What the relay hands back (ChannelData, Data
+any socket, and the connection's frames follow it (a
+:class:`~natsalon.client.connection.Connection` sends from its path's
+local socket).  What the relay hands back (ChannelData, Data
 indications) goes to the client socket's usual consumers: payload frames
 to ``on_frame``, punch probes to ``on_punch`` tagged with :attr:`local`.
 

@@ -11,7 +11,7 @@ States (the data each one owns, cancelled on every way out)::
                    Relay racing it (a TURN allocation at the salon, when the
                    introduction carried credentials)]
     Connected     [Live: the verified session and its Keepalive, and the
-                   Relay while the path is relayed]
+                   Relay and its Upgrade while the path is relayed]
     BackingOff    [IDelayedCall: the retry, after backoff with jitter]
     Stopped
 
@@ -35,6 +35,11 @@ Inputs and transitions::
                                                          when next connected; fails after
                                                          n failed attempts in a row, or
                                                          with CancelledError on stop
+
+An upgrade from a relayed path to a direct one is no transition: the
+``Connected`` state's Live moves the Connection to the direct pair
+(:meth:`Connection.move`: same keys and counters), emits ``upgraded`` and
+releases the allocation shortly after.
 
 "Path lost" and "re-joining" are the ``Connected -> Joining`` transition:
 the :class:`~natsalon.client.connection.Connection` object stays, only
@@ -63,6 +68,7 @@ from natsalon.client.keepalive import Keepalive
 from natsalon.client.demux import JOIN_POLICY
 from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
 from natsalon.client.relay import Relay
+from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
@@ -110,6 +116,13 @@ class Settings:
     #: ask for the peer's, until we know it
     relay_signal: float = 0.5
     relay: bool = True  #: use the salon's TURN relay when it hands out credentials
+    #: while relayed: seconds between probes of the direct candidates, and
+    #: for how long (0: no upgrade to direct)
+    upgrade_interval: float = 1.0
+    upgrade_budget: float = 120.0
+    #: seconds the allocation outlives an upgrade (the peer may still send
+    #: through it until its own direct pair verifies, about one RTT later)
+    release_after: float = 2.0
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 
@@ -390,9 +403,6 @@ class Punch:
         if path.kind != RELAY:
             relay.close()
             return None
-        if path.local is relay.local:
-            # the connection's frames to the peer leave through the allocation
-            self.core.socket.routes[tuple(path.address)] = relay.local.send
         return relay
 
     def _stop_signal(self) -> None:
@@ -455,6 +465,30 @@ class Live:
                                    lambda silent: self._dead(machine, core, silent))
         core.connection.attach(session.puncher, session.keys, session.path)
         self.keepalive.start()
+        self.upgrade: Optional[Upgrade] = None
+        self._release = None
+        if session.path.kind == RELAY and s.upgrade_budget > 0:
+            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded)
+            self.upgrade.start()
+
+    def _upgraded(self, pair) -> None:
+        """A direct pair verified while relayed: traffic moves to it now,
+        the allocation goes a little later."""
+        core = self.core
+        path = self.session.puncher.move(pair)
+        relay = self.session.relay
+        self.session = self.session._replace(path=path, relay=None)
+        core.connection.move(path)
+        self.keepalive.address = path.address
+        if relay is not None:
+            self._release = core.clock.callLater(core.settings.release_after, self._release_now, relay)
+        core.log.info("upgraded to a {kind} path", kind=path.kind)
+        core.emit({"event": "upgraded", "path": path.kind, "peer": str(path.address),
+                   "rtt_ms": round(path.rtt * 1000, 1), "probes": self.upgrade.probes if self.upgrade else 0})
+
+    def _release_now(self, relay: Relay) -> None:
+        self._release = None
+        relay.close()
 
     @staticmethod
     def _dead(machine: ClientInputs, core: Core, silent: float) -> None:
@@ -467,10 +501,15 @@ class Live:
         self.keepalive.stop()
         self.session.puncher.stop()
         connection.detach()
+        if self.upgrade is not None:
+            self.upgrade.stop()
         relay = self.session.relay
         if relay is not None:
-            self.core.socket.routes.pop(tuple(self.session.path.address), None)
             relay.close()
+        release, self._release = self._release, None
+        if release is not None and release.active():
+            release.cancel()
+            release.args[0].close()
 
     def goodbye(self) -> None:
         self.session.puncher.goodbye()

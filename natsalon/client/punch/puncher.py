@@ -204,6 +204,16 @@ class Puncher:
         if not self._deferred.called:
             self._deferred.callback(self.selected)
 
+    def move(self, pair: CandidatePair) -> Path:
+        """Select another verified ``pair`` while keeping a path alive (an
+        upgrade from a relayed path to a direct one); returns its Path."""
+        if not pair.verified:
+            raise ValueError("only a verified pair can carry the path")
+        self.selected_pair = pair
+        self.selected = Path(pair.address, pair.path_kind, pair.rtt or 0.0, pair.kind, pair.local, self.strategy,
+                             self.probes_sent, self.sockets_used)
+        return self.selected
+
     def _give_up(self) -> None:
         half = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED_ONE_WAY)
         reason = "no path verified in both directions within %gs (%d candidates tried, %d half-open)" % (
