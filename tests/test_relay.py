@@ -54,6 +54,7 @@ class RelayNet(Net):
         super().__init__(**kw)
         self.direct = direct
         self.sent = []
+        self.relay_host = SALON[0]  #: where relayed sockets are "bound"
 
     def send(self, src, dst, data: bytes) -> None:
         self.sent.append((src, dst))
@@ -62,7 +63,7 @@ class RelayNet(Net):
         super().send(src, dst, data)
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        addr = (SALON[0], port)
+        addr = (self.relay_host, port)
         self.attach(addr, protocol)
         return _Listening(self, addr)
 
@@ -244,3 +245,55 @@ def test_no_upgrade_past_its_budget():
     assert len(net.turn.core) == 2  # still relayed, allocations kept
     a.stop()
     b.stop()
+
+
+def test_parse_turn_uri():
+    from natsalon.client.options import TurnServer, parse_turn
+
+    assert parse_turn("turn:u:p@192.0.2.9") == TurnServer("192.0.2.9", 3478, "u", "p")
+    assert parse_turn("turn:1795712400:room-ab:cGFzcw==@turn.example:5349?transport=udp") == TurnServer(
+        "turn.example", 5349, "1795712400:room-ab", "cGFzcw==")
+    assert parse_turn("turn:a%40b:p%3Aq@h").credentials == ("a@b", "p:q")
+    for bad, why in (("turns:u:p@h", "TLS"), ("turn:u:p@h?transport=tcp", "UDP only"), ("turn:h", "credentials"),
+                     ("turn:u@h", "USER:PASS"), ("stun:u:p@h", "not a turn")):
+        try:
+            parse_turn(bad)
+        except ValueError as e:
+            assert why in str(e), (bad, e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_another_turn_server_than_the_salon():
+    """--turn: the salon runs no relay, the client allocates at another TURN
+    server (here a second host with the same core) with its own credentials."""
+    from natsalon.client.options import TurnServer
+    from natsalon.server.turn import mint
+
+    net = RelayNet()
+    net.salon(turn=False)
+    other = ("198.51.100.99", 3478)
+    state = ServerState()
+    state.layout = Layout((other[0], None), (other[1], 3479))
+    proto = ReflectorProtocol((0, 0), state, rcvbuf=0)
+    net.attach(other, proto)
+    state.transports[(0, 0)] = proto.transport
+    net.relay_host = other[0]
+    service = TurnService(net, state, TurnConfig(secrets=(SECRET,), allow_peer=("0.0.0.0/0",), tcp=False),
+                          "0.0.0.0", other[0], rng=random.Random(5))
+    user, password = mint(SECRET, "me", 2 ** 31 - 1)
+    a, ca, ea = net.client(A, relay_after=1.0)
+    b, cb, eb = net.client(B, relay_after=1.0)
+    ca.turn = cb.turn = TurnServer(other[0], other[1], user, password)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path is not None and cb.connection.path is not None, (ea, eb)
+    assert ca.connection.path.kind == cb.connection.path.kind == RELAY
+    assert [e["server"] for e in ea if e["event"] == "relayed"] == ["198.51.100.99:3478"]
+    assert len(service.core) == 2
+    a.stop()
+    b.stop()
+    net.run(1.0)
+    assert len(service.core) == 0

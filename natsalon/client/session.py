@@ -67,6 +67,7 @@ from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.demux import JOIN_POLICY
 from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
+from natsalon.client.options import TurnServer
 from natsalon.client.relay import Relay
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
@@ -191,6 +192,10 @@ class Core:
     #: the join-time NAT probe and the extra sockets of hard-NAT strategies
     #: (:class:`natsalon.client.strategy.HardNat`); None: plain punching only
     hardnat: Optional[HardNat] = None
+    #: another TURN server than the salon's (``--turn``: host resolved to an
+    #: IP, port, credentials); None: the salon's, with the credentials its
+    #: introduction carries
+    turn: Optional[TurnServer] = None
     log: Logger = field(default_factory=Logger)
 
     def leave_salon(self) -> None:
@@ -284,7 +289,7 @@ class Punch:
         self.plan = decide(intro.nat, intro.peer.nat)
         ordered = self.plan.role is Role.ORDERED
         timeout = s.punch_timeout
-        relaying = s.relay and intro.turn is not None
+        relaying = s.relay and (core.turn is not None or intro.turn is not None)
         if self.plan.strategy is Strategy.NONE and kit is not None and not relaying:
             timeout = min(timeout, kit.settings.none_after)
         self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
@@ -328,14 +333,24 @@ class Punch:
         if self.puncher.best() is not None or self.puncher.selected is not None:
             return  # direct punching won the head start: no allocation
         core = self.core
-        self.relay = Relay(core.clock, core.socket, core.server, self.intro.turn)
-        core.log.info("relay: allocating at the salon's TURN")
-        core.emit({"event": "relay-allocating", "server": "%s:%d" % tuple(core.server),
+        if core.turn is not None:
+            server, credentials = (core.turn.host, core.turn.port), core.turn.credentials
+        else:
+            server, credentials = core.server, self.intro.turn
+        self.relay = Relay(core.clock, core.socket, server, credentials)
+        core.log.info("relay: allocating at {server}", server="the salon's TURN" if core.turn is None else "--turn")
+        core.emit({"event": "relay-allocating", "server": self.relay_server,
                    "after_ms": round((core.clock.seconds() - self.started) * 1000, 1)})
         self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._relay_failed)
 
+    @property
+    def relay_server(self) -> str:
+        """The TURN server of our allocation (the salon's unless ``--turn``)."""
+        server = (self.core.turn.host, self.core.turn.port) if self.core.turn is not None else self.core.server
+        return "%s:%d" % tuple(server)
+
     def _allocated(self, relayed) -> None:
-        self.core.emit({"event": "relay-allocated", "server": "%s:%d" % tuple(self.core.server),
+        self.core.emit({"event": "relay-allocated", "server": self.relay_server,
                         "allocate_ms": round((self.core.clock.seconds() - self.started) * 1000, 1)})
         self.core.log.debug("relayed address {relayed}", relayed=relayed)
         self._signal()
@@ -425,8 +440,8 @@ class Punch:
 
     def _found(self, path: Path) -> Path:
         if path.kind == RELAY:
-            self.core.log.info("relayed path through the salon's TURN")
-            self.core.emit({"event": "relayed", "server": "%s:%d" % tuple(self.core.server),
+            self.core.log.info("relayed path through TURN")
+            self.core.emit({"event": "relayed", "server": self.relay_server,
                             "relay_ms": round((self.core.clock.seconds() - self.started) * 1000, 1),
                             "local": "relay" if path.local is not None and path.local.relayed else "socket"})
         if self.runner is not None:
