@@ -68,17 +68,25 @@ class Relay:
 
     def start(self, peer_host: str) -> defer.Deferred:
         """Allocate, then permit ``peer_host`` (the peer's public IP); fires
-        with the relayed :class:`Address` (fails with
-        :class:`~natsalon.client.turn.client.TurnError`)."""
+        with the relayed :class:`Address` as soon as it is allocated (fails
+        with :class:`~natsalon.client.turn.client.TurnError`): the
+        permission is installed meanwhile, within one round trip to the
+        server, before the peer can learn the address (through the salon,
+        one round trip at least) and probe it."""
         self.sock.relays[self.server] = self.datagram
         d = self._allocating = self.turn.allocate()
 
         def allocated(allocation: Allocation):
             self._allocating = None
             self.allocation = allocation
-            return self.turn.permit(peer_host).addCallback(lambda _: allocation.relayed)
+            self.turn.permit(peer_host).addErrback(self._permit_failed)
+            return allocation.relayed
 
         return d.addCallback(allocated)
+
+    def _permit_failed(self, f) -> None:
+        if not f.check(defer.CancelledError):
+            self.log.warn("TURN permission for the peer refused: {e}", e=f.getErrorMessage())
 
     def close(self) -> defer.Deferred:
         """Release the allocation (idempotent); fires True once the server

@@ -115,7 +115,7 @@ class Settings:
     relay_after: float = 3.0
     #: seconds between JOINs that tell the salon our relayed address and
     #: ask for the peer's, until we know it
-    relay_signal: float = 0.5
+    relay_signal: float = 0.25
     relay: bool = True  #: use the salon's TURN relay when it hands out credentials
     #: while relayed: seconds between probes of the direct candidates, and
     #: for how long (0: no upgrade to direct)
