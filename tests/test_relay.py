@@ -19,7 +19,7 @@ from natsalon.server.turn.auth import room_credentials
 from natsalon.server.turn.relay import TurnService
 from natsalon.stun import Address, Method
 
-from test_session import A, B, SALON, Net, Wire
+from test_session import A, B, SALON, Net
 
 SECRET = b"relay-test-secret"
 

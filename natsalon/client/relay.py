@@ -22,6 +22,10 @@ for the relayed address, which its NAT lets in since the peer sent
 there).  The path is verified both ways with the session keys like any
 other; the relay sees only PUNCH probes and AEAD frames.
 
+:class:`RelayRace` is that race's data in the client machine's
+``Punching`` state: when to allocate, the re-JOINs that signal, which
+allocation survives the choice of a path.
+
 Data goes as Send indications until a channel to the peer's address is
 bound (bound on the first send to it), then as ChannelData.
 :meth:`Relay.close` releases the allocation (Refresh with LIFETIME 0).
@@ -33,8 +37,11 @@ from typing import Callable, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from natsalon.client.punch import LocalSocket
+from natsalon import wire
+from natsalon.client.demux import JOIN_POLICY
+from natsalon.client.punch import RELAY, CandidateKind, LocalSocket, Path, Puncher
 from natsalon.client.turn.client import Allocation, TurnClient, is_channel_data
 from natsalon.crypto.aead import is_frame
 from natsalon.stun import Address, Class, Method, StunDecodeError, decode
@@ -153,3 +160,143 @@ class Relay:
             self.sock.on_frame(payload, addr)
         else:
             self.sock.on_punch(payload, addr, self.local)
+
+
+class RelayRace:
+    """The relay's side of the race against direct punching (data of the
+    machine's ``Punch``): after ``delay`` seconds without a verified pair
+    it allocates (at ``core.turn`` if given, else at the salon with the
+    introduction's credentials), then re-JOINs every
+    ``settings.relay_signal`` seconds with the relayed address until the
+    peer's relayed address is known (then a ``relay`` candidate of the
+    puncher).  :meth:`keep` hands the allocation on when the chosen path is
+    relayed and releases it otherwise; :meth:`stop` cancels everything.
+    ``core`` is the machine's :class:`~natsalon.client.session.Core`."""
+
+    def __init__(self, core, puncher: Puncher, intro, started: float) -> None:
+        self.core = core
+        self.puncher = puncher
+        self.intro = intro
+        self.started = started
+        self.relay: Optional[Relay] = None
+        self.error: Optional[str] = None  #: why the allocation failed, if it did
+        self._cookie = intro.cookie
+        self._call = None
+        self._req: Optional[defer.Deferred] = None
+
+    @property
+    def server(self) -> Tuple[str, int]:
+        turn = self.core.turn
+        return (turn.host, turn.port) if turn is not None else tuple(self.core.server)
+
+    @property
+    def server_text(self) -> str:
+        return "%s:%d" % self.server
+
+    def _ms(self) -> float:
+        return round((self.core.clock.seconds() - self.started) * 1000, 1)
+
+    def start(self, delay: float) -> None:
+        self._call = self.core.clock.callLater(delay, self._allocate)
+
+    def _allocate(self) -> None:
+        self._call = None
+        if self.puncher.best() is not None or self.puncher.selected is not None:
+            return  # direct punching won the head start: no allocation
+        core = self.core
+        credentials = core.turn.credentials if core.turn is not None else self.intro.turn
+        self.relay = Relay(core.clock, core.socket, self.server, credentials)
+        core.log.info("relay: allocating at {server}", server="the salon's TURN" if core.turn is None else "--turn")
+        core.emit({"event": "relay-allocating", "server": self.server_text, "after_ms": self._ms()})
+        self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._failed)
+
+    def _allocated(self, relayed: Address) -> None:
+        self.core.emit({"event": "relay-allocated", "server": self.server_text, "allocate_ms": self._ms()})
+        self.core.log.debug("relayed address {relayed}", relayed=relayed)
+        self._signal()
+
+    def _failed(self, f: Failure) -> None:
+        if f.check(defer.CancelledError):
+            return
+        self.error = f.getErrorMessage()
+        self.core.log.warn("relay: {error}", error=self.error)
+        self.core.emit({"event": "relay-failed", "reason": self.error})
+        if self.relay is not None:
+            self.relay.close()
+
+    # -- signalling through the salon -------------------------------------------
+    def _signal(self) -> None:
+        """JOIN again with our relayed address (NS-RELAY): the salon updates
+        our JOIN for the peer, and its answer lists the peer's, with its
+        relayed address once it has one."""
+        self._call = None
+        core, relay = self.core, self.relay
+        if relay is None or relay.relayed is None or self.puncher.selected is not None or core.member is None:
+            return
+        nonce, token = core.member
+        msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self._cookie,
+                                   leave_hash=wire.leave_hash(token),
+                                   flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
+                                   nat=self.intro.nat if self.intro.nat.known else None, relay=relay.relayed)
+        self._req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
+        self._req.addCallbacks(self._signalled, self._signal_failed)
+
+    def _signalled(self, response) -> None:
+        self._req = None
+        try:
+            ans = wire.parse_join_answer(response.message)
+        except wire.WireError:
+            ans = None
+        if ans is not None and ans.kind is wire.Answer.COOKIE:
+            self._cookie = ans.cookie  # the salon's secret rolled over: at once with the new one
+            self._signal()
+            return
+        if ans is not None and ans.kind is wire.Answer.INTRODUCED:
+            for raw, _address in ans.peers:
+                try:
+                    peer = wire.verify_peer_join(raw, self.core.keys.k_join, self.core.keys.room_id)
+                except wire.WireError:
+                    continue
+                if peer.nonce == self.intro.peer.nonce and peer.relay is not None:
+                    self.core.log.debug("the peer's relayed address {relay}", relay=peer.relay)
+                    self.puncher.add_candidate(peer.relay, CandidateKind.RELAY)
+                    return
+        self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
+
+    def _signal_failed(self, f: Failure) -> None:
+        self._req = None
+        if not f.check(defer.CancelledError):
+            self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
+
+    # -- the end of the race ------------------------------------------------------
+    def won(self, path: Path) -> None:
+        """A relayed path was chosen: say so."""
+        self.core.log.info("relayed path through TURN")
+        self.core.emit({"event": "relayed", "server": self.server_text, "relay_ms": self._ms(),
+                        "local": "relay" if path.local is not None and path.local.relayed else "socket"})
+
+    def keep(self, path: Path) -> Optional[Relay]:
+        """Our allocation, if it goes on with ``path``: a relayed path keeps
+        it (the peer may have chosen it even if we chose its own); any other
+        releases it."""
+        self._cancel_pending()
+        relay, self.relay = self.relay, None
+        if relay is not None and path.kind != RELAY:
+            relay.close()
+            return None
+        return relay
+
+    def _cancel_pending(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        req, self._req = self._req, None
+        if req is not None:
+            req.cancel()
+
+    def stop(self) -> None:
+        """Cancel the pending work and release the allocation."""
+        self._cancel_pending()
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.close()

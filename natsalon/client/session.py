@@ -65,10 +65,9 @@ from natsalon.client.demux import ClientSocket
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
-from natsalon.client.demux import JOIN_POLICY
-from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
+from natsalon.client.punch import RELAY, Path, Puncher
 from natsalon.client.options import TurnServer
-from natsalon.client.relay import Relay
+from natsalon.client.relay import Relay, RelayRace
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
@@ -312,138 +311,26 @@ class Punch:
         self.deferred = self.puncher.start()
         if self.runner is not None:
             self.runner.start()
-        self.intro = intro
-        self.relay: Optional[Relay] = None
-        self.relay_error: Optional[str] = None
-        self._relay_call = None
-        self._signal_call = None
-        self._signal_req: Optional[defer.Deferred] = None
-        self._cookie = intro.cookie
+        self.race: Optional[RelayRace] = None
         if relaying:
-            delay = 0.0 if self.plan.strategy is Strategy.NONE else s.relay_after
-            self._relay_call = core.clock.callLater(delay, self._start_relay)
+            self.race = RelayRace(core, self.puncher, intro, self.started)
+            self.race.start(0.0 if self.plan.strategy is Strategy.NONE else s.relay_after)
         self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
                                                                           self._keep_relay(path))),
                                    _unless_cancelled(machine._failed))
 
-    # -- the relay racing direct punching --------------------------------------
-    def _start_relay(self) -> None:
-        self._relay_call = None
-        if self.puncher.best() is not None or self.puncher.selected is not None:
-            return  # direct punching won the head start: no allocation
-        core = self.core
-        if core.turn is not None:
-            server, credentials = (core.turn.host, core.turn.port), core.turn.credentials
-        else:
-            server, credentials = core.server, self.intro.turn
-        self.relay = Relay(core.clock, core.socket, server, credentials)
-        core.log.info("relay: allocating at {server}", server="the salon's TURN" if core.turn is None else "--turn")
-        core.emit({"event": "relay-allocating", "server": self.relay_server,
-                   "after_ms": round((core.clock.seconds() - self.started) * 1000, 1)})
-        self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._relay_failed)
-
-    @property
-    def relay_server(self) -> str:
-        """The TURN server of our allocation (the salon's unless ``--turn``)."""
-        server = (self.core.turn.host, self.core.turn.port) if self.core.turn is not None else self.core.server
-        return "%s:%d" % tuple(server)
-
-    def _allocated(self, relayed) -> None:
-        self.core.emit({"event": "relay-allocated", "server": self.relay_server,
-                        "allocate_ms": round((self.core.clock.seconds() - self.started) * 1000, 1)})
-        self.core.log.debug("relayed address {relayed}", relayed=relayed)
-        self._signal()
-
-    def _relay_failed(self, f: Failure) -> None:
-        if f.check(defer.CancelledError):
-            return
-        self.relay_error = f.getErrorMessage()
-        self.core.log.warn("relay: {error}", error=self.relay_error)
-        self.core.emit({"event": "relay-failed", "reason": self.relay_error})
-        if self.relay is not None:
-            self.relay.close()
-
-    def _signal(self) -> None:
-        """JOIN again with our relayed address (NS-RELAY): the salon updates
-        our JOIN for the peer, and its answer lists the peer's, with its
-        relayed address once it has one."""
-        self._signal_call = None
-        core, relay = self.core, self.relay
-        if relay is None or relay.relayed is None or self.puncher.selected is not None or core.member is None:
-            return
-        nonce, token = core.member
-        msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self._cookie,
-                                   leave_hash=wire.leave_hash(token),
-                                   flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
-                                   nat=self.intro.nat if self.intro.nat.known else None, relay=relay.relayed)
-        req = self._signal_req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY,
-                                                          sha256_key=core.keys.k_join)
-        req.addCallbacks(self._signalled, self._signal_failed)
-
-    def _signalled(self, response) -> None:
-        self._signal_req = None
-        try:
-            ans = wire.parse_join_answer(response.message)
-        except wire.WireError:
-            ans = None
-        if ans is not None and ans.kind is wire.Answer.COOKIE:
-            self._cookie = ans.cookie
-            self._signal()
-            return
-        if ans is not None and ans.kind is wire.Answer.INTRODUCED:
-            for raw, _address in ans.peers:
-                try:
-                    peer = wire.verify_peer_join(raw, self.core.keys.k_join, self.core.keys.room_id)
-                except wire.WireError:
-                    continue
-                if peer.nonce == self.intro.peer.nonce and peer.relay is not None:
-                    self.core.log.debug("the peer's relayed address {relay}", relay=peer.relay)
-                    self.puncher.add_candidate(peer.relay, CandidateKind.RELAY)
-                    return
-        self._signal_call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
-
-    def _signal_failed(self, f: Failure) -> None:
-        self._signal_req = None
-        if not f.check(defer.CancelledError):
-            self._signal_call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
-
     def _keep_relay(self, path: Path) -> Optional[Relay]:
-        """Our allocation goes on with a relayed path (the peer may have
-        chosen it even if we chose its own); otherwise it is released."""
-        self._stop_signal()
-        relay, self.relay = self.relay, None
-        if relay is None:
-            return None
-        if path.kind != RELAY:
-            relay.close()
-            return None
-        return relay
-
-    def _stop_signal(self) -> None:
-        if self._relay_call is not None and self._relay_call.active():
-            self._relay_call.cancel()
-        self._relay_call = None
-        if self._signal_call is not None and self._signal_call.active():
-            self._signal_call.cancel()
-        self._signal_call = None
-        req, self._signal_req = self._signal_req, None
-        if req is not None:
-            req.cancel()
+        return self.race.keep(path) if self.race is not None else None
 
     def stop_relay(self) -> None:
         """Cancel the relay's pending work and release the allocation."""
-        self._stop_signal()
-        relay, self.relay = self.relay, None
-        if relay is not None:
-            relay.close()
+        if self.race is not None:
+            self.race.stop()
 
     def _found(self, path: Path) -> Path:
-        if path.kind == RELAY:
-            self.core.log.info("relayed path through TURN")
-            self.core.emit({"event": "relayed", "server": self.relay_server,
-                            "relay_ms": round((self.core.clock.seconds() - self.started) * 1000, 1),
-                            "local": "relay" if path.local is not None and path.local.relayed else "socket"})
+        if path.kind == RELAY and self.race is not None:
+            self.race.won(path)
         if self.runner is not None:
             self.runner.finish(path)
         if path.strategy != Strategy.PLAIN.value:
@@ -454,8 +341,8 @@ class Punch:
 
     def _no_path(self, f: Failure) -> Failure:
         self.stop_relay()
-        if f.check(PunchFailed) and self.relay_error is not None:
-            f = Failure(PunchFailed("%s; relay: %s" % (f.getErrorMessage(), self.relay_error)))
+        if f.check(PunchFailed) and self.race is not None and self.race.error is not None:
+            f = Failure(PunchFailed("%s; relay: %s" % (f.getErrorMessage(), self.race.error)))
         if f.check(PunchFailed) and self.plan.strategy is Strategy.NONE:
             return Failure(PunchFailed("%s (strategy none; %s)" % (self.plan.reason, f.getErrorMessage())))
         return f
