@@ -260,6 +260,9 @@ class RelayRace:
                 if peer.nonce == self.intro.peer.nonce and peer.relay is not None:
                     self.core.log.debug("the peer's relayed address {relay}", relay=peer.relay)
                     self.puncher.add_candidate(peer.relay, CandidateKind.RELAY)
+                    # probed at once, not at the schedule's next round (up to
+                    # one punch interval later): the race is on
+                    self.puncher.probe(peer.relay)
                     return
         self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
 
