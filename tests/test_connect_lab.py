@@ -385,3 +385,22 @@ def test_connect_matrix_with_relay(natlab: Lab) -> None:
                 problems.append("%s: relayed %.1fs after the introduction" % (label, conn["_t"] - intro["_t"]))
     print("\n".join(summary))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.nat
+def test_unpunchable_pairs_relayed_when_impaired(natlab: Lab) -> None:
+    """The pairs with no direct path connect over the relay with 50 ms
+    delay and 5% loss at every site too (the allocation, the re-join and the
+    probes all retransmit)."""
+    lab = natlab
+    jobs = _pair_jobs(lab, UNPUNCHABLE, "u", "impaired-", delay_ms=50, loss=0.05)
+    start_salon(lab, extra_args=TURN_ARGS)
+    results, took = _run_pairs(lab, jobs, 40.0)
+    problems = []
+    for label, sides in sorted(results.items()):
+        for rc, events, err in sides:
+            conn = _last(events, "connected")
+            print("%s: rc=%s %s" % (label, rc, _public(conn or _last(events, "failed"))))
+            if rc != 0 or conn is None or conn["path"] != "relay":
+                problems.append("%s did not connect over relay: rc=%s %s %s" % (label, rc, events, err[-500:]))
+    assert not problems, "\n".join(problems)
