@@ -31,6 +31,15 @@ get the remote candidates within a few ms: the analogue of the two
 introductions).  After connecting, A sends 10 pings over the nominated pair
 and B echoes them: the median is aioice's data RTT.
 
+Relayed pairs (S-S, S-Q: random symmetric against random or sequential
+symmetric, no direct path): the salon runs its TURN relay
+(``TURN_ARGS``), natsalon relays through it with the credentials the
+introduction carries, so *2nd join -> verified* is the time to a verified
+relayed path (allocation and signalling included); aioice gets the same
+TURN server with credentials of the same form and gathers a relayed
+candidate beside its others (its allocation happens while gathering, before
+its clock starts).
+
 Both times are expressed in path RTTs, the unit being the pair's median
 natsalon ``rtt_ms`` (one reference for both tools).  Results go to
 bench/results/connect.md.  Only lab addresses; every process is ended by the
@@ -70,21 +79,33 @@ PAIRS = [
     ("O-R", "open", "restricted_cone"),
     ("W-P", "symmetric_udp_firewall", "port_restricted_cone"),
     ("same NAT (P)", "port_restricted_cone", "same"),
+    # no direct path: natsalon relays through the salon's TURN; aioice gets
+    # the same TURN server with credentials the salon would hand out
+    ("S-S (relay)", "symmetric_random", "symmetric_random"),
+    ("S-Q (relay)", "symmetric_random", "symmetric_sequential"),
 ]
+TURN_SECRET = "bench turn secret, lab only"
+#: the salon runs its TURN relay; the lab's sites are in 192.0.2.0/24 (a
+#: documentation range, refused as a peer by default)
+TURN_ARGS = ["--turn-secret", TURN_SECRET, "--turn-allow-peer", "192.0.2.0/24"]
 SHORT = {"open": "o", "full_cone": "f", "restricted_cone": "r", "port_restricted_cone": "p",
-         "symmetric_udp_firewall": "w", "symmetric_random": "s"}
+         "symmetric_udp_firewall": "w", "symmetric_random": "s", "symmetric_sequential": "q"}
 
 ICE_PEER = r"""
 import asyncio, json, os, statistics, sys, time
 import aioice
 
 role, sigdir, stun_host, stun_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+turn = sys.argv[5:7]  # username, password: a relayed candidate from the salon's TURN too
 other = "b" if role == "a" else "a"
 
 
 async def main():
     t_start = time.monotonic()
-    conn = aioice.Connection(ice_controlling=(role == "a"), stun_server=(stun_host, stun_port), use_ipv6=False)
+    kw = dict(turn_server=(stun_host, stun_port), turn_username=turn[0], turn_password=turn[1],
+              turn_transport="udp") if turn else {}
+    conn = aioice.Connection(ice_controlling=(role == "a"), stun_server=(stun_host, stun_port), use_ipv6=False,
+                             **kw)
     await conn.gather_candidates()
     t_gathered = time.monotonic()
     mine = {"ufrag": conn.local_username, "pwd": conn.local_password,
@@ -224,13 +245,20 @@ def run_natsalon(lab, ha, hb, room: str, head_start: float) -> dict:
             "elapsed_b": b["elapsed_ms"], "path": a["path"]}
 
 
-def run_aioice(lab, ha, hb, head_start: float) -> dict:
+def turn_credentials() -> list:
+    """What the salon hands the members of a room this hour."""
+    from natsalon.server.turn.auth import room_credentials
+    return list(room_credentials(TURN_SECRET.encode(), os.urandom(16), time.time()))
+
+
+def run_aioice(lab, ha, hb, head_start: float, relay: bool = False) -> dict:
+    turn = turn_credentials() if relay else []
     with tempfile.TemporaryDirectory(prefix="natsalon-ice-") as sigdir:
         os.chmod(sigdir, 0o755)
-        pa = ha.spawn([sys.executable, "-c", ICE_PEER, "a", sigdir, SERVER_IP, "3478"],
+        pa = ha.spawn([sys.executable, "-c", ICE_PEER, "a", sigdir, SERVER_IP, "3478"] + turn,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(head_start)
-        pb = hb.spawn([sys.executable, "-c", ICE_PEER, "b", sigdir, SERVER_IP, "3478"],
+        pb = hb.spawn([sys.executable, "-c", ICE_PEER, "b", sigdir, SERVER_IP, "3478"] + turn,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sides = []
         for p in (pa, pb):
@@ -311,7 +339,8 @@ def report(pairs, delays, results, args, notes) -> str:
         "- command: `%s`" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "",
         "Pairs: P port-restricted cone, F full cone, O open (public address), R restricted cone, "
-        "W symmetric UDP firewall (public address, stateful filter), S symmetric (random ports); "
+        "W symmetric UDP firewall (public address, stateful filter), S symmetric (random ports), "
+        "Q symmetric (sequential ports); "
         "\"same NAT\" is two hosts behind one P router (natsalon takes the LAN path). "
         "*delay/site* is the one-way delay each site's WAN link adds (the path RTT grows by 4x that).",
         "",
@@ -340,6 +369,20 @@ def report(pairs, delays, results, args, notes) -> str:
         "is learnt from the peer's probe), aioice in 1.2 to 1.7. The \"same NAT\" rows never cross the "
         "delayed WAN link once introduced (LAN path), so there the delay only shows in B's join and in "
         "aioice's gathering.",
+        "",
+        "Relayed pairs (S-S, S-Q: no direct path). The salon runs its TURN relay (`--turn-secret`) and "
+        "hands each introduction credentials for the room; natsalon's plan says `none`, so it allocates "
+        "at once, re-joins with its relayed address, and verifies the relayed path with PUNCH probes like "
+        "any other: *2nd join → verified* is then the time to a verified **relayed** path, allocation "
+        "included (two round trips to the salon: the 401 that brings the nonce, then the Allocate), then "
+        "the re-join that tells the peer (one more), then the probes through the relay: the side that "
+        "learnt the other's relayed address first verifies after one path RTT, the other half an RTT "
+        "later (on the answer to its triggered check). A salon round trip is half a path RTT here (one "
+        "site's delayed link, twice): about 3 path RTTs in all, 8 ms without delay. *path RTT* is "
+        "then the RTT through the relay. aioice gets the same TURN server with credentials of the same "
+        "form and gathers a relayed candidate too: its Allocate round trips fall in *gather*, before its "
+        "clock starts, so its figure counts only the checks (and its relayed pairs run on its 20 ms "
+        "pacing and 500 ms retransmissions).",
     ]
     if paths:
         text += ["", "natsalon paths (no delay): " + "; ".join(paths)]
@@ -404,7 +447,7 @@ def main() -> int:
     t0 = time.monotonic()
     with Lab() as lab:
         hosts = build(lab, PAIRS, delays)
-        start_salon(lab)
+        start_salon(lab, extra_args=TURN_ARGS)
         log("lab built: %d sites, %d namespaces, %.1f s" % (len(lab.sites), len(lab.namespaces),
                                                               time.monotonic() - t0))
         k = 0
@@ -418,7 +461,7 @@ def main() -> int:
                         if tool == "natsalon":
                             r = run_natsalon(lab, ha, hb, "bench-%d-%d" % (rep, k), args.head_start)
                         else:
-                            r = run_aioice(lab, ha, hb, args.head_start)
+                            r = run_aioice(lab, ha, hb, args.head_start, relay="relay" in label)
                         results[(label, delay)][tool].append(r)
                         log("rep %d %s %g ms %s: %s" % (rep + 1, label, delay, tool, (
                             "%.1f ms%s" % (r["both_ms"], " rtt %.2f ms" % r["rtt_ms"] if "rtt_ms" in r else "")

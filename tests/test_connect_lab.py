@@ -353,3 +353,54 @@ def test_dead_path_repunched(natlab: Lab) -> None:
         again = [ev for ev, t in evs if ev["event"] == "connected" and ev.get("repunched")]
         assert lost and lost[0]["silent_s"] <= 4.5, evs  # noticed within a few 1 s keepalive intervals
         assert again and again[0]["path"] == "direct", evs
+
+
+#: the salon's TURN relay on (issue 12); the lab's sites are in 192.0.2.0/24,
+#: a documentation range the relay refuses as a peer unless allowed
+TURN_ARGS = ["--turn-secret", "lab turn secret", "--turn-allow-peer", "192.0.2.0/24"]
+
+
+@pytest.mark.nat
+def test_connect_matrix_with_relay(natlab: Lab) -> None:
+    """With the salon's TURN relay on, every pair of the matrix connects:
+    the punchable ones directly as before, the unpunchable ones (random
+    symmetric against random or sequential symmetric) through the relay,
+    within 2 s of the introduction."""
+    lab = natlab
+    jobs = _pair_jobs(lab, CONNECTABLE + UNPUNCHABLE, "t")
+    start_salon(lab, extra_args=TURN_ARGS)
+    results, took = _run_pairs(lab, jobs, 25.0)
+    print("all pairs with the relay took %.1fs" % took)
+    problems, summary = [], []
+    for label, sides in sorted(results.items()):
+        want = "relay" if _pair_of(label, UNPUNCHABLE) is not None else "direct"
+        for rc, events, err in sides:
+            conn, intro = _last(events, "connected"), _last(events, "introduced")
+            summary.append("%s: rc=%s %s" % (label, rc, _public(conn or _last(events, "failed"))))
+            if rc != 0 or conn is None:
+                problems.append("%s did not connect: rc=%s %s %s" % (label, rc, events, err[-500:]))
+            elif conn["path"] != want:
+                problems.append("%s took path %s, not %s: %s" % (label, conn["path"], want, events))
+            elif want == "relay" and conn["_t"] - intro["_t"] > 2.0:
+                problems.append("%s: relayed %.1fs after the introduction" % (label, conn["_t"] - intro["_t"]))
+    print("\n".join(summary))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.nat
+def test_unpunchable_pairs_relayed_when_impaired(natlab: Lab) -> None:
+    """The pairs with no direct path connect over the relay with 50 ms
+    delay and 5% loss at every site too (the allocation, the re-join and the
+    probes all retransmit)."""
+    lab = natlab
+    jobs = _pair_jobs(lab, UNPUNCHABLE, "u", "impaired-", delay_ms=50, loss=0.05)
+    start_salon(lab, extra_args=TURN_ARGS)
+    results, took = _run_pairs(lab, jobs, 40.0)
+    problems = []
+    for label, sides in sorted(results.items()):
+        for rc, events, err in sides:
+            conn = _last(events, "connected")
+            print("%s: rc=%s %s" % (label, rc, _public(conn or _last(events, "failed"))))
+            if rc != 0 or conn is None or conn["path"] != "relay":
+                problems.append("%s did not connect over relay: rc=%s %s %s" % (label, rc, events, err[-500:]))
+    assert not problems, "\n".join(problems)

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", default="", help="local IPv4 address to bind")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt forwarded payload")
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
+    p.add_argument("--turn", metavar="turn:USER:PASS@HOST[:PORT]",
+                   help="relay through this TURN server (e.g. coturn) instead of the salon's")
 
 
 def raw_options(args: argparse.Namespace) -> dict:
@@ -129,7 +131,7 @@ def _main(reactor, o, emit: Printer):
     connecting = connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
-                         on_event=emit)
+                         on_event=emit, turn=o.turn)
     # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
     trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:

@@ -31,6 +31,7 @@ from natsalon.client.probe import ProbeConfig
 from natsalon.client.probe.measure import probe
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
+from natsalon.client.options import parse_turn
 from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
 )
@@ -78,14 +79,21 @@ def resolve_server(reactor, server):
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-                strategy: StrategySettings = StrategySettings()):
+                strategy: StrategySettings = StrategySettings(), turn=None):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
     at each join, tell the peer, and punch symmetric NATs by the strategy
     both sides choose (:mod:`natsalon.client.strategy`, tuned by
-    ``strategy``); False: plain punching only, as an old client."""
+    ``strategy``); False: plain punching only, as an old client.
+    ``turn``: another TURN server than the salon's for the relay fallback,
+    a :class:`~natsalon.client.options.TurnServer` or its
+    ``turn:USER:PASS@HOST[:PORT]`` URI."""
     server_addr = yield resolve_server(reactor, server)
+    if isinstance(turn, str):
+        turn = parse_turn(turn)
+    if turn is not None:
+        turn = turn._replace(host=(yield resolve_server(reactor, (turn.host, turn.port)))[0])
     # scrypt takes tens of milliseconds of CPU: keep it off the reactor thread
     keys = yield threads.deferToThread(derive, room, secret)
     ips = (yield threads.deferToThread(lan_addresses, interface, wire.MAX_CANDIDATES)) if lan else []
@@ -100,7 +108,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
                 check_salon=lambda: check_salon(reactor, server_addr, interface),
-                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None)
+                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None,
+                turn=turn)
     machine = ClientMachine(core)
 
     def closed() -> None:
@@ -129,7 +138,8 @@ def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, str
 @defer.inlineCallbacks
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
-            lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True):
+            lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
+            turn=None):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
     a (host, port) tuple) with the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
@@ -137,11 +147,15 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     subclass (:class:`SalonUnreachable`, :class:`IntroductionRefused`,
     :class:`PeerNotVerified`, :class:`PunchFailed`, :class:`ConnectTimeout`)
     on the first failed attempt.  Once connected, the connection keeps its
-    path and re-joins the room after any fault until ``close()``."""
+    path and re-joins the room after any fault until ``close()``.  When no
+    direct path verifies, the connection is relayed through the salon's
+    TURN relay (if it runs one), or through ``turn``
+    (``turn:USER:PASS@HOST[:PORT]``); ``path.kind`` says which."""
     started = reactor.seconds()
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
-                               encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat)
+                               encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
+                               turn=turn)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)

@@ -77,7 +77,14 @@ class Connection:
         if not self.connected:
             return False
         try:
-            self.socket.write(self._sealer.seal(payload), tuple(self.path.address))
+            frame = self._sealer.seal(payload)
+            local = self.path.local
+            # from the path's own local socket: an extra socket, a TURN
+            # allocation (natsalon.client.relay), or the client's socket
+            if local is not None and self.puncher is not None and local is not self.puncher.default_socket:
+                local.send(frame, tuple(self.path.address))
+            else:
+                self.socket.write(frame, tuple(self.path.address))
         except OSError:
             return False
         self.sent += 1
@@ -123,6 +130,12 @@ class Connection:
             self._opener = Opener(session.k_data, 1 - session.role)
         else:
             self._sealer = self._opener = PlainCodec()
+
+    def move(self, path: Path) -> None:
+        """Carry payload over another verified path of the same session
+        (an upgrade from relayed to direct): same keys, same frame counters."""
+        if self.path is not None:
+            self.path = path
 
     def detach(self) -> None:
         """The path is gone: drop frames until the next :meth:`attach`."""

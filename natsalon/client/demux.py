@@ -37,6 +37,10 @@ class ClientSocket(DatagramProtocol):
         #: peer address -> the send of the extra socket whose path leads there
         #: (a path found by birthday punching runs from one of the pool's sockets)
         self.routes: Dict[tuple, Callable[[bytes, tuple], None]] = {}
+        #: TURN server address -> ``datagram(data, addr) -> bool`` of our
+        #: allocation there (:class:`natsalon.client.relay.Relay`): offered
+        #: every datagram from that address first
+        self.relays: Dict[tuple, Callable[[bytes, tuple], bool]] = {}
 
     def write(self, data: bytes, addr) -> None:
         addr = tuple(addr)
@@ -62,6 +66,10 @@ class ClientSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
+            if self.relays:
+                relay = self.relays.get(addr)
+                if relay is not None and relay(data, addr):
+                    return
             if is_frame(data):
                 self.on_frame(data, addr)
             elif self.stun.datagram(data, addr):

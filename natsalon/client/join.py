@@ -24,6 +24,9 @@ class Introduction(NamedTuple):
     peer: wire.PeerJoin  #: the peer's nonce and LAN candidates, verified with k_join
     nonce: bytes  #: our nonce in this join (the peer was told it)
     nat: wire.NatSummary = wire.UNKNOWN_NAT  #: our NAT summary in this join (the peer was told it)
+    #: (username, password) for the salon's TURN relay, when it runs one
+    turn: Optional[Tuple[str, str]] = None
+    cookie: Optional[bytes] = None  #: the cookie our JOIN passed with (a later JOIN of this member reuses it)
 
 
 class Joiner:
@@ -182,7 +185,7 @@ class Joiner:
             self._finish(ModeMismatch(peer_plain=bool(peer.flags & wire.JOIN_FLAG_PLAIN)))
             return
         self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce,
-                                  self.nat or wire.UNKNOWN_NAT))
+                                  self.nat or wire.UNKNOWN_NAT, ans.turn, self.cookie))
 
     def _genuine(self, peers) -> Optional[Tuple[wire.PeerJoin, Address]]:
         """The first introduced member whose JOIN verifies and is not ours."""

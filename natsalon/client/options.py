@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from urllib.parse import unquote
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 from natsalon.client.secretfile import SecretError, load_secret
 from natsalon.net.hostport import parse_local, parse_server
@@ -16,6 +17,49 @@ from natsalon.net.hostport import parse_local, parse_server
 
 class OptionError(ValueError):
     """A bad option value; the message is one line for the user."""
+
+
+class TurnServer(NamedTuple):
+    """Another TURN server than the salon's (``--turn``), with long-term credentials."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+
+    @property
+    def credentials(self) -> Tuple[str, str]:
+        return self.username, self.password
+
+
+def parse_turn(text: str) -> TurnServer:
+    """``turn:USER:PASS@HOST[:PORT][?transport=udp]`` (RFC 7065's URI with
+    the credentials in its user part; port 3478 by default).  Only UDP:
+    ``turns:`` and ``transport=tcp`` are refused with a clear reason.
+    Raises ValueError."""
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme.lower() not in ("turn", "turns"):
+        raise ValueError("%r is not a turn: URI (turn:USER:PASS@HOST[:PORT])" % text)
+    if scheme.lower() == "turns":
+        raise ValueError("turns: (TURN over TLS) is not supported yet; use turn: over UDP")
+    rest, _, query = rest.partition("?")
+    if query:
+        params = dict(p.partition("=")[::2] for p in query.split("&"))
+        if params.get("transport", "udp").lower() != "udp":
+            raise ValueError("transport=%s is not supported yet; TURN over UDP only" % params["transport"])
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        raise ValueError("%r has no credentials (turn:USER:PASS@HOST[:PORT])" % text)
+    # split at the last colon: shared-secret usernames ("<expiry>:<user>")
+    # hold colons, base64 passwords never do; %-escapes are decoded
+    username, colon, password = userinfo.rpartition(":")
+    if not colon or not username:
+        raise ValueError("%r has no USER:PASS before the @" % text)
+    username, password = unquote(username), unquote(password)
+    host, port = parse_server(hostport)
+    if port == 0:
+        port = 3478
+    return TurnServer(host, port, username, password)
 
 
 @dataclass(frozen=True)
@@ -34,6 +78,7 @@ class ClientOptions:
     interface: str = ""
     encrypt: bool = True
     lan: bool = True
+    turn: Optional[TurnServer] = None  #: --turn: another TURN server than the salon's
 
 
 #: option -> (lowest, highest): every timing is a finite number of seconds
@@ -122,6 +167,7 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
         retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
         interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
+        turn=_endpoint(raw, "turn", parse_turn),
     )
 
 

@@ -7,8 +7,11 @@ States (the data each one owns, cancelled on every way out)::
     Idle
     Joining       [Attempt: the Joiner's JOIN transaction / cookie exchange]
     Waiting       [Attempt: the same Joiner, polling every second]
-    Punching      [Punch: the Puncher probing the peer's candidates]
-    Connected     [Live: the verified session and its Keepalive]
+    Punching      [Punch: the Puncher probing the peer's candidates, and the
+                   Relay racing it (a TURN allocation at the salon, when the
+                   introduction carried credentials)]
+    Connected     [Live: the verified session and its Keepalive, and the
+                   Relay and its Upgrade while the path is relayed]
     BackingOff    [IDelayedCall: the retry, after backoff with jitter]
     Stopped
 
@@ -32,6 +35,11 @@ Inputs and transitions::
                                                          when next connected; fails after
                                                          n failed attempts in a row, or
                                                          with CancelledError on stop
+
+An upgrade from a relayed path to a direct one is no transition: the
+``Connected`` state's Live moves the Connection to the direct pair
+(:meth:`Connection.move`: same keys and counters), emits ``upgraded`` and
+releases the allocation shortly after.
 
 "Path lost" and "re-joining" are the ``Connected -> Joining`` transition:
 the :class:`~natsalon.client.connection.Connection` object stays, only
@@ -57,7 +65,10 @@ from natsalon.client.demux import ClientSocket
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
-from natsalon.client.punch import Path, Puncher
+from natsalon.client.punch import RELAY, Path, Puncher
+from natsalon.client.options import TurnServer
+from natsalon.client.relay import Relay, RelayRace
+from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
@@ -98,6 +109,20 @@ class Settings:
     #: dead_after intervals of silence, at the tick after (10 to 15 s by default)
     keepalive: float = 5.0
     dead_after: int = 2  #: keepalive intervals of silence that end a path
+    #: seconds of direct punching without a verified pair before the relay
+    #: joins the race (at once when the plan is strategy none)
+    relay_after: float = 3.0
+    #: seconds between JOINs that tell the salon our relayed address and
+    #: ask for the peer's, until we know it
+    relay_signal: float = 0.25
+    relay: bool = True  #: use the salon's TURN relay when it hands out credentials
+    #: while relayed: seconds between probes of the direct candidates, and
+    #: for how long (0: no upgrade to direct)
+    upgrade_interval: float = 1.0
+    upgrade_budget: float = 120.0
+    #: seconds the allocation outlives an upgrade (the peer may still send
+    #: through it until its own direct pair verifies, about one RTT later)
+    release_after: float = 2.0
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 
@@ -108,6 +133,7 @@ class Session(NamedTuple):
     puncher: Puncher
     keys: SessionKeys
     path: Path
+    relay: Optional[Relay] = None  #: our allocation, kept while the path is relayed
 
 
 class ClientInputs(Protocol):
@@ -165,6 +191,10 @@ class Core:
     #: the join-time NAT probe and the extra sockets of hard-NAT strategies
     #: (:class:`natsalon.client.strategy.HardNat`); None: plain punching only
     hardnat: Optional[HardNat] = None
+    #: another TURN server than the salon's (``--turn``: host resolved to an
+    #: IP, port, credentials); None: the salon's, with the credentials its
+    #: introduction carries
+    turn: Optional[TurnServer] = None
     log: Logger = field(default_factory=Logger)
 
     def leave_salon(self) -> None:
@@ -258,7 +288,8 @@ class Punch:
         self.plan = decide(intro.nat, intro.peer.nat)
         ordered = self.plan.role is Role.ORDERED
         timeout = s.punch_timeout
-        if self.plan.strategy is Strategy.NONE and kit is not None:
+        relaying = s.relay and (core.turn is not None or intro.turn is not None)
+        if self.plan.strategy is Strategy.NONE and kit is not None and not relaying:
             timeout = min(timeout, kit.settings.none_after)
         self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
                                None if ordered else intro.peer_address, () if ordered else intro.peer.candidates,
@@ -280,11 +311,26 @@ class Punch:
         self.deferred = self.puncher.start()
         if self.runner is not None:
             self.runner.start()
+        self.race: Optional[RelayRace] = None
+        if relaying:
+            self.race = RelayRace(core, self.puncher, intro, self.started)
+            self.race.start(0.0 if self.plan.strategy is Strategy.NONE else s.relay_after)
         self.deferred.addCallbacks(self._found, self._no_path)
-        self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path)),
+        self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
+                                                                          self._keep_relay(path))),
                                    _unless_cancelled(machine._failed))
 
+    def _keep_relay(self, path: Path) -> Optional[Relay]:
+        return self.race.keep(path) if self.race is not None else None
+
+    def stop_relay(self) -> None:
+        """Cancel the relay's pending work and release the allocation."""
+        if self.race is not None:
+            self.race.stop()
+
     def _found(self, path: Path) -> Path:
+        if path.kind == RELAY and self.race is not None:
+            self.race.won(path)
         if self.runner is not None:
             self.runner.finish(path)
         if path.strategy != Strategy.PLAIN.value:
@@ -294,6 +340,9 @@ class Punch:
         return path
 
     def _no_path(self, f: Failure) -> Failure:
+        self.stop_relay()
+        if f.check(PunchFailed) and self.race is not None and self.race.error is not None:
+            f = Failure(PunchFailed("%s; relay: %s" % (f.getErrorMessage(), self.race.error)))
         if f.check(PunchFailed) and self.plan.strategy is Strategy.NONE:
             return Failure(PunchFailed("%s (strategy none; %s)" % (self.plan.reason, f.getErrorMessage())))
         return f
@@ -301,6 +350,7 @@ class Punch:
     def cancel(self) -> None:
         self.deferred.cancel()
         self.puncher.stop()
+        self.stop_relay()
 
     def goodbye(self) -> None:
         self.puncher.goodbye()
@@ -311,11 +361,36 @@ class Live:
 
     def __init__(self, machine: ClientInputs, core: Core, session: Session) -> None:
         self.session = session
+        self.core = core
         s = core.settings
         self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
                                    lambda silent: self._dead(machine, core, silent))
         core.connection.attach(session.puncher, session.keys, session.path)
         self.keepalive.start()
+        self.upgrade: Optional[Upgrade] = None
+        self._release = None
+        if session.path.kind == RELAY and s.upgrade_budget > 0:
+            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded)
+            self.upgrade.start()
+
+    def _upgraded(self, pair) -> None:
+        """A direct pair verified while relayed: traffic moves to it now,
+        the allocation goes a little later."""
+        core = self.core
+        path = self.session.puncher.move(pair)
+        relay = self.session.relay
+        self.session = self.session._replace(path=path, relay=None)
+        core.connection.move(path)
+        self.keepalive.address = path.address
+        if relay is not None:
+            self._release = core.clock.callLater(core.settings.release_after, self._release_now, relay)
+        core.log.info("upgraded to a {kind} path", kind=path.kind)
+        core.emit({"event": "upgraded", "path": path.kind, "peer": str(path.address),
+                   "rtt_ms": round(path.rtt * 1000, 1), "probes": self.upgrade.probes if self.upgrade else 0})
+
+    def _release_now(self, relay: Relay) -> None:
+        self._release = None
+        relay.close()
 
     @staticmethod
     def _dead(machine: ClientInputs, core: Core, silent: float) -> None:
@@ -328,6 +403,15 @@ class Live:
         self.keepalive.stop()
         self.session.puncher.stop()
         connection.detach()
+        if self.upgrade is not None:
+            self.upgrade.stop()
+        relay = self.session.relay
+        if relay is not None:
+            relay.close()
+        release, self._release = self._release, None
+        if release is not None and release.active():
+            release.cancel()
+            release.args[0].close()
 
     def goodbye(self) -> None:
         self.session.puncher.goodbye()
@@ -434,6 +518,7 @@ def _backing_off(m: ClientInputs, c: Core, failure: Failure):
 def _attempt_failed(m: ClientInputs, c: Core, pending: object, failure: Failure) -> None:
     if isinstance(pending, Punch):
         pending.puncher.stop()
+        pending.stop_relay()
     if c.connects:
         c.emit({"event": "repunch-failed", "reason": failure.getErrorMessage()})
     c.count_failure(failure)

@@ -35,6 +35,7 @@ class Options(OpsOptionsMixin, usage.Options):
         ["retry", None, DEFAULTS["retry"], "Longest wait between failed attempts, in seconds (backoff from 1 s, x1.5 per failure, plus up to 1 s of jitter)."],
         ["port", None, DEFAULTS["port"], "Local UDP port of the punched path."],
         ["interface", None, "", "Local address to bind."],
+        ["turn", None, None, "turn:USER:PASS@HOST[:PORT]: relay through this TURN server instead of the salon's."],
     ]
     optFlags = [
         ["json", None, "Accepted for symmetry with natsalon connect (events are logged)."],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Tuple
 
 from twisted.application import internet, service
@@ -151,6 +152,9 @@ class SalonService(service.MultiService):
             relay_ip = config.advertise or config.interface
             self.turn = TurnService(reactor, self.state, config.turn, config.interface, relay_ip)
             self.turn.setServiceParent(self)
+            if self.introducer is not None and config.turn.secrets:  # introductions carry room TURN credentials
+                from natsalon.server.turn.auth import room_credentials
+                self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
         tick = internet.TimerService(1.0, self._tick)
         tick.clock = reactor
         tick.setServiceParent(self)

@@ -5,6 +5,7 @@ JOIN request (client -> salon)::
     NS_ROOM (16 bytes room id)   NS_NONCE (16 bytes, one per session)
     NS_CANDIDATES (our LAN endpoints)   [NS_LEAVE] [NS_STATUS flags]
     [NS_NAT: our NAT as our probe saw it (natsalon.wire.nat)]   [NS_COOKIE]
+    [NS_RELAY: our relayed address (a TURN allocation), once we have one]
     MESSAGE-INTEGRITY-SHA256 keyed with k_join (checked by the peer, not the salon)
 
 Salon answers::
@@ -13,6 +14,7 @@ Salon answers::
     success, NS_STATUS=WAITING   registered; poll (join again) until introduced
     success, NS_STATUS=INTRODUCED + NS_PEER (the peer's JOIN request, verbatim)
         + NS_PEER_ADDRESS (its public endpoint) + XOR-MAPPED-ADDRESS (ours)
+        [+ NS_TURN: TURN credentials for the salon's relay, scoped to the room]
     409 room full, 429 too many waiting from this IP, 503 salon full, 400 bad join
     JOIN indication with the INTRODUCED attributes and NS_NONCE = the recipient's
         nonce: pushed to the waiting member when its peer arrives.
@@ -33,14 +35,44 @@ from natsalon.wire.common import (
 )
 from natsalon.wire.nat import NS_NAT, UNKNOWN_NAT, NatSummary, pack_nat, unpack_nat
 
+#: introduction: TURN credentials for the salon's own relay, ``username
+#: NUL password`` in UTF-8 (comprehension-optional: an older client ignores
+#: it).  Only in answers to a JOIN that passed the cookie check.
+NS_TURN = 0xC0AB
+#: JOIN: the member's relayed address (a TURN allocation), packed like
+#: NS-CANDIDATES (one address); covered by the JOIN's integrity like the rest
+NS_RELAY = 0xC0AC
+
+
+def pack_turn(credentials: Tuple[str, str]) -> bytes:
+    username, password = credentials
+    if "\0" in username or "\0" in password:
+        raise WireError("TURN credentials with a NUL")
+    return username.encode("utf-8") + b"\0" + password.encode("utf-8")
+
+
+def unpack_turn(value: Optional[bytes]) -> Optional[Tuple[str, str]]:
+    """``(username, password)`` of an NS-TURN value; None when absent or malformed."""
+    if value is None:
+        return None
+    username, sep, password = value.partition(b"\0")
+    if not sep or not username:
+        return None
+    try:
+        return username.decode("utf-8"), password.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
 
 def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_join: bytes,
                  cookie: Optional[bytes] = None, txid: Optional[bytes] = None, leave_hash: Optional[bytes] = None,
-                 flags: int = 0, nat: Optional[NatSummary] = None) -> Tuple[Message, bytes]:
+                 flags: int = 0, nat: Optional[NatSummary] = None,
+                 relay: Optional[Address] = None) -> Tuple[Message, bytes]:
     """``(message, bytes)`` of a JOIN request.  ``leave_hash`` is
     :func:`leave_hash` of the token a later LEAVE reveals; ``flags`` are
     JOIN flags (:data:`~natsalon.wire.common.JOIN_FLAG_PLAIN`); ``nat`` the
-    summary of our NAT (left out when None)."""
+    summary of our NAT (left out when None); ``relay`` our relayed address
+    (left out when None)."""
     attrs = [(Attr.NS_ROOM, room_id), (Attr.NS_NONCE, nonce), (Attr.NS_CANDIDATES, pack_candidates(candidates))]
     if leave_hash:
         attrs.append((Attr.NS_LEAVE, leave_hash))
@@ -48,6 +80,8 @@ def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_
         attrs.append((Attr.NS_STATUS, flags))
     if nat is not None:
         attrs.append((NS_NAT, pack_nat(nat)))
+    if relay is not None:
+        attrs.append((NS_RELAY, pack_candidates([relay])))
     if cookie:
         attrs.append((Attr.NS_COOKIE, cookie))
     msg = Message(Method.JOIN, Class.REQUEST, txid or new_transaction_id(), tuple(attrs))
@@ -62,6 +96,16 @@ class JoinRequest(NamedTuple):
     leave_hash: Optional[bytes] = None  #: SHA-256 of the member's leave token, first 16 bytes
     flags: int = 0
     nat: NatSummary = UNKNOWN_NAT  #: the member's NAT summary (unknown when absent)
+    relay: Optional[Address] = None  #: the member's relayed address (a TURN allocation)
+
+
+def _relay(value: Optional[bytes]) -> Optional[Address]:
+    if value is None:
+        return None
+    addresses = unpack_candidates(value)
+    if len(addresses) != 1:
+        raise WireError("NS-RELAY with %d addresses (want 1)" % len(addresses))
+    return addresses[0]
 
 
 def parse_join_request(msg: Message) -> JoinRequest:
@@ -83,7 +127,7 @@ def parse_join_request(msg: Message) -> JoinRequest:
     if leave is not None and len(leave) != LEAVE_HASH_SIZE:
         raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
     return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0),
-                       unpack_nat(msg.get(NS_NAT)))
+                       unpack_nat(msg.get(NS_NAT)), _relay(msg.get(NS_RELAY)))
 
 
 class PeerJoin(NamedTuple):
@@ -91,6 +135,7 @@ class PeerJoin(NamedTuple):
     candidates: Tuple[Address, ...]  #: its LAN endpoints, as it reported them
     flags: int = 0  #: its JOIN flags (JOIN_FLAG_PLAIN: it does not encrypt)
     nat: NatSummary = UNKNOWN_NAT  #: its NAT summary, authenticated with the rest of its JOIN
+    relay: Optional[Address] = None  #: its relayed address (TURN), authenticated likewise
 
 
 def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
@@ -105,7 +150,7 @@ def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
         raise WireError("peer JOIN fails its integrity check (the peer does not know the secret)")
     if req.room_id != room_id:
         raise WireError("peer JOIN is for another room")
-    return PeerJoin(req.nonce, req.candidates, req.flags, req.nat)
+    return PeerJoin(req.nonce, req.candidates, req.flags, req.nat, req.relay)
 
 
 def _error(method: int, txid: bytes, code: int, extra=()) -> bytes:
@@ -128,10 +173,12 @@ def waiting_response(txid: bytes, observed: Address) -> bytes:
 
 def introduction(txid: bytes, observed: Address, my_nonce: bytes, room_id: bytes,
                  peer_raw: bytes, peer_address: Address, indication: bool = False,
-                 others: Sequence[Tuple[bytes, Address]] = ()) -> bytes:
+                 others: Sequence[Tuple[bytes, Address]] = (),
+                 turn: Optional[Tuple[str, str]] = None) -> bytes:
     """An introduction: the peer's JOIN and endpoint, then ``others``
     (more members of the room, newest first: the client keeps the first
-    whose JOIN verifies with its k_join)."""
+    whose JOIN verifies with its k_join), then ``turn`` credentials
+    (username, password) for the salon's relay, if any."""
     attrs = (
         (Attr.XOR_MAPPED_ADDRESS, observed),
         (Attr.NS_STATUS, Status.INTRODUCED),
@@ -142,6 +189,8 @@ def introduction(txid: bytes, observed: Address, my_nonce: bytes, room_id: bytes
     )
     for raw, address in others:
         attrs += ((Attr.NS_PEER_ADDRESS, address), (Attr.NS_PEER, raw))
+    if turn is not None:
+        attrs += ((NS_TURN, pack_turn(turn)),)
     cls = Class.INDICATION if indication else Class.SUCCESS
     return encode(Message(Method.JOIN, cls, txid, attrs))
 
@@ -166,6 +215,8 @@ class JoinAnswer(NamedTuple):
     nonce: Optional[bytes] = None
     room_id: Optional[bytes] = None
     error: Optional[ErrorCode] = None
+    #: (username, password) for the salon's TURN relay, when it runs one
+    turn: Optional[Tuple[str, str]] = None
 
     @property
     def peer_raw(self) -> Optional[bytes]:
@@ -209,7 +260,7 @@ def parse_join_answer(msg: Message) -> JoinAnswer:
         if not peers:
             raise WireError("introduction without NS-PEER / NS-PEER-ADDRESS")
         return JoinAnswer(Answer.INTRODUCED, observed=observed, peers=peers, nonce=msg.get(Attr.NS_NONCE),
-                          room_id=msg.get(Attr.NS_ROOM))
+                          room_id=msg.get(Attr.NS_ROOM), turn=unpack_turn(msg.get(NS_TURN)))
     raise WireError("JOIN answer with unknown status %r" % (status,))
 
 

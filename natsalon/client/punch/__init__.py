@@ -16,7 +16,10 @@ and where we got it (:class:`CandidateKind`):
   birthday punching, :mod:`natsalon.client.strategy`): added as candidates,
   or probed with :meth:`Puncher.probe` and made candidates by a valid
   response;
-- ``relay``: room for TURN relays (:meth:`Puncher.add_candidate`).
+- ``relay``: the peer's relayed address (its TURN allocation), probed
+  from our own socket; our own allocation is a local socket instead
+  (:class:`LocalSocket` with ``relayed``, see :mod:`natsalon.client.relay`).
+  Either way the pair is a relayed path: ``kind`` "relay", ranked last.
 
 Each candidate is probed from a **local socket** (:class:`LocalSocket`, a
 send callable; the constructor's ``send`` is the default one).  A *pair* is
@@ -92,6 +95,7 @@ from natsalon.client.errors import PunchFailed
 from natsalon.client.punch.candidates import (
     DIRECT,
     LAN,
+    RELAY,
     Candidate,
     CandidateKind,
     CandidatePair,
@@ -103,5 +107,5 @@ from natsalon.client.punch.candidates import (
 from natsalon.client.punch.phases import Phase, PhaseError, PhaseEvent
 from natsalon.client.punch.puncher import _MAX_PEER_REFLEXIVE, Path, Puncher
 
-__all__ = ["Puncher", "Path", "LAN", "DIRECT", "PunchFailed", "Phase", "PhaseEvent", "PhaseError",
+__all__ = ["Puncher", "Path", "LAN", "DIRECT", "RELAY", "PunchFailed", "Phase", "PhaseEvent", "PhaseError",
            "PairState", "PairEvent", "Direction", "CandidateKind", "Candidate", "CandidatePair", "LocalSocket"]

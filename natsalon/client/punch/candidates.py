@@ -30,6 +30,9 @@ from natsalon.stun import Address
 
 LAN = "lan"  #: :attr:`Path.kind <natsalon.client.punch.Path.kind>` of a host candidate
 DIRECT = "direct"  #: :attr:`Path.kind <natsalon.client.punch.Path.kind>` of every other candidate
+#: :attr:`Path.kind <natsalon.client.punch.Path.kind>` of a path through a TURN relay (either
+#: side's: the peer's relayed address as candidate, or our allocation as local socket)
+RELAY = "relay"
 
 
 class CandidateKind(str, Enum):
@@ -43,8 +46,9 @@ class CandidateKind(str, Enum):
 
     @property
     def path_kind(self) -> str:
-        """:data:`LAN` for host candidates, :data:`DIRECT` for the others."""
-        return LAN if self is CandidateKind.HOST else DIRECT
+        """:data:`LAN` for host candidates, :data:`RELAY` for relayed ones,
+        :data:`DIRECT` for the others."""
+        return LAN if self is CandidateKind.HOST else RELAY if self is CandidateKind.RELAY else DIRECT
 
     @property
     def rank(self) -> int:
@@ -105,9 +109,13 @@ class LocalSocket:
     Compared by identity: two sockets are two sockets even with the same
     callable."""
 
-    def __init__(self, send: Callable[[bytes, tuple], None], name: str = "default") -> None:
+    def __init__(self, send: Callable[[bytes, tuple], None], name: str = "default",
+                 relayed: Optional[Tuple[str, int]] = None) -> None:
         self.send = send
         self.name = name
+        #: the TURN server when this "socket" is a relay allocation (its
+        #: pairs are relayed paths whatever the candidate's kind)
+        self.relayed = relayed
 
     def __repr__(self) -> str:
         return "<LocalSocket %s>" % self.name
@@ -142,6 +150,20 @@ class CandidatePair:
     @property
     def verified(self) -> bool:
         return self.state is PairState.VERIFIED
+
+    @property
+    def relayed(self) -> bool:
+        """Through a TURN relay (the peer's, or ours)?"""
+        return self.kind is CandidateKind.RELAY or self.local.relayed is not None
+
+    @property
+    def path_kind(self) -> str:
+        return RELAY if self.relayed else self.kind.path_kind
+
+    @property
+    def rank(self) -> int:
+        """Preference among verified pairs, lowest first: relayed pairs last."""
+        return CandidateKind.RELAY.rank if self.relayed else self.kind.rank
 
     @property
     def scheduled(self) -> bool:

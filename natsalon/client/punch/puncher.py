@@ -16,6 +16,7 @@ from natsalon.client.errors import PunchFailed
 from natsalon.client.punch.candidates import (
     DIRECT,
     LAN,
+    RELAY,
     Candidate,
     CandidateKind,
     CandidatePair,
@@ -27,7 +28,7 @@ from natsalon.client.punch.phases import Lifecycle, Phase, PhaseEvent
 from natsalon.crypto.secret import SessionKeys
 from natsalon.stun import Address
 
-__all__ = ["Puncher", "Path", "LAN", "DIRECT"]
+__all__ = ["Puncher", "Path", "LAN", "DIRECT", "RELAY"]
 
 #: defaults of the Puncher's limits (constructor arguments: birthday punching raises them)
 _MAX_PENDING = 512  #: probes awaiting a response, oldest forgotten first
@@ -44,7 +45,7 @@ class Path:
     """The path :meth:`Puncher.start` chose."""
 
     address: Address  #: the peer's address on it
-    kind: str  #: "lan" (a host candidate) or "direct" (any other)
+    kind: str  #: "lan" (a host candidate), "relay" (through a TURN relay) or "direct" (any other)
     rtt: float  #: seconds
     candidate_kind: Optional[CandidateKind] = None  #: host, srflx, prflx, ...
     local: Optional[LocalSocket] = field(default=None, compare=False)  #: the local socket it runs from
@@ -195,13 +196,23 @@ class Puncher:
 
     def _deliver(self) -> None:
         p = self.selected_pair = self.best()
-        self.selected = Path(p.address, p.kind.path_kind, p.rtt or 0.0, p.kind, p.local, self.strategy,
+        self.selected = Path(p.address, p.path_kind, p.rtt or 0.0, p.kind, p.local, self.strategy,
                              self.probes_sent, self.sockets_used)
         self.log.debug("punch selected {kind} path to {addr}", kind=p.kind.value, addr=p.address)
         # tell the peer at once that we are done (and give it a probe to answer)
         self._send_probe(p.local, p.address, p)
         if not self._deferred.called:
             self._deferred.callback(self.selected)
+
+    def move(self, pair: CandidatePair) -> Path:
+        """Select another verified ``pair`` while keeping a path alive (an
+        upgrade from a relayed path to a direct one); returns its Path."""
+        if not pair.verified:
+            raise ValueError("only a verified pair can carry the path")
+        self.selected_pair = pair
+        self.selected = Path(pair.address, pair.path_kind, pair.rtt or 0.0, pair.kind, pair.local, self.strategy,
+                             self.probes_sent, self.sockets_used)
+        return self.selected
 
     def _give_up(self) -> None:
         half = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED_ONE_WAY)
@@ -367,7 +378,7 @@ class Puncher:
         verified = [p for p in self.pairs.values() if p.verified]
         if not verified:
             return None
-        return min(verified, key=lambda p: (p.kind.rank, p.rtt if p.rtt is not None else 1e9))
+        return min(verified, key=lambda p: (p.rank, p.rtt if p.rtt is not None else 1e9))
 
     def _consider(self) -> None:
         """A verified host pair, or the best verified pair when no host pair

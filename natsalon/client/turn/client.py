@@ -90,11 +90,21 @@ class TurnClient:
 
     # -- requests ------------------------------------------------------------
     @defer.inlineCallbacks
-    def _request(self, method: int, attrs=(), name: str = "") -> defer.Deferred:
+    def _request(self, method: int, attrs=(), name: str = "", eager: bool = False) -> defer.Deferred:
         """One authenticated request; follows 401 (first contact) and 438
-        (stale nonce) once each.  Fires with the success Message."""
+        (stale nonce) once each.  Fires with the success Message.
+        ``eager``: the first copy leaves before this returns (the
+        transactions' first send is a ``callLater(0)``, too late when the
+        socket closes right after, as at shutdown); the retransmissions
+        carry the same transaction id."""
         for _ in range(3):
             msg = Message(method, Class.REQUEST, new_transaction_id(), tuple(attrs) + self._credentials())
+            if eager:
+                eager = False
+                try:
+                    self._send(encode(msg, integrity_key=self.key), self.server)
+                except OSError:
+                    pass
             response = yield self.transactions.request(msg, self.server, integrity_key=self.key)
             answer = response.message
             if answer.cls == Class.SUCCESS:
@@ -187,7 +197,8 @@ class TurnClient:
         self._timers.clear()
 
     def close(self) -> defer.Deferred:
-        """Release the allocation (Refresh with LIFETIME 0); fires True once
+        """Release the allocation (Refresh with LIFETIME 0, its first copy
+        sent before this returns); fires True once
         the server confirmed, False if it refused or did not answer (the
         allocation then expires on its own).  Relayed data is dropped from now on."""
         self._stop_timers()
@@ -197,7 +208,7 @@ class TurnClient:
             self.transactions.cancel_all()
             return defer.succeed(False)
         self.allocation = None
-        d = self._request(Method.REFRESH, ((Attr.LIFETIME, 0),), "Refresh")
+        d = self._request(Method.REFRESH, ((Attr.LIFETIME, 0),), "Refresh", eager=True)
         d.addCallbacks(lambda answer: answer.get(Attr.LIFETIME) == 0,
                        lambda f: self.log.debug("release: {e}", e=f.getErrorMessage()) or False)
         d.addBoth(lambda released: self.transactions.cancel_all() or released)

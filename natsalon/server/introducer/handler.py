@@ -78,6 +78,11 @@ def _head_size(observed: Address, room_id: bytes, nonce: bytes) -> int:
     return 20 + _address_size(observed) + _attr_size(4) + _attr_size(len(room_id)) + _attr_size(len(nonce))
 
 
+def _turn_size(turn: Optional[tuple]) -> int:
+    """What TURN credentials add to an introduction."""
+    return 0 if turn is None else _attr_size(len(wire.join.pack_turn(turn)))
+
+
 def fitting(size: int, members: Sequence[Member], turn: int = 0) -> List[Member]:
     """The ``members`` an introduction of ``size`` bytes so far can list
     within :data:`MAX_INTRODUCTION`, in order, leaving out those that do not
@@ -119,6 +124,9 @@ class Introducer:
         self.stats = stats if stats is not None else Stats()
         #: the registry's prune while it runs (an asynchronous registry)
         self._pruning: Optional[Deferred] = None
+        #: ``(room_id, now) -> (username, password)`` for the salon's TURN
+        #: relay, added to every introduction; None: no relay
+        self.turn_credentials: Optional[Callable[[bytes, float], tuple]] = None
 
     def handlers(self) -> Dict[int, Callable]:
         """The method handlers to register in ``ServerState.handlers``."""
@@ -208,28 +216,36 @@ class Introducer:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
         if result.newcomer and result.others:
             self._announce(req.room_id, member, result.others)
-        head = _head_size(source, req.room_id, req.nonce)
+        turn = self._turn(req.room_id)
+        head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
         if not listed:
             return Reply(received_on, to, wire.waiting_response(txid, source))
         first, rest = listed[0], listed[1:]
         return Reply(received_on, to, wire.introduction(
             txid, source, req.nonce, req.room_id, first.blob, first.address,
-            others=[(m.blob, m.address) for m in rest]))
+            others=[(m.blob, m.address) for m in rest], turn=turn))
+
+    def _turn(self, room_id: bytes) -> Optional[tuple]:
+        """The room's TURN credentials (only ever for members past the cookie check)."""
+        if self.turn_credentials is None:
+            return None
+        return self.turn_credentials(room_id, self.clock.seconds())
 
     def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member]) -> None:
         """Push each of ``others`` an introduction listing ``newcomer``
         first, then the rest of the room."""
         if self.push is None:
             return
+        turn = self._turn(room_id)
         for peer in others:
-            size = _head_size(peer.address, room_id, peer.nonce) + _listed_size(newcomer)
+            size = _head_size(peer.address, room_id, peer.nonce) + _listed_size(newcomer) + _turn_size(turn)
             if size > MAX_INTRODUCTION:
                 return  # a JOIN too large to hand on: nobody is told of it
             rest = fitting(size, [m for m in others if m is not peer], int(self.clock.seconds()))
             self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
                 os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
-                indication=True, others=[(m.blob, m.address) for m in rest])))
+                indication=True, others=[(m.blob, m.address) for m in rest], turn=turn)))
             self.stats["introductions_pushed"] += 1
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:

@@ -41,6 +41,23 @@ def mint(secret: Secret, user: str, expiry: int) -> Tuple[str, str]:
     return username, rest_password(secret, username)
 
 
+#: room credentials last until the end of the hour after the current one
+#: (so between one and two hours): every introduction within one hour hands
+#: out the same pair, and a session may last an hour after the last one
+ROOM_CREDENTIAL_HOUR = 3600
+
+
+def room_credentials(secret: Secret, room_id: bytes, now: float) -> Tuple[str, str]:
+    """The ``(username, password)`` the salon hands the members of
+    ``room_id`` with their introduction: ``"<expiry>:room-<first 8 bytes
+    of the room id, hex>"`` signed with ``secret`` (:func:`mint`), valid
+    until the end of the next hour.  Scoped to the room and the hour: the
+    user is what the per-user quota counts (one room's allocations), and it
+    is useless after that hour."""
+    expiry = (int(now) // ROOM_CREDENTIAL_HOUR + 2) * ROOM_CREDENTIAL_HOUR
+    return mint(secret, "room-" + room_id[:8].hex(), expiry)
+
+
 def split_username(username: str, separator: str = ":") -> Tuple[Optional[int], str]:
     """``(expiry, user)`` of a REST API username, as coturn reads it: the
     numeric part is the expiry, the other part the user; expiry is None
