@@ -120,23 +120,7 @@ class SalonService(service.MultiService):
         self.introducer = None
         self.shared = None
         if config.introducer:
-            if rooms is None and config.rooms is not None:
-                from natsalon.server.introducer.shared import SharedRooms
-
-                self.shared = SharedRooms(
-                    reactor, config.rooms, config.instance_id, self._push, password=config.redis_password,
-                    stats=self.state.stats, max_rooms=config.max_rooms, member_timeout=config.member_timeout,
-                    max_members=config.max_members, max_per_source=config.max_waiting_per_ip)
-                self.shared.setServiceParent(self)
-                rooms = self.shared.rooms
-            if rooms is None:
-                rooms = MemoryRooms(config.max_rooms, config.member_timeout, config.max_members,
-                                    config.max_waiting_per_ip)
-            cookies = None
-            if config.cookie_secrets:
-                cookies = CookieJar(config.cookie_secrets[0], previous=config.cookie_secrets[1:])
-            self.introducer = Introducer(reactor, rooms, cookies=cookies, push=self._push, stats=self.state.stats)
-            self.state.handlers.update(self.introducer.handlers())
+            self._make_introducer(rooms)
         self.protocols = []
         self.sockets = {}
         for key, interface, port, listen in _sockets(config):
@@ -147,18 +131,46 @@ class SalonService(service.MultiService):
             self.sockets[key] = svc
         self.turn = None
         if config.turn is not None:
-            from natsalon.server.turn.relay import TurnService
-
-            relay_ip = config.advertise or config.interface
-            self.turn = TurnService(reactor, self.state, config.turn, config.interface, relay_ip)
-            self.turn.setServiceParent(self)
-            if self.introducer is not None and config.turn.secrets:  # introductions carry room TURN credentials
-                from natsalon.server.turn.auth import room_credentials
-                self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
+            self._make_turn()
         tick = internet.TimerService(1.0, self._tick)
         tick.clock = reactor
         tick.setServiceParent(self)
         self._since_report = 0.0
+
+    def _make_introducer(self, rooms) -> None:
+        """The introducer over ``rooms``, or over the registry the config
+        names (memory by default, Redis when rooms are shared)."""
+        config, reactor = self.config, self.reactor
+        if rooms is None and config.rooms is not None:
+            from natsalon.server.introducer.shared import SharedRooms
+
+            self.shared = SharedRooms(
+                reactor, config.rooms, config.instance_id, self._push, password=config.redis_password,
+                stats=self.state.stats, max_rooms=config.max_rooms, member_timeout=config.member_timeout,
+                max_members=config.max_members, max_per_source=config.max_waiting_per_ip)
+            self.shared.setServiceParent(self)
+            rooms = self.shared.rooms
+        if rooms is None:
+            rooms = MemoryRooms(config.max_rooms, config.member_timeout, config.max_members,
+                                config.max_waiting_per_ip)
+        cookies = None
+        if config.cookie_secrets:
+            cookies = CookieJar(config.cookie_secrets[0], previous=config.cookie_secrets[1:])
+        self.introducer = Introducer(reactor, rooms, cookies=cookies, push=self._push, stats=self.state.stats)
+        self.state.handlers.update(self.introducer.handlers())
+
+    def _make_turn(self) -> None:
+        """The TURN relay; with a shared secret, introductions carry room credentials for it."""
+        from natsalon.server.turn.relay import TurnService
+
+        config = self.config
+        relay_ip = config.advertise or config.interface
+        self.turn = TurnService(self.reactor, self.state, config.turn, config.interface, relay_ip)
+        self.turn.setServiceParent(self)
+        if self.introducer is not None and config.turn.secrets:
+            from natsalon.server.turn.auth import room_credentials
+
+            self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
 
     def _bind(self) -> None:
         """Bind every socket not bound yet, then set the layout."""
