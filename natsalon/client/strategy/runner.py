@@ -79,72 +79,70 @@ def random_ports(low: int, high: int, rng: Optional[random.Random] = None) -> It
     return iter(ports)
 
 
-class Sweep:
+class _Paced:
+    """A task that sends a round of probes every ``interval`` while the
+    puncher still punches; subclasses send the round in :meth:`_round`."""
+
+    def __init__(self, clock, puncher: Puncher, rate: float, interval: float) -> None:
+        self.clock = clock
+        self.puncher = puncher
+        self.per_tick = max(1, int(round(rate * interval)))
+        self.interval = interval
+        self.sent = 0
+        self._call = None
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        if _punching(self.puncher) and self._round():
+            self._call = self.clock.callLater(self.interval, self._tick)
+
+    def _round(self) -> bool:
+        """Send one round; False when there is nothing more to send."""
+        raise NotImplementedError
+
+
+class Sweep(_Paced):
     """Probe ``Address(host, port)`` for each port of ``ports``, paced."""
 
     def __init__(self, clock, puncher: Puncher, host: str, ports: Iterator[int], rate: float, budget: int,
                  interval: float) -> None:
-        self.clock = clock
-        self.puncher = puncher
+        super().__init__(clock, puncher, rate, interval)
         self.host = host
         self.ports = ports
-        self.per_tick = max(1, int(round(rate * interval)))
         self.budget = budget
-        self.interval = interval
-        self.sent = 0
-        self._call = None
 
-    def start(self) -> None:
-        self._tick()
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _tick(self) -> None:
-        self._call = None
-        if not _punching(self.puncher):
-            return
+    def _round(self) -> bool:
         for _ in range(self.per_tick):
             port = next(self.ports, None)
             if port is None or self.sent >= self.budget:
-                return
+                return False
             self.sent += 1
             self.puncher.probe(Address(self.host, port), kind=CandidateKind.PREDICTED)
-        self._call = self.clock.callLater(self.interval, self._tick)
+        return True
 
 
-class Spray:
+class Spray(_Paced):
     """Open ``count`` extra sockets, each probing ``target``; refresh them."""
 
     def __init__(self, clock, puncher: Puncher, pool, target: Address, count: int, rate: float, refresh: float,
                  interval: float) -> None:
-        self.clock = clock
-        self.puncher = puncher
+        super().__init__(clock, puncher, rate, interval)
         self.pool = pool
         self.target = target
         self.count = count
-        self.per_tick = max(1, int(round(rate * interval)))
         self.refresh = refresh
-        self.interval = interval
-        self.sent = 0
         self.failed: Optional[str] = None  #: why no more sockets could be opened
         self._due: "deque[Tuple[float, LocalSocket]]" = deque()
-        self._call = None
 
-    def start(self) -> None:
-        self._tick()
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _tick(self) -> None:
-        self._call = None
-        if not _punching(self.puncher):
-            return
+    def _round(self) -> bool:
         now = self.clock.seconds()
         budget = self.per_tick
         while budget and self._due and self._due[0][0] <= now:
@@ -160,7 +158,7 @@ class Spray:
             self.puncher.sockets_used = 1 + self.pool.opened
             self._probe(local, now)
             budget -= 1
-        self._call = self.clock.callLater(self.interval, self._tick)
+        return True
 
     def _probe(self, local: LocalSocket, now: float) -> None:
         self.sent += 1
