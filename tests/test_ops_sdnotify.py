@@ -145,6 +145,24 @@ def test_twistd_natsalon_no_watchdog_for_another_pid(tmp_path, listener):
         proc.wait(timeout=30)
 
 
+def _wait_for_stun(port: int, limit: float = 30.0) -> None:
+    """Until something answers a plain Binding request on 127.0.0.1:port."""
+    import socket
+    import struct
+
+    deadline = time.monotonic() + limit
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(struct.pack("!HHI", 1, 0, 0x2112A442) + os.urandom(12), ("127.0.0.1", port))
+            try:
+                s.recvfrom(2048)
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise AssertionError("no salon on port %d" % port)
+
+
 def test_twistd_natclient_ready_once_open_and_reload(tmp_path, listener):
     import socket
 
@@ -154,6 +172,7 @@ def test_twistd_natclient_ready_once_open_and_reload(tmp_path, listener):
     s.close()
     salon = subprocess.Popen([TWISTD, "-n", "--pidfile=", "natsalon", "--interface", "127.0.0.1", "--port", str(stun),
                               "--alt-port", "0"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_stun(stun)  # else the client's first join meets an ICMP port unreachable and backs off
     cfg = tmp_path / "client.toml"
     cfg.write_text('server = "127.0.0.1:%d"\nroom = "notify"\nsecret = "a shared secret"\ninterface = "127.0.0.1"\n'
                    'log-level = "info"\n' % stun)
