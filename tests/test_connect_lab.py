@@ -136,6 +136,20 @@ def _next_event(proc: subprocess.Popen, name: str) -> dict:
             return ev
 
 
+def _exchange(hosts, count: int) -> List[dict]:
+    """``count`` checked datagrams each way through the forward ports
+    (7000 -> peer -> 7001) of two hosts; each receiver's result."""
+    recv = [h.spawn([sys.executable, "-c", RECEIVER, "7001", str(count), "5"], stdout=subprocess.PIPE,
+                    text=True) for h in hosts]
+    for r in recv:
+        assert r.stdout.readline().strip() == "ready"
+    send = [h.spawn([sys.executable, "-c", SENDER, "7000", str(count), "1500", "7002"], stdout=subprocess.PIPE,
+                    text=True) for h in hosts]
+    for s in send:
+        s.communicate(timeout=60)
+    return [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in recv]
+
+
 def _last(events, name) -> Optional[dict]:
     found = [e for e in events if e.get("event") == name]
     return found[-1] if found else None
@@ -287,15 +301,7 @@ def test_forwarding(natlab: Lab) -> None:
             if ev["event"] == "forwarding":
                 break
             assert ev["event"] in ("joined", "waiting", "introduced", "punching", "connected"), ev
-    recv = [h.spawn([sys.executable, "-c", RECEIVER, "7001", str(count), "5"], stdout=subprocess.PIPE,
-                    text=True) for h in (ha, hb)]
-    for r in recv:
-        assert r.stdout.readline().strip() == "ready"
-    send = [h.spawn([sys.executable, "-c", SENDER, "7000", str(count), "1500", "7002"], stdout=subprocess.PIPE,
-                    text=True) for h in (ha, hb)]
-    for s in send:
-        s.communicate(timeout=60)
-    results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in recv]
+    results = _exchange((ha, hb), count)
     for p in fwd:
         p.terminate()
     closed = [_events(p, 10)[1] for p in fwd]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
 from natlab import Lab, Nat
 from natlab.salon import start_salon
-from test_connect_lab import RECEIVER, SECRET, SENDER, SERVER, _events, _last
+from test_connect_lab import SECRET, SERVER, _events, _exchange, _last
 
 TURN_ARGS = ["--turn-secret", "lab turn secret", "--turn-allow-peer", "192.0.2.0/24"]
 S, Q = Nat.SYMMETRIC_RANDOM, Nat.SYMMETRIC_SEQUENTIAL
@@ -52,15 +51,7 @@ def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat) -> None:
         assert relayed is not None and relayed["server"] == SERVER, evs
         print("%s-%s relayed after %.0f ms (punch_ms %.0f, rtt %.1f ms)" % (
             a.name, b.name, relayed["relay_ms"], conn["punch_ms"], conn["rtt_ms"]))
-    recv = [h.spawn([sys.executable, "-c", RECEIVER, "7001", str(count), "5"], stdout=subprocess.PIPE,
-                    text=True) for h in (ha, hb)]
-    for r in recv:
-        assert r.stdout.readline().strip() == "ready"
-    send = [h.spawn([sys.executable, "-c", SENDER, "7000", str(count), "1500", "7002"], stdout=subprocess.PIPE,
-                    text=True) for h in (ha, hb)]
-    for s in send:
-        s.communicate(timeout=60)
-    results = [json.loads(r.communicate(timeout=60)[0].strip().splitlines()[-1]) for r in recv]
+    results = _exchange((ha, hb), count)
     for p in fwd:
         p.terminate()
     ended = [_events(p, 10) for p in fwd]
