@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
     p.add_argument("--turn", metavar="turn:USER:PASS@HOST[:PORT]",
                    help="relay through this TURN server (e.g. coturn) instead of the salon's")
+    p.add_argument("--salon-tls", metavar="HOST[:PORT]",
+                   help="when UDP does not reach the salon, use its TURN over TLS here (port 5349 by default; "
+                        "the certificate must name HOST) instead of TCP")
+    p.add_argument("--salon-ca", metavar="FILE", help="trust this CA (PEM) for --salon-tls instead of the system's")
 
 
 def raw_options(args: argparse.Namespace) -> dict:
@@ -100,6 +104,7 @@ def connected_event(conn) -> dict:
         "strategy": conn.path.strategy,
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
+        "transport": conn.info.get("transport", "udp"),
     }
 
 
@@ -131,7 +136,7 @@ def _main(reactor, o, emit: Printer):
     connecting = connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
-                         on_event=emit, turn=o.turn)
+                         on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca)
     # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
     trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:

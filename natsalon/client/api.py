@@ -36,6 +36,7 @@ from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
 )
 from natsalon.client.session import DESCRIPTIONS, ClientInputs, ClientMachine, Core, Settings
+from natsalon.client.streamlink import SalonLink, StreamTarget, stream_connector
 from natsalon.crypto.secret import derive
 from natsalon.net.hostport import parse_server
 from natsalon.net.interfaces import lan_addresses
@@ -79,7 +80,7 @@ def resolve_server(reactor, server):
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-                strategy: StrategySettings = StrategySettings(), turn=None):
+                strategy: StrategySettings = StrategySettings(), turn=None, salon_tls=None, salon_ca=None):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
@@ -88,7 +89,11 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     ``strategy``); False: plain punching only, as an old client.
     ``turn``: another TURN server than the salon's for the relay fallback,
     a :class:`~natsalon.client.options.TurnServer` or its
-    ``turn:USER:PASS@HOST[:PORT]`` URI."""
+    ``turn:USER:PASS@HOST[:PORT]`` URI.  When UDP does not reach the
+    salon, the join and the relay go over TCP to the salon's port, or over
+    TLS to ``salon_tls`` (``(host, port)``; the certificate must name
+    ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
+    system's): :mod:`natsalon.client.streamlink`."""
     server_addr = yield resolve_server(reactor, server)
     if isinstance(turn, str):
         turn = parse_turn(turn)
@@ -105,19 +110,33 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     if on_event is not None:
         conn.on_event = on_event
     sock.on_frame = conn.frame_received
+    link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
-                check_salon=lambda: check_salon(reactor, server_addr, interface),
+                check_salon=lambda: link.checked(check_salon(reactor, server_addr, interface)),
                 hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None,
-                turn=turn)
+                turn=turn, link=link)
     machine = ClientMachine(core)
 
     def closed() -> None:
         machine.stop()
+        link.close()
         listening.stopListening()
 
     conn.on_close = closed
     return Client(machine, conn, core)
+
+
+@defer.inlineCallbacks
+def _salon_link(reactor, sock: ClientSocket, server_addr, interface: str, salon_tls, salon_ca):
+    """The salon over UDP, over a stream when UDP does not get there: TCP
+    to its port, or TLS to ``salon_tls``."""
+    if salon_tls is None:
+        target = StreamTarget("tcp", server_addr[0], server_addr[1])
+    else:
+        ip, port = yield resolve_server(reactor, salon_tls)
+        target = StreamTarget("tls", ip, port, name=salon_tls[0], ca=salon_ca)
+    return SalonLink(reactor, sock, server_addr, stream_connector(reactor, target, interface), kind=target.kind)
 
 
 def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings) -> HardNat:
@@ -139,7 +158,7 @@ def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, str
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-            turn=None):
+            turn=None, salon_tls=None, salon_ca=None):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
     a (host, port) tuple) with the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
@@ -155,7 +174,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
                                encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
-                               turn=turn)
+                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)
@@ -176,6 +195,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
         "strategy": conn.path.strategy,
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
+        "transport": client.core.salon_transport,  #: how the salon was reached: udp, tcp or tls
     }
     return conn
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Optional, Tuple
 
 from natsalon.client.secretfile import SecretError, load_secret
-from natsalon.net.hostport import parse_local, parse_server
+from natsalon.net.hostport import parse_hostport, parse_local, parse_server
 
 
 class OptionError(ValueError):
@@ -79,6 +79,10 @@ class ClientOptions:
     encrypt: bool = True
     lan: bool = True
     turn: Optional[TurnServer] = None  #: --turn: another TURN server than the salon's
+    #: --salon-tls: (host, port) of the salon's TURN over TLS, used instead
+    #: of TCP when UDP does not reach the salon (host: the certificate's name)
+    salon_tls: Optional[Tuple[str, int]] = None
+    salon_ca: Optional[str] = None  #: --salon-ca: PEM file of the CA trusted for --salon-tls
 
 
 #: option -> (lowest, highest): every timing is a finite number of seconds
@@ -149,6 +153,38 @@ def _interface(text: Optional[str]) -> str:
     return str(address)
 
 
+#: the port of TURN over TLS (RFC 8656)
+TLS_PORT = 5349
+
+
+def _salon_tls(text: Optional[str]) -> Optional[Tuple[str, int]]:
+    if not text:
+        return None
+    try:
+        host, port = parse_hostport(text, TLS_PORT)
+    except ValueError as e:
+        raise OptionError("--salon-tls: %s" % e) from None
+    if ":" in host:
+        raise OptionError("--salon-tls: IPv6 salons are not supported yet: %r" % text)
+    return host, port
+
+
+def _salon_ca(text: Optional[str], tls) -> Optional[str]:
+    """A readable PEM certificate file (only with --salon-tls)."""
+    if not text:
+        return None
+    if tls is None:
+        raise OptionError("--salon-ca: only with --salon-tls")
+    try:
+        with open(text, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise OptionError("--salon-ca: cannot read %s: %s" % (text, e.strerror or e)) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise OptionError("--salon-ca: %s holds no PEM certificate" % text)
+    return text
+
+
 def check(raw: Mapping, environ=None) -> ClientOptions:
     """Check every option; ``raw`` maps option names (``"punch-timeout"``)
     to their text (or None), flags (``"no-encrypt"``) to booleans."""
@@ -167,7 +203,8 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
         retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
         interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
-        turn=_endpoint(raw, "turn", parse_turn),
+        turn=_endpoint(raw, "turn", parse_turn), salon_tls=_salon_tls(raw.get("salon-tls")),
+        salon_ca=_salon_ca(raw.get("salon-ca"), raw.get("salon-tls")),
     )
 
 

@@ -205,7 +205,7 @@ class RelayRace:
             return  # direct punching won the head start: no allocation
         core = self.core
         credentials = core.turn.credentials if core.turn is not None else self.intro.turn
-        self.relay = Relay(core.clock, core.socket, self.server, credentials)
+        self.relay = Relay(core.clock, core.salon, self.server, credentials)
         core.log.info("relay: allocating at {server}", server="the salon's TURN" if core.turn is None else "--turn")
         core.emit({"event": "relay-allocating", "server": self.server_text, "after_ms": self._ms()})
         self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._failed)
@@ -238,7 +238,7 @@ class RelayRace:
                                    leave_hash=wire.leave_hash(token),
                                    flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
                                    nat=self.intro.nat if self.intro.nat.known else None, relay=relay.relayed)
-        self._req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
+        self._req = core.salon.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
         self._req.addCallbacks(self._signalled, self._signal_failed)
 
     def _signalled(self, response) -> None:
@@ -263,6 +263,10 @@ class RelayRace:
                     # probed at once, not at the schedule's next round (up to
                     # one punch interval later): the race is on
                     self.puncher.probe(peer.relay)
+                    if self.core.salon_transport != "udp" and self.relay is not None:
+                        # our UDP reaches nobody: relay to relay (its channel permits it)
+                        self.puncher.add_candidate(peer.relay, CandidateKind.RELAY, self.relay.local)
+                        self.puncher.probe(peer.relay, self.relay.local)
                     return
         self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
 

@@ -195,7 +195,20 @@ class Core:
     #: IP, port, credentials); None: the salon's, with the credentials its
     #: introduction carries
     turn: Optional[TurnServer] = None
+    #: the way to the salon when UDP may not get there
+    #: (:class:`natsalon.client.streamlink.SalonLink`); None: the socket, over UDP
+    link: Optional[object] = None
     log: Logger = field(default_factory=Logger)
+
+    @property
+    def salon(self):
+        """What the join, the relay and the LEAVE talk to the salon through."""
+        return self.link if self.link is not None else self.socket
+
+    @property
+    def salon_transport(self) -> str:
+        """``"udp"``, or ``"tcp"``/``"tls"`` once the salon is reached over a stream."""
+        return self.link.transport if self.link is not None else "udp"
 
     def leave_salon(self) -> None:
         """Tell the salon our latest membership is over (one datagram; if
@@ -205,7 +218,7 @@ class Core:
         nonce, token = self.member
         self.member = None
         try:
-            self.socket.write(wire.leave_request(self.keys.room_id, nonce, token), self.server)
+            self.salon.write(wire.leave_request(self.keys.room_id, nonce, token), self.server)
         except OSError:
             pass
 
@@ -241,7 +254,7 @@ class Attempt:
         self.nonce = new_nonce()
         self.token = wire.new_leave_token()
         core.member = (self.nonce, self.token)
-        self.joiner = Joiner(core.clock, core.socket, core.server, core.keys, self.nonce, core.candidates,
+        self.joiner = Joiner(core.clock, core.salon, core.server, core.keys, self.nonce, core.candidates,
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
                              leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
@@ -314,7 +327,9 @@ class Punch:
         self.race: Optional[RelayRace] = None
         if relaying:
             self.race = RelayRace(core, self.puncher, intro, self.started)
-            self.race.start(0.0 if self.plan.strategy is Strategy.NONE else s.relay_after)
+            # no UDP to the salon: no direct path either, the relay at once
+            direct = self.plan.strategy is not Strategy.NONE and core.salon_transport == "udp"
+            self.race.start(s.relay_after if direct else 0.0)
         self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
                                                                           self._keep_relay(path))),
@@ -500,7 +515,7 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
     c.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=path.kind, rtt=path.rtt * 1000)
     if c.connects:
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
-                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True})
+                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport})
     c.connects += 1
     c.settle(c.connection)
     return live

@@ -36,6 +36,8 @@ class Options(OpsOptionsMixin, usage.Options):
         ["port", None, DEFAULTS["port"], "Local UDP port of the punched path."],
         ["interface", None, "", "Local address to bind."],
         ["turn", None, None, "turn:USER:PASS@HOST[:PORT]: relay through this TURN server instead of the salon's."],
+        ["salon-tls", None, None, "HOST[:PORT]: when UDP does not reach the salon, its TURN over TLS (port 5349 by default) instead of TCP."],
+        ["salon-ca", None, None, "PEM file of the CA trusted for --salon-tls instead of the system's."],
     ]
     optFlags = [
         ["json", None, "Accepted for symmetry with natsalon connect (events are logged)."],

@@ -229,8 +229,13 @@ class SalonService(service.MultiService):
             if self.shared is not None:
                 self.shared.send(reply)
             return
-        # the socket it joined on, or the primary one of the same family
         via = reply.via
+        if via and via[0] == "tcp":  # joined over a TURN stream (UDP blocked): down that connection, if open
+            write = self.turn.relays.writers.get(via) if self.turn is not None else None
+            if write is not None:
+                write(reply.data, reply.to)
+            return
+        # the socket it joined on, or the primary one of the same family
         transport = self.state.transports.get(via) or self.state.transports.get(PRIMARY + tuple(via[2:]))
         if transport is not None:
             self.state.write(transport, reply.data, reply.to)
