@@ -421,13 +421,13 @@ class SalonLink:
 def refusal(f: Failure) -> str:
     """One line for why a stream could not be opened (a refused
     certificate said as such)."""
-    try:
-        from OpenSSL.SSL import Error as TLSError
-    except ImportError:  # pragma: no cover - pyOpenSSL comes with Twisted's TLS
-        TLSError = ()
-    if TLSError and f.check(TLSError):
-        return "TLS handshake failed (the salon's certificate is not trusted or does not name it): %s" % (
-            f.getErrorMessage(),)
+    from OpenSSL.SSL import Error as TLSError
+    from service_identity import VerificationError
+
+    if f.check(TLSError):
+        return "TLS handshake failed: the salon's certificate is not trusted (%s)" % (f.getErrorMessage(),)
+    if f.check(VerificationError):
+        return "TLS handshake failed: the salon's certificate does not name it (%s)" % (f.getErrorMessage(),)
     if f.check(defer.TimeoutError, defer.CancelledError):
         return "no connection within %gs" % CONNECT_TIMEOUT
     return f.getErrorMessage()
