@@ -171,7 +171,8 @@ def test_stream_refused_leaves_the_udp_request_to_time_out():
     streams.fail(ConnectionRefusedError("refused"))
     assert not failures and link.transport == "udp"
     clock.advance(10)
-    assert len(failures) == 1 and failures[0].check(StunTimeout)
+    assert len(failures) == 1 and failures[0].check(SalonUnreachable)
+    assert str(failures[0].value) == "no answer from the salon at 203.0.113.10:3478 over UDP, nor over TCP: refused"
     assert len(udp.transport.pop()) == 5
 
 

@@ -115,3 +115,22 @@ def _json(line: str) -> dict:
     import json
 
     return json.loads(line)
+
+
+@pytest.mark.nat
+def test_udp_blocked_site_refuses_a_salon_certificate_it_does_not_trust(natlab: Lab, tmp_path) -> None:
+    """The salon's certificate is signed by a CA the client was not told to
+    trust: no connection, and the failure says why."""
+    lab = natlab
+    ha = lab.add_site("blk", B).hosts[0]
+    salon_args, _ = _salon_tls(tmp_path)
+    start_salon(lab, extra_args=TURN_ARGS + salon_args)
+    other = make_ca(tmp_path, "not-the-salons-ca")
+    proc = ha.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "untrusted", "--secret", SECRET,
+                     "--json", "--timeout", "30", "--salon-tls", SALON_IP, "--salon-ca", str(other.cert_path)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rc, events, err = _events(proc, 45)
+    failed = _last(events, "failed")
+    assert rc == 1 and failed is not None and _last(events, "connected") is None, (rc, events, err)
+    assert failed["reason"].startswith("SalonUnreachable: no answer from the salon at %s over UDP, nor over TLS: "
+                                       "TLS handshake failed: the salon's certificate is not trusted" % SERVER), failed

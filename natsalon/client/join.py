@@ -116,6 +116,8 @@ class Joiner:
             return
         if f.check(StunTimeout):
             self._finish(SalonUnreachable("no answer from the salon at %s:%d" % self.server))
+        elif f.check(SalonUnreachable):  # said by the link to the salon (UDP, nor TCP/TLS)
+            self._finish(f.value)
         else:
             self._finish(ConnectFailed(str(f.value)))
 

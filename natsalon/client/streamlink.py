@@ -45,7 +45,7 @@ from natsalon.client.demux import JOIN_POLICY
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.stunsocket import Transactions
 from natsalon.stun import Class, Method, StunDecodeError, decode
-from natsalon.stun.client import RetransmitPolicy
+from natsalon.stun.client import RetransmitPolicy, StunTimeout
 from natsalon.stun.constants import MAX_MESSAGE_SIZE
 
 _HH = struct.Struct("!HH")
@@ -220,6 +220,8 @@ class SalonLink:
         self.streamed = False  #: the salon is reached over the stream from now on
         self.stream: Optional[StreamProtocol] = None
         self.answered = False  #: the salon has answered over UDP
+        #: why the stream could not be opened, last time it was tried
+        self.refused: Optional[str] = None
         self.transactions = Transactions(clock, self._stream_send, JOIN_POLICY)
         self._moving: Dict[bytes, _Moving] = {}
         self._opening: Optional[defer.Deferred] = None
@@ -324,6 +326,10 @@ class SalonLink:
         if f.check(defer.CancelledError):
             return None
         moving = self._forget(txid)
+        if moving is not None and f.check(StunTimeout) and self.refused is not None:
+            # said in full: the reason the stream failed is what the user can act on
+            f = Failure(SalonUnreachable("no answer from the salon at %s:%d over UDP, nor over %s: %s" % (
+                self.server + (self.kind.upper(), self.refused))))
         if moving is not None:
             moving.outer.errback(f)
         return None
@@ -364,13 +370,14 @@ class SalonLink:
         waiters, self._waiters = self._waiters, []
         if not isinstance(result, StreamProtocol):
             reason = refusal(result) if isinstance(result, Failure) else str(result)
+            self.refused = reason
             self.log.warn("the salon cannot be reached over {kind} either: {e}", kind=self.kind.upper(), e=reason)
             for waiter in waiters:
                 waiter.errback(SalonUnreachable(reason))
             return None
         if not self.streamed:
             self.log.info("reaching the salon over {kind}", kind=self.kind.upper())
-        self.stream, self.streamed = result, True
+        self.stream, self.streamed, self.refused = result, True, None
         for txid in list(self._moving):
             moving = self._forget(txid)
             moving.inner = self._on_stream(moving.msg, moving.policy, moving.kw)
