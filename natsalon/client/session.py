@@ -512,7 +512,8 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
     c.failures = 0
     live = Live(m, c, session)
     path = session.path
-    c.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=path.kind, rtt=path.rtt * 1000)
+    c.log.info("connected: path {path}, rtt {rtt:.1f} ms; the salon over {transport}", path=path.kind,
+               rtt=path.rtt * 1000, transport=c.salon_transport)
     if c.connects:
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
                 "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport})
