@@ -32,12 +32,12 @@ def _salon_tls(tmp_path):
             ["--salon-tls", SALON_IP, "--salon-ca", str(ca.cert_path)])
 
 
-def _jobs(lab: Lab, tag: str):
+def _jobs(lab: Lab, tag: str, **site_kw):
     """A pair per row, each with sites of its own."""
     jobs = []
     for i, peer in enumerate(PEERS):
-        ha = lab.add_site("%sb%d" % (tag, i), B).hosts[0]
-        hb = lab.add_site("%sp%d" % (tag, i), peer).hosts[0]
+        ha = lab.add_site("%sb%d" % (tag, i), B, **site_kw).hosts[0]
+        hb = lab.add_site("%sp%d" % (tag, i), peer, **site_kw).hosts[0]
         jobs.append(("%s-%s" % (B.name, peer.name), ha, hb))
     return jobs
 
@@ -71,6 +71,20 @@ def test_udp_blocked_site_connects_to_every_type(natlab: Lab, tmp_path, transpor
     results, took = _run_pairs(lab, jobs, 30.0, client_args)
     print("UDP-blocked pairs over %s took %.1fs" % (transport, took))
     problems = _check(results, transport)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.nat
+def test_udp_blocked_site_connects_to_every_type_impaired(natlab: Lab) -> None:
+    """The same rows over TCP with 50 ms delay and 5% loss at every site
+    (TCP retransmits the blocked side's leg; the peer's UDP leg and the
+    probes retransmit as usual)."""
+    lab = natlab
+    jobs = _jobs(lab, "im", delay_ms=50, loss=0.05)
+    start_salon(lab, extra_args=TURN_ARGS)
+    results, took = _run_pairs(lab, jobs, 40.0)
+    print("impaired UDP-blocked pairs took %.1fs" % took)
+    problems = _check(results, "tcp")
     assert not problems, "\n".join(problems)
 
 
