@@ -18,6 +18,7 @@ from natsalon import wire
 from natsalon.client.api import open_client
 from natsalon.client.demux import ClientSocket
 from natsalon.client.errors import SalonUnreachable
+from natsalon.client.session import Phase
 from natsalon.client.streamlink import (
     FrameError, SalonLink, StreamProtocol, StreamTarget, pad, split_frames, stream_connector, stream_policy,
 )
@@ -381,3 +382,134 @@ def test_udp_blocked_client_connects_over_tls_and_refuses_another_ca(tmp_path):
             yield link.switch("test")
     finally:
         yield salon.stopService()
+
+
+# -- the client machine on a Clock: UDP cut, the salon over an in-memory stream -------
+class _StreamEnd:
+    """One end of an in-memory TCP connection: what is written reaches the
+    other end's ``dataReceived`` after the net's delay."""
+
+    disconnecting = False
+
+    def __init__(self, net, local, peer) -> None:
+        self.net, self.local, self.peer = net, local, peer
+        self.other = None
+        self.proto = None
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting:
+            self.net.clock.callLater(self.net.delay, self.other.proto.dataReceived, data)
+
+    def getPeer(self):
+        return IPv4Address("TCP", *self.peer)
+
+    def getHost(self):
+        return IPv4Address("TCP", *self.local)
+
+    def registerProducer(self, producer, streaming) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = self.other.disconnecting = True
+            self.proto.connectionLost(None)
+            self.other.proto.connectionLost(None)
+
+    abortConnection = loseConnection
+
+
+def _blocked_net(blocked):
+    """test_relay's network with every UDP datagram from or to ``blocked`` dropped."""
+    from test_relay import RelayNet
+
+    class Net(RelayNet):
+        def send(self, src, dst, data: bytes) -> None:
+            if src not in blocked and dst not in blocked:
+                super().send(src, dst, data)
+
+    return Net()
+
+
+def _stream_client(net, addr, **settings):
+    """A client machine of ``net`` whose salon link opens in-memory streams
+    to the salon's TURN stream factory (from ``addr``'s host)."""
+    from test_session import SALON as NET_SALON
+
+    machine, core, events = net.client(addr, **settings)
+    ports = iter(range(45000, 46000))
+
+    def connect(link):
+        here = (addr[0], next(ports))
+        client_end, server_end = _StreamEnd(net, here, NET_SALON), _StreamEnd(net, NET_SALON, here)
+        client_end.other, server_end.other = server_end, client_end
+        server = net.turn.streams.buildProtocol(None)
+        server_end.proto = server
+        server.makeConnection(server_end)
+        proto = StreamProtocol(False, link.frame, link.lost)
+        client_end.proto = proto
+        proto.makeConnection(client_end)
+        return proto.ready
+
+    core.link = SalonLink(net.clock, core.socket, NET_SALON, connect, kind="tcp")
+    core.check_salon = lambda: core.link.checked(defer.succeed(False))  # the check heard nothing
+    return machine, core, events
+
+
+def _exchange_frames(ca, cb, n=30):
+    got = {"a": [], "b": []}
+    ca.connection.set_receiver(got["a"].append)
+    cb.connection.set_receiver(got["b"].append)
+    for i in range(n):
+        assert ca.connection.send(b"a%d" % i)
+        assert cb.connection.send(b"b%d" % i)
+    return got
+
+
+def test_machine_with_udp_cut_joins_and_relays_over_the_stream_at_once():
+    from test_relay import A, B
+
+    net = _blocked_net({A})
+    net.salon()
+    a, ca, ea = _stream_client(net, A, relay_after=1.0)
+    b, cb, eb = net.client(B, relay_after=1.0)
+    a.start()
+    net.run(1.0)
+    assert ca.phase is Phase.WAITING and ca.salon_transport == "tcp"
+    b.start()
+    net.run(3.0)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert ca.connection.path.kind == cb.connection.path.kind == "relay"
+    assert ca.connection.path.local.relayed is not None  # a sends through its allocation, on the stream
+    # no UDP to the salon: a's relay joins the race at once, b's after its head start
+    after = {name: [e for e in ev if e["event"] == "relay-allocating"][0]["after_ms"] for name, ev in
+             (("a", ea), ("b", eb))}
+    assert after["a"] < 50 and after["b"] >= 1000, after
+    got = _exchange_frames(ca, cb)
+    net.run(0.5)
+    assert got["b"] == [b"a%d" % i for i in range(30)] and got["a"] == [b"b%d" % i for i in range(30)]
+    a.stop()
+    b.stop()
+    net.run(1.0)
+    assert len(net.turn.core) == 0  # a's allocation went with its LEAVE and Refresh 0 (or its stream)
+
+
+def test_two_machines_with_udp_cut_relay_to_each_other():
+    from test_relay import A, B
+
+    net = _blocked_net({A, B})
+    net.salon()
+    a, ca, _ = _stream_client(net, A, relay_after=1.0)
+    b, cb, _ = _stream_client(net, B, relay_after=1.0)
+    a.start()
+    b.start()
+    net.run(4.0)
+    assert ca.phase is cb.phase is Phase.CONNECTED and ca.salon_transport == cb.salon_transport == "tcp"
+    for core in (ca, cb):
+        path = core.connection.path
+        assert path.kind == "relay" and path.local.relayed is not None
+        assert path.address[0] == net.relay_host  # the peer's relayed address, from our own allocation
+    got = _exchange_frames(ca, cb)
+    net.run(0.5)
+    assert len(got["a"]) == len(got["b"]) == 30
+    a.stop()
+    b.stop()
