@@ -69,6 +69,10 @@ def test_salon_tls_values(tmp_path):
     o = check(dict(DEFAULTS, **BASE, **{"salon-tls": "203.0.113.10:443"}), environ={})
     assert o.salon_tls == ("203.0.113.10", 443) and o.salon_ca is None
     assert check(dict(DEFAULTS, **BASE), environ={}).salon_tls is None
+    o = Options()
+    o.parseOptions(["--server", "192.0.2.1", "--room", "r", "--secret", "s", "--salon-tls", "salon.example.org:443",
+                    "--salon-ca", str(ca)])
+    assert o.checked.salon_tls == ("salon.example.org", 443) and o.checked.salon_ca == str(ca)
 
 
 @pytest.mark.parametrize("change, message", BAD[:4] + BAD[7:9])

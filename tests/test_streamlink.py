@@ -513,3 +513,32 @@ def test_two_machines_with_udp_cut_relay_to_each_other():
     assert len(got["a"]) == len(got["b"]) == 30
     a.stop()
     b.stop()
+
+
+def test_machine_with_udp_cut_recovers_when_its_stream_drops():
+    """The salon's end of the stream closes (a salon restart, say): the
+    allocation goes with it, the keepalive notices, and the re-join opens
+    a new stream and relays again."""
+    from test_relay import A, B
+
+    net = _blocked_net({A})
+    net.salon()
+    a, ca, ea = _stream_client(net, A, relay_after=1.0, keepalive=1.0, dead_after=2)
+    b, cb, eb = net.client(B, relay_after=1.0, keepalive=1.0, dead_after=2)
+    a.start()
+    b.start()
+    net.run(3.0)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    first = ca.link.stream
+    first.transport.other.loseConnection()  # the salon side closes
+    assert ca.link.stream is None and ca.link.streamed
+    net.run(10.0)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert [e["event"] for e in ea].count("path-lost") == 1
+    assert ca.link.stream is not None and ca.link.stream is not first
+    assert ca.connection.path.kind == "relay"
+    got = _exchange_frames(ca, cb)
+    net.run(0.5)
+    assert len(got["a"]) == len(got["b"]) == 30
+    a.stop()
+    b.stop()
