@@ -194,8 +194,10 @@ class RelayWatch:
             self._peer_relays.add(relay)
             self.puncher.add_candidate(relay, CandidateKind.RELAY)
             self.puncher.probe(relay)
-        # on until recovered: the peer's JOIN may still list the old address
-        self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
+        self._probe_fresh()  # at the signal's pace, not only at the ticks
+        if self.lost_at is not None:
+            # on until recovered: the peer's JOIN may still list its old address
+            self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
 
     def _signal_failed(self, f: Failure) -> None:
         self._req = None
