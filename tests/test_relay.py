@@ -369,3 +369,37 @@ def test_a_silent_peer_is_no_lost_relay():
     assert "path-lost" in [e["event"] for e in ea[refreshes:]]
     a.stop()
     b.stop()
+
+
+def test_connected_event_names_the_server_and_no_strategy_for_a_relayed_path():
+    from types import SimpleNamespace
+
+    from natsalon.cli.connect import connected_event
+    from natsalon.client.punch import Path
+
+    info = {"elapsed": 0.5, "punch": 0.25}
+    relayed = SimpleNamespace(path=Path(Address(*SALON), RELAY, 0.01), info=info)
+    ev = connected_event(relayed, "203.0.113.10:3478")
+    assert ev["path"] == "relay" and ev["server"] == "203.0.113.10:3478" and ev["strategy"] == "relay"
+    assert connected_event(relayed, "203.0.113.10:3478", "198.51.100.20:3478")["server"] == "198.51.100.20:3478"
+    direct = SimpleNamespace(path=Path(Address(*B), "direct", 0.01, strategy="birthday"), info=info)
+    ev = connected_event(direct, "203.0.113.10:3478", "198.51.100.20:3478")
+    assert ev["server"] == "203.0.113.10:3478" and ev["strategy"] == "birthday"
+
+
+def test_a_repunched_relayed_path_says_its_server():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, keepalive=1.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    net.cut.add(B)  # the peer vanishes for a while: both re-join, relayed again
+    net.run(4.0)
+    net.cut.clear()
+    net.run(8.0)
+    again = [e for e in ea if e["event"] == "connected" and e.get("repunched")]
+    assert again and again[-1]["path"] == RELAY, ea
+    assert again[-1]["server"] == "%s:%d" % SALON and again[-1]["strategy"] == "relay"
+    a.stop()
+    b.stop()

@@ -47,6 +47,7 @@ def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat) -> None:
     for evs in early:
         conn = _last(evs, "connected")
         assert conn is not None and conn["path"] == "relay", evs
+        assert conn["server"] == SERVER and conn["strategy"] == "relay", conn
         relayed = _last(evs, "relayed")
         assert relayed is not None and relayed["server"] == SERVER, evs
         print("%s-%s relayed after %.0f ms (punch_ms %.0f, rtt %.1f ms)" % (

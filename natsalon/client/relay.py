@@ -179,6 +179,12 @@ class Relay:
             self.sock.on_punch(payload, addr, self.local)
 
 
+def relay_server(core) -> Tuple[str, int]:
+    """The TURN server the client relays through: ``--turn``'s, else the salon's."""
+    turn = core.turn
+    return (turn.host, turn.port) if turn is not None else tuple(core.server)
+
+
 def signal_relay(core, intro, cookie: Optional[bytes], relayed: Address) -> defer.Deferred:
     """JOIN the room again as the same member (``core.member``) with our
     relayed address (NS-RELAY): the salon updates our JOIN for the peer and
@@ -240,8 +246,7 @@ class RelayRace:
 
     @property
     def server(self) -> Tuple[str, int]:
-        turn = self.core.turn
-        return (turn.host, turn.port) if turn is not None else tuple(self.core.server)
+        return relay_server(self.core)
 
     @property
     def server_text(self) -> str:

@@ -73,7 +73,7 @@ from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import RELAY, Path, Puncher
 from natsalon.client.options import TurnServer
 from natsalon.client.recovery import RelayWatch
-from natsalon.client.relay import Relay, RelayRace
+from natsalon.client.relay import Relay, RelayRace, relay_server
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
@@ -527,7 +527,10 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
     path = session.path
     c.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=path.kind, rtt=path.rtt * 1000)
     if c.connects:
+        relayed = path.kind == RELAY
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
+                "server": "%s:%d" % (relay_server(c) if relayed else tuple(c.server)),
+                "strategy": RELAY if relayed else path.strategy,
                 "rtt_ms": round(path.rtt * 1000, 1), "repunched": True})
     c.connects += 1
     c.settle(c.connection)
