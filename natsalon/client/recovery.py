@@ -45,10 +45,10 @@ from typing import Callable, Optional, Set
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from natsalon import wire
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.punch import RELAY, CandidateKind, CandidatePair, Puncher
 from natsalon.client.relay import Relay, peer_relay, signal_relay
+from natsalon.client.upgrade import peer_request
 from natsalon.stun import Address
 
 #: peer-reflexive candidates learnt through a new allocation
@@ -211,11 +211,7 @@ class RelayWatch:
         src = Address(addr[0], addr[1])
         if fresh is None or (fresh.local, src) in self.puncher.pairs or self._learnt >= MAX_LEARNT:
             return
-        try:
-            punch = wire.parse_punch(payload, self.puncher.session.k_punch, self.puncher.peer_nonce)
-        except wire.WireError:
-            return
-        if punch.is_request:
+        if peer_request(self.puncher, payload):
             self._learnt += 1
             self.puncher.add_candidate(src, CandidateKind.PRFLX, fresh.local)
 

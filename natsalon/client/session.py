@@ -383,7 +383,8 @@ class Live:
         self.watch: Optional[RelayWatch] = None
         self._release = None
         if session.path.kind == RELAY and s.upgrade_budget > 0:
-            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded)
+            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded,
+                                   socket=core.socket)
             self.upgrade.start()
         if session.path.kind == RELAY and session.relay is not None and session.intro is not None:
             self.watch = RelayWatch(core, session.puncher, session.intro, session.relay, self._relay_recovered,
