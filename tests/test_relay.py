@@ -403,3 +403,27 @@ def test_a_repunched_relayed_path_says_its_server():
     assert again[-1]["server"] == "%s:%d" % SALON and again[-1]["strategy"] == "relay"
     a.stop()
     b.stop()
+
+
+def test_a_relay_that_cannot_be_allocated_again_is_left_to_the_keepalive():
+    """The restarted salon runs no TURN: three Allocates fail, the watch
+    says relay-failed and stops; the keepalive ends the path and the
+    machine re-joins (no relay now: the punch fails and it backs off)."""
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, punch_timeout=2.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == RELAY
+    for addr in [n for n in net.nodes if n[0] == net.relay_host and n != SALON]:
+        del net.nodes[addr]
+    net.salon(turn=False)
+    net.run(60.0)
+    names = [e["event"] for e in ea]
+    assert "relay-lost" in names and "relay-recovered" not in names, ea
+    failed = [e for e in ea if e["event"] == "relay-failed"]
+    assert failed and failed[0]["reason"].startswith("allocating again"), ea
+    assert names.index("relay-failed") < names.index("path-lost")
+    a.stop()
+    b.stop()

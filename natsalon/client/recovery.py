@@ -33,7 +33,8 @@ The first relayed pair through the new allocation (or to the peer's new
 relayed address) verified both ways since the loss carries the path:
 ``on_recovered(pair, relay)``.
 
-If nothing recovers, the keepalive ends the path as before and the
+If nothing recovers (no new allocation after ``MAX_ATTEMPTS`` tries, or the
+peer never verifies one), the keepalive ends the path as before and the
 client machine re-joins.  The clock is injected; :meth:`stop` cancels
 everything pending and releases a new allocation not handed over.
 """
@@ -53,6 +54,10 @@ from natsalon.stun import Address
 
 #: peer-reflexive candidates learnt through a new allocation
 MAX_LEARNT = 4
+#: failed Allocates in a row before the recovery gives up (credentials
+#: past their expiry, say): the keepalive then ends the path, and the
+#: re-join brings fresh credentials
+MAX_ATTEMPTS = 3
 
 
 class RelayWatch:
@@ -79,6 +84,7 @@ class RelayWatch:
         self._req: Optional[defer.Deferred] = None
         self._peer_relays: Set[Address] = set()  #: learnt since the loss
         self._learnt = 0
+        self._attempts = 0
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = core.clock
         relay.on_lost = self._lost
@@ -154,6 +160,8 @@ class RelayWatch:
         self._allocate(old)
 
     def _allocate(self, old: Relay) -> None:
+        self._call = None
+        self._attempts += 1
         fresh = self.fresh = Relay(self.core.clock, self.core.socket, old.server, old.credentials)
         fresh.learn = self._learn
         fresh.start(old.peer_host or self.intro.peer_address.host).addCallbacks(self._allocated, self._failed)
@@ -170,6 +178,9 @@ class RelayWatch:
         self.core.log.warn("relay: allocating again failed: {e}", e=f.getErrorMessage())
         failed, self.fresh = self.fresh, None
         failed.close()
+        if self._attempts >= MAX_ATTEMPTS:
+            self.core.emit({"event": "relay-failed", "reason": "allocating again: %s" % f.getErrorMessage()})
+            return  # the keepalive ends the path; the re-join brings fresh credentials
         self._call = self.core.clock.callLater(self.check, self._allocate, failed)
 
     def _ms(self) -> float:
@@ -238,6 +249,7 @@ class RelayWatch:
         relay.on_lost = self._lost
         self.relay = relay
         self.recoveries += 1
+        self._attempts = 0
         took = self._ms()
         self.lost_at = None
         self.core.log.info("relayed path recovered through a new allocation")
