@@ -147,8 +147,8 @@ def test_relayed_pair_upgrades_when_a_nat_opens(natlab: Lab, tmp_path) -> None:
 
     def swap() -> None:
         time.sleep(2.0)
-        site_a.set_nat(Nat.FULL_CONE)
         swapped.append(time.monotonic())
+        site_a.set_nat(Nat.FULL_CONE)
 
     count = 3000
     results = _exchange_across((ha, hb), count, 300.0, swap)
