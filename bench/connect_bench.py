@@ -623,7 +623,89 @@ def run_lifecycle(lab, rep: int, delay: float, seconds: float, size: int, rates)
             communicate(p, 10)
 
 
-def lifecycle_report(results: dict, rates, args) -> str:
+#: a steady flow's receiver: the monotonic arrival time of each datagram, as JSON once idle
+ARRIVALS = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 7001))
+print("ready", flush=True)
+s.settimeout(float(sys.argv[1]))
+times = []
+try:
+    while True:
+        s.recv(65536)
+        times.append(time.monotonic())
+except socket.timeout:
+    pass
+print(json.dumps(times), flush=True)
+"""
+
+
+def run_recovery(lab, salon: list, rep: int, delay: float) -> dict:
+    """One S-S pair relaying a steady flow (200/s each way) through the
+    salon; the salon's process restarted (``salon[0]``, replaced): when
+    each side said relay-lost and relay-recovered, and how long the flow
+    stopped, from the kill."""
+    from natlab import Lab, Nat
+    from natlab.salon import start_salon
+    hosts = [lab.add_site("r%d%s%d" % (rep, n, delay), Nat.SYMMETRIC_RANDOM, delay_ms=delay).hosts[0] for n in "ab"]
+    procs, events = [], [[], []]
+    for h, evs in zip(hosts, events):
+        p = h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "lost-%d-%g" % (rep, delay),
+                     "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",
+                     "--deliver", "127.0.0.1:7001"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        _events_reader(p, evs)
+    try:
+        if not all(_wait_event(evs, "forwarding", 30) for evs in events):
+            return {"ok": False, "why": "no forwarding: %s" % events}
+        sinks = [h.spawn([sys.executable, "-c", ARRIVALS, "15"], stdout=subprocess.PIPE, text=True) for h in hosts]
+        for k in sinks:
+            k.stdout.readline()
+        flows = [h.spawn([sys.executable, "-c", BLAST, "4000", "100", "200"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True) for h in hosts]
+        time.sleep(3)
+        t_kill = time.monotonic()
+        os.killpg(salon[0].pid, signal.SIGTERM)
+        salon[0].wait(timeout=10)
+        salon[0] = start_salon(lab, extra_args=TURN_ARGS)
+        t_up = time.monotonic()
+        recovered = [_wait_event(evs, "relay-recovered", 30) for evs in events]
+        for f in flows:
+            communicate(f, 60)
+        arrivals = [json.loads(last_line) for last_line in (communicate(k, 60)[1].strip().splitlines()[-1]
+                                                             for k in sinks)]
+        lost = [_wait_event(evs, "relay-lost", 1) for evs in events]
+        if not all(recovered) or any(e["event"] in ("path-lost", "joined") for evs in events for e in evs[1:]
+                                     if e["_t"] > t_kill):
+            return {"ok": False, "why": "not recovered in the session: %s" % events}
+        gaps = []
+        for times in arrivals:
+            after = [t for t in times if t > t_kill]
+            gaps.append((min(after) - max([t for t in times if t <= t_kill] or [t_kill])) if after else None)
+        return {"ok": True, "down_s": t_up - t_kill, "lost_s": max(e["_t"] for e in lost) - t_kill,
+                "recovered_s": max(e["_t"] for e in recovered) - t_kill,
+                "after_up_s": max(e["_t"] for e in recovered) - t_up, "gap_s": max(gaps) if all(gaps) else None}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            communicate(p, 10)
+
+
+def recovery_rows(recovery: dict) -> list:
+    rows = ["| delay/site | runs ok | salon down, s | kill → relay-lost (both), s | kill → relay-recovered (both), s "
+            "| salon up → recovered, s | flow stopped, s |", "|" + "---|" * 7]
+    for delay, runs in sorted(recovery.items()):
+        ok = [r for r in runs if r["ok"]]
+        rows.append("| %s ms | %d/%d | %s | %s | %s | %s | %s |" % (
+            fmt(delay, "g"), len(ok), len(runs), *(fmt(med([r[k] for r in ok if r[k] is not None]), ".2f")
+                                                   for k in ("down_s", "lost_s", "recovered_s", "after_up_s",
+                                                             "gap_s"))))
+    return rows
+
+
+def lifecycle_report(results: dict, rates, args, recovery: dict) -> str:
     up = ["| delay/site | runs ok | NAT change → upgraded (both sides), ms | upgrade probes | RTT relay / direct, ms |",
           "|" + "---|" * 5]
     flows = ["| delay/site | offered | over relay: Mbit/s (received) | direct: Mbit/s (received) | direct ÷ relay |",
@@ -645,7 +727,7 @@ def lifecycle_report(results: dict, rates, args) -> str:
                 fmt(delay, "g"), rate, rate * args.flow_size * 8 / 1e6, fmt(cells[0][0]), fmt(cells[0][1], ".1f"),
                 fmt(cells[1][0]), fmt(cells[1][1], ".1f"), fmt(ratio, ".2f") + ("x" if ratio else "")))
     failures = ["%g ms: %s" % (d, r["why"]) for d, runs in results.items() for r in runs if not r["ok"]]
-    text = [LIFECYCLE_MARK, "", "## Relayed pairs: upgrade to direct, and a forwarded flow over relay against direct",
+    text = [LIFECYCLE_MARK, "", "## Relayed pairs: upgrade to direct, a forwarded flow over relay against direct, relay lost",
             "",
             "- date: %s; load average at its start: %s (other work shares the two cores)" % (
                 datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), LOAD_AT_START),
@@ -664,7 +746,18 @@ def lifecycle_report(results: dict, rates, args) -> str:
             "over the time between its first and last datagram (the offered rate when nothing is lost); "
             "**received**: the share of the datagrams sent. Every process here (both forwarders with their "
             "AEAD, the salon's relay, senders, receivers) is Python sharing the machine's two cores, so the "
-            "rates are this machine's; read the ratio, and whether the relay or the forwarders give out first."]
+            "rates are this machine's; read the ratio, and whether the relay or the forwarders give out first.",
+            "", "### Relay lost: the salon restarted under a relayed flow", "", *recovery_rows(recovery), "",
+            "Medians. Each run: a fresh S-S pair forwarding a steady flow of 100-byte datagrams, 200/s each way, "
+            "through the salon's relay; then the salon's process is ended (SIGTERM: its allocations, relayed "
+            "sockets and rooms go with it) and started again on the same ports (**salon down**: until it "
+            "answers a Binding request on each socket). Both clients notice (a relayed path is probed every "
+            "second; after 2 s of silence a Refresh of the allocation meets 437 allocation mismatch), allocate "
+            "again, re-join as the same member with the new relayed address and verify a relayed pair through "
+            "it, in the same session (no `path-lost`, no re-join). **flow stopped**: the longest of the two "
+            "directions' gap between the last datagram before the kill and the first after (issue 12 asks for "
+            "traffic again within 10 s)."]
+    failures += ["recovery %g ms: %s" % (d, r["why"]) for d, runs in recovery.items() for r in runs if not r["ok"]]
     if failures:
         text += ["", "Failed runs:", ""] + ["- " + f for f in failures]
     return "\n".join(text) + "\n"
@@ -685,10 +778,16 @@ def lifecycle_main(args) -> int:
     delays = [float(d) for d in args.lifecycle_delays.split(",") if d.strip()]
     rates = [float(r) for r in args.flow_rates.split(",") if r.strip()]
     results = {d: [] for d in delays}
+    recovery = {d: [] for d in delays}
     with Lab() as lab:
-        start_salon(lab, extra_args=TURN_ARGS)
+        salon = [start_salon(lab, extra_args=TURN_ARGS)]
         for rep in range(args.reps):
             for delay in delays:
+                r = run_recovery(lab, salon, rep, delay)
+                recovery[delay].append(r)
+                log("recovery rep %d %g ms: %s" % (rep + 1, delay, "recovered %.2f s after the kill, flow stopped %s s"
+                                                   % (r["recovered_s"], fmt(r["gap_s"], ".2f")) if r["ok"]
+                                                   else "FAILED " + r["why"]))
                 r = run_lifecycle(lab, rep, delay, args.flow_seconds, args.flow_size, rates)
                 results[delay].append(r)
                 log("lifecycle rep %d %g ms: %s" % (rep + 1, delay, (
@@ -697,8 +796,9 @@ def lifecycle_main(args) -> int:
                         [fmt(f["mbit_s"]) for f in r["direct"].values()])
                     if r["ok"] else "FAILED " + r["why"])))
     LIFECYCLE_RAW.parent.mkdir(parents=True, exist_ok=True)
-    LIFECYCLE_RAW.write_text(json.dumps({"results": [[d, v] for d, v in results.items()], "argv": sys.argv}))
-    write(merge_lifecycle(args.output, lifecycle_report(results, rates, args)), args.output)
+    LIFECYCLE_RAW.write_text(json.dumps({"results": [[d, v] for d, v in results.items()],
+                                         "recovery": [[d, v] for d, v in recovery.items()], "argv": sys.argv}))
+    write(merge_lifecycle(args.output, lifecycle_report(results, rates, args, recovery)), args.output)
     return 0
 
 
