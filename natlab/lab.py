@@ -250,6 +250,26 @@ class Site:
         """The router's conntrack table (needs conntrack-tools), for debugging."""
         return self.router.run(["conntrack", "-L"]).stdout
 
+    def set_nat(self, nat: Nat) -> None:
+        """Change the router's behaviour to ``nat`` while hosts are using it
+        (between NATs that translate, UDP_BLOCKED excepted): one nft
+        transaction swaps the rulesets.  Conntrack stays, so every live
+        mapping keeps its external port and flows go on; new flows are
+        mapped, and inbound packets filtered, the new way."""
+        usable = {n for n in Nat if n.translates} - {Nat.UDP_BLOCKED}
+        if nat not in usable or self.nat not in usable:
+            raise ValueError("set_nat swaps between translating NATs only (%s -> %s)" % (self.nat.name, nat.name))
+        drop = ["delete table inet natlab", "delete table ip natlab_nat"]
+        if self.loss > 0:
+            drop.append("delete table netdev natlab_loss")
+        ruleset = nft_ruleset(nat, self.public_ip, self.hairpin, self.loss,
+                              self.udp_timeout or DEFAULT_BINDING_TIMEOUT)
+        r = self.router.run(["nft", "-f", "-"], input="\n".join(drop) + "\n" + ruleset)
+        if r.returncode != 0:
+            raise LabError("site %s: nft refused the new ruleset: %s" % (self.name, r.stderr))
+        self.nat = nat
+        self.ruleset = ruleset
+
 
 def nft_ruleset(nat: Nat, wan_ip: str, hairpin: bool, loss: float,
                 binding_timeout: int) -> str:

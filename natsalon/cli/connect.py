@@ -1,7 +1,8 @@
 """``natsalon connect``: meet a peer in a room, punch, optionally forward.
 
 Prints one line per event (JSON with ``--json``): ``connected`` with the
-path, peer, elapsed and RTT; ``failed`` with a reason (exit status 1).
+path, peer, server, elapsed and RTT (:func:`connected_event`); ``failed``
+with a reason (exit status 1).
 Without ``--forward`` it exits 0 once the path is verified (after giving
 the peer up to 3 s to verify its side too).
 """
@@ -18,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from natsalon.client.options import DEFAULTS, OptionError, check
+from natsalon.client.punch import RELAY
 from natsalon.client.secretfile import ENV_SECRET
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,15 +95,22 @@ class Printer:
         stream.flush()
 
 
-def connected_event(conn) -> dict:
+def connected_event(conn, salon: str = "", turn: str = "") -> dict:
+    """The ``connected`` event.  ``server``: the TURN server that relays
+    (``turn``, else the salon's TURN) when the path is relayed, the
+    ``salon`` that introduced the peer otherwise.  ``strategy``: how a
+    direct or LAN path was punched (plain, predicted, birthday); "relay"
+    for a relayed path."""
+    relayed = conn.path.kind == RELAY
     return {
         "event": "connected",
         "path": conn.path.kind,
         "peer": str(conn.path.address),
+        "server": (turn or salon) if relayed else salon,
         "elapsed_ms": round(conn.info["elapsed"] * 1000, 1),
         "punch_ms": round(conn.info["punch"] * 1000, 1),
         "rtt_ms": round(conn.path.rtt * 1000, 1),
-        "strategy": conn.path.strategy,
+        "strategy": RELAY if relayed else conn.path.strategy,
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
         "transport": conn.info.get("transport", "udp"),
@@ -154,7 +163,7 @@ def _main(reactor, o, emit: Printer):
             reactor.removeSystemEventTrigger(trigger)
         except (ValueError, KeyError):
             pass  # it is running: we are shutting down
-    emit(connected_event(conn))
+    emit(connected_event(conn, "%s:%d" % tuple(o.server), "%s:%d" % (o.turn.host, o.turn.port) if o.turn else ""))
     if fwd is None:
         yield conn.peer_confirmed(3.0)
         conn.close()

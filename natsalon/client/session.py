@@ -11,7 +11,8 @@ States (the data each one owns, cancelled on every way out)::
                    Relay racing it (a TURN allocation at the salon, when the
                    introduction carried credentials)]
     Connected     [Live: the verified session and its Keepalive, and the
-                   Relay and its Upgrade while the path is relayed]
+                   Relay, its Upgrade and its RelayWatch while the path
+                   is relayed]
     BackingOff    [IDelayedCall: the retry, after backoff with jitter]
     Stopped
 
@@ -39,7 +40,11 @@ Inputs and transitions::
 An upgrade from a relayed path to a direct one is no transition: the
 ``Connected`` state's Live moves the Connection to the direct pair
 (:meth:`Connection.move`: same keys and counters), emits ``upgraded`` and
-releases the allocation shortly after.
+releases the allocation shortly after.  Nor is a lost relay (the TURN
+server restarted): the Live's :class:`~natsalon.client.recovery.RelayWatch`
+allocates again, re-signals the new relayed address through the salon
+and moves the Connection to the new relayed pair (``relay-lost``, then
+``relay-recovered``); only if that fails too does the keepalive end the path.
 
 "Path lost" and "re-joining" are the ``Connected -> Joining`` transition:
 the :class:`~natsalon.client.connection.Connection` object stays, only
@@ -67,7 +72,8 @@ from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import RELAY, Path, Puncher
 from natsalon.client.options import TurnServer
-from natsalon.client.relay import Relay, RelayRace
+from natsalon.client.recovery import RelayWatch
+from natsalon.client.relay import Relay, RelayRace, relay_server
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
@@ -123,6 +129,11 @@ class Settings:
     #: seconds the allocation outlives an upgrade (the peer may still send
     #: through it until its own direct pair verifies, about one RTT later)
     release_after: float = 2.0
+    #: while relayed through our allocation: seconds between probes of the
+    #: path, and seconds of silence after which the allocation is checked
+    #: (relay lost: :mod:`natsalon.client.recovery`)
+    relay_check: float = 1.0
+    relay_silence: float = 2.0
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 
@@ -134,6 +145,7 @@ class Session(NamedTuple):
     keys: SessionKeys
     path: Path
     relay: Optional[Relay] = None  #: our allocation, kept while the path is relayed
+    intro: Optional[Introduction] = None  #: the introduction (a lost relay is re-signalled with it)
 
 
 class ClientInputs(Protocol):
@@ -332,7 +344,7 @@ class Punch:
             self.race.start(s.relay_after if direct else 0.0)
         self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
-                                                                          self._keep_relay(path))),
+                                                                          self._keep_relay(path), intro)),
                                    _unless_cancelled(machine._failed))
 
     def _keep_relay(self, path: Path) -> Optional[Relay]:
@@ -383,15 +395,30 @@ class Live:
         core.connection.attach(session.puncher, session.keys, session.path)
         self.keepalive.start()
         self.upgrade: Optional[Upgrade] = None
+        self.watch: Optional[RelayWatch] = None
         self._release = None
         if session.path.kind == RELAY and s.upgrade_budget > 0:
-            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded)
+            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded,
+                                   socket=core.socket)
             self.upgrade.start()
+        if session.path.kind == RELAY and session.relay is not None and session.intro is not None:
+            self.watch = RelayWatch(core, session.puncher, session.intro, session.relay, self._relay_recovered,
+                                    check=s.relay_check, silence=s.relay_silence)
+            self.watch.start()
+
+    def _relay_recovered(self, pair, relay: Relay) -> None:
+        """The relay was lost and a new allocation carries the path now."""
+        path = self.session.puncher.move(pair)
+        self.session = self.session._replace(path=path, relay=relay)
+        self.core.connection.move(path)
+        self.keepalive.address = path.address
 
     def _upgraded(self, pair) -> None:
         """A direct pair verified while relayed: traffic moves to it now,
         the allocation goes a little later."""
         core = self.core
+        if self.watch is not None:
+            self.watch.stop()  # a new allocation not yet carrying the path goes too
         path = self.session.puncher.move(pair)
         relay = self.session.relay
         self.session = self.session._replace(path=path, relay=None)
@@ -420,6 +447,8 @@ class Live:
         connection.detach()
         if self.upgrade is not None:
             self.upgrade.stop()
+        if self.watch is not None:
+            self.watch.stop()
         relay = self.session.relay
         if relay is not None:
             relay.close()
@@ -515,7 +544,10 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
     c.log.info("connected: path {path}, rtt {rtt:.1f} ms; the salon over {transport}", path=path.kind,
                rtt=path.rtt * 1000, transport=c.salon_transport)
     if c.connects:
+        relayed = path.kind == RELAY
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
+                "server": "%s:%d" % (relay_server(c) if relayed else tuple(c.server)),
+                "strategy": RELAY if relayed else path.strategy,
                 "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport})
     c.connects += 1
     c.settle(c.connection)
