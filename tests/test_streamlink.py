@@ -191,6 +191,21 @@ def test_icmp_refusal_with_no_stream_either_says_both():
     assert ok == [None]
 
 
+def test_a_request_timing_out_after_an_icmp_refusal_names_the_refusal():
+    # the join's own timeout may fire before the check's chain ends (a loaded
+    # machine): its reason must still say what UDP heard, not "no answer"
+    clock, udp, link, streams = make_link()
+    d = link.request(BINDING, SALON, policy=RetransmitPolicy(rto=1.0, sends=5, last_wait=4, max_rto=1.0))
+    failures = []
+    d.addErrback(failures.append)
+    link.checked(defer.fail(SalonUnreachable("nothing listens on UDP (ICMP port unreachable)"))).addErrback(
+        lambda f: None)
+    streams.fail(ConnectionRefusedError("refused"))
+    clock.advance(20)
+    assert len(failures) == 1
+    assert str(failures[0].value) == "nothing listens on UDP (ICMP port unreachable), nor over TCP: refused"
+
+
 def test_stream_frames_go_to_the_relay_first_then_answers_then_pushed_introductions():
     clock, udp, link, streams = make_link()
     link.switch("test")

@@ -222,6 +222,8 @@ class SalonLink:
         self.answered = False  #: the salon has answered over UDP
         #: why the stream could not be opened, last time it was tried
         self.refused: Optional[str] = None
+        #: what the salon check heard over UDP (an ICMP port unreachable), if anything
+        self.udp_refusal: Optional[str] = None
         self.transactions = Transactions(clock, self._stream_send, JOIN_POLICY)
         self._moving: Dict[bytes, _Moving] = {}
         self._opening: Optional[defer.Deferred] = None
@@ -279,6 +281,7 @@ class SalonLink:
 
         def refused(f: Failure):
             f.trap(SalonUnreachable)
+            self.udp_refusal = f.getErrorMessage()
             if self.connect is None:
                 return f
             d = self.switch(f.getErrorMessage())
@@ -328,8 +331,8 @@ class SalonLink:
         moving = self._forget(txid)
         if moving is not None and f.check(StunTimeout) and self.refused is not None:
             # said in full: the reason the stream failed is what the user can act on
-            f = Failure(SalonUnreachable("no answer from the salon at %s:%d over UDP, nor over %s: %s" % (
-                self.server + (self.kind.upper(), self.refused))))
+            udp = self.udp_refusal or "no answer from the salon at %s:%d over UDP" % self.server
+            f = Failure(SalonUnreachable("%s, nor over %s: %s" % (udp, self.kind.upper(), self.refused)))
         if moving is not None:
             moving.outer.errback(f)
         return None
