@@ -14,7 +14,8 @@ with one when the room registry answers later.  For a JOIN it
    salon send more than that small answer to a victim;
 3. passes the member to the room registry and answers WAITING (alone in
    the room), INTRODUCED listing the room's other members most recently
-   seen first, or 409 / 429 / 503;
+   seen first, or 409 / 429 / 503 (503 also while the registry is
+   unreachable: retry later);
 4. when a member is new to a room with others, pushes each of them a JOIN
    indication listing the newcomer first, so nobody waits for its next
    poll.
@@ -56,7 +57,7 @@ MAX_INTRODUCTION = 1024
 _ERRORS = {
     Outcome.FULL: 409,
     Outcome.TOO_MANY_FROM_SOURCE: 429,
-    Outcome.TOO_MANY_ROOMS: 503,
+    Outcome.TOO_MANY_ROOMS: wire.join.RETRY_LATER,
 }
 
 
@@ -108,9 +109,11 @@ class Introducer:
     registry answers later (a registry may return Deferreds, see
     :class:`IRoomRegistry`): they then return a Deferred that fires with
     the reply, or with None when the registry failed (counted as
-    ``join_registry_failed`` / ``leave_registry_failed`` and logged,
-    except a :class:`RegistryUnavailable` outage, which its registry logs
-    once; the client's retransmission asks again).
+    ``join_registry_failed`` / ``leave_registry_failed`` and logged; the
+    client's retransmission asks again).  A :class:`RegistryUnavailable`
+    outage (Redis down), which its registry logs once, is not logged here:
+    a JOIN is then answered 503, retry later (``join_retry_later``), and
+    a LEAVE not at all.
     """
 
     log = Logger()
@@ -194,14 +197,26 @@ class Introducer:
         member = Member(req.nonce, source, msg.raw, received_on, req.leave_hash)
         result = self.rooms.join(req.room_id, member, now)
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._joined, self._registry_failed, callbackArgs=(txid, req, member),
-                                       errbackArgs=("join",))
+            return result.addCallbacks(self._joined, self._join_failed, callbackArgs=(txid, req, member),
+                                       errbackArgs=(txid, to, received_on))
         return self._joined(result, txid, req, member)
 
-    def _registry_failed(self, failure, call: str) -> None:
+    def _join_failed(self, failure, txid: bytes, to: tuple, received_on) -> Optional[Reply]:
+        """The registry could not place a member: while it is unreachable
+        the JOIN is answered 503 (retry later: the client tries another
+        salon, or this one again shortly; no log line, the registry logs
+        the outage once); any other failure is logged and not answered."""
+        if self._registry_failed(failure, "join") is RegistryUnavailable:
+            self.stats["join_retry_later"] += 1
+            return Reply(received_on, to, wire.join.retry_later(txid))
+        return None
+
+    def _registry_failed(self, failure, call: str):
+        """Count a failed registry call; RegistryUnavailable for an outage
+        (which the registry logs once), None for anything else (logged)."""
         self.stats[call + "_registry_failed"] += 1
         if failure.check(RegistryUnavailable):
-            return None  # the registry logs the outage once; the client retransmits
+            return RegistryUnavailable
         self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
@@ -263,9 +278,14 @@ class Introducer:
             return self._bad(msg, to, received_on, e)
         result = self.rooms.leave(req.room_id, req.nonce, wire.leave_hash(req.token), self.clock.seconds())
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._left, self._registry_failed,
-                                       callbackArgs=(msg.transaction_id, to, received_on), errbackArgs=("leave",))
+            return result.addCallbacks(self._left, self._leave_failed,
+                                       callbackArgs=(msg.transaction_id, to, received_on))
         return self._left(result, msg.transaction_id, to, received_on)
+
+    def _leave_failed(self, failure) -> None:
+        """A LEAVE the registry could not apply goes unanswered (the member
+        expires after its timeout anyway)."""
+        self._registry_failed(failure, "leave")
 
     def _left(self, left: bool, txid: bytes, to: tuple, received_on) -> Optional[Reply]:
         if not left:

@@ -164,7 +164,7 @@ class RedisLink(service.Service):
                  reply_timeout: float = 2.0, protocol_class=None,
                  retry: Optional[Callable[[int], float]] = None,
                  on_ready: Optional[Callable[[object], object]] = None,
-                 down_effect: str = "rooms are unavailable (JOINs go unanswered)") -> None:
+                 down_effect: str = "rooms are unavailable (JOINs are answered 503, retry later)") -> None:
         self.clock = clock
         self.endpoint = endpoint
         self.where = name
