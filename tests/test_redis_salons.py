@@ -228,6 +228,15 @@ def test_a_member_whose_salon_dies_rejoins_the_other_and_meets_its_peer(redis):
         yield stopped(one, two)
 
 
+@defer.inlineCallbacks
+def join_answer(stun, salon, cookie=None):
+    """One JOIN for a fresh member of room "r" from ``stun``'s socket, parsed."""
+    keys = derive("r", "s3cret")
+    msg, _ = wire.join_request(keys.room_id, new_nonce(), (), keys.k_join, cookie)
+    resp = yield stun.request(msg, server_of(salon), sha256_key=keys.k_join)
+    return wire.parse_join_answer(resp.message)
+
+
 @pytest_twisted.inlineCallbacks
 def test_redis_stopped_while_members_wait_then_started(redis):
     one, two = make_salon(redis, "one"), make_salon(redis, "two")
@@ -247,13 +256,19 @@ def test_redis_stopped_while_members_wait_then_started(redis):
         yield a.waiting
         redis.stop()
         yield until(lambda: one.shared.link.protocol is None and two.shared.link.protocol is None)
-        db = b.join(two)  # unanswered while Redis is down; retransmitted
+        db = b.join(two)  # answered 503 while Redis is down: b joins again later
         for _ in range(10):  # the reflector answers throughout
             for salon in (one, two):
                 resp = yield stun.request(Message(Method.BINDING, Class.REQUEST, os.urandom(12)), server_of(salon))
                 assert resp.message.get(Attr.XOR_MAPPED_ADDRESS).port == stun_port.getHost().port
             yield deferLater(reactor, 0.1, lambda: None)
-        assert one.state.stats["join_registry_failed"] + two.state.stats["join_registry_failed"] >= 2
+        for salon in (one, two):  # a JOIN with a valid cookie: 503, retry later
+            ans = yield join_answer(stun, salon)
+            assert ans.kind is wire.Answer.COOKIE
+            ans = yield join_answer(stun, salon, ans.cookie)
+            assert ans.kind is wire.Answer.REFUSED and ans.error.code == 503 and ans.retry_later
+        assert not db.called and b.joiner.salons.current == server_of(two)
+        assert one.state.stats["join_retry_later"] >= 2 and two.state.stats["join_retry_later"] >= 2
         redis.start()  # an empty Redis: the members' next JOINs register them again
         ia, ib = yield defer.gatherResults([da, db])
         assert ia.peer.nonce == b.nonce and ib.peer.nonce == a.nonce
