@@ -305,3 +305,39 @@ def test_a_member_repunching_after_its_salon_died_rejoins_the_other():
     assert any(e["event"] == "connected" and e.get("repunched") for e in events_a)
     a.stop()
     b.stop()
+
+
+class FakeResolver:
+    """``reactor.nameResolver`` answering from a table (IHostnameResolver)."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.asked = []
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        from twisted.internet.address import IPv4Address
+
+        self.asked.append((hostName, portNumber, transportSemantics))
+        receiver.resolutionBegan(None)
+        for ip in self.table.get(hostName, ()):
+            receiver.addressResolved(IPv4Address("UDP", ip, portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+def test_a_name_with_several_addresses_is_several_salons():
+    from twisted.internet.error import DNSLookupError
+
+    from natsalon.client.api import resolve_servers, server_list
+
+    class FakeReactor:
+        nameResolver = FakeResolver({"salon.example": ["203.0.113.10", "203.0.113.11"]})
+
+    assert server_list("a:1,b") == [("a", 1), ("b", 3478)] and server_list(("a", 1)) == [("a", 1)]
+    assert server_list([("a", 1), "b:2"]) == [("a", 1), ("b", 2)]
+    got = []
+    resolve_servers(FakeReactor(), "salon.example:4000,192.0.2.5,203.0.113.11:4000").addBoth(got.append)
+    assert got == [[("203.0.113.10", 4000), ("203.0.113.11", 4000), ("192.0.2.5", 3478)]]
+    assert FakeReactor.nameResolver.asked == [("salon.example", 4000, "UDP")]
+    resolve_servers(FakeReactor(), "nowhere.example").addBoth(got.append)
+    assert got[1].check(DNSLookupError)
