@@ -181,6 +181,8 @@ class RedisLink(service.Service):
         self._client: Optional[ClientService] = None
         self._was_up = False
         self._down_logged = False
+        self._refused_logged = False
+        self._waiters = []  #: whenReady's Deferreds
         self._scripts = {}
 
     # -- the service ---------------------------------------------------
@@ -195,15 +197,21 @@ class RedisLink(service.Service):
         service.Service.stopService(self)
         client, self._client = self._client, None
         self.protocol = None
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.cancel()
         if client is not None:
             return client.stopService()
         return None
 
     def whenReady(self) -> defer.Deferred:
-        """Fires with the protocol once a connection is ready."""
+        """Fires with the protocol once a connection is ready (connected,
+        authenticated, its database selected)."""
         if self.protocol is not None:
             return defer.succeed(self.protocol)
-        return self._client.whenConnected()
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     def _retry(self, attempt: int) -> float:
         if not self._down_logged:
@@ -215,18 +223,41 @@ class RedisLink(service.Service):
     @defer.inlineCallbacks
     def _prepare(self, proto):
         proto.replyTimeout = self.reply_timeout
-        if self.password is not None:
-            yield proto.auth(self.password)
-        if self.db:
-            yield proto.select(self.db)
+        try:
+            if self.password is not None:
+                yield proto.auth(self.password)
+            if self.db:
+                yield proto.select(self.db)
+            # a Redis that wants a password answers NOAUTH only now
+            yield proto.execute_command(b"PING")
+        except txredisapi.ResponseError as e:
+            self._refused(proto, e)
+            return
         if self.on_ready is not None:
             yield self.on_ready(proto)
         proto.whenDisconnected().addCallback(lambda _: self._lost(proto))
         self.protocol = proto
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(proto)
         if self._down_logged or not self._was_up:
             self.log.info("{where} connected", where=self.where)
         self._was_up = True
         self._down_logged = False
+        self._refused_logged = False
+
+    def _refused(self, proto, error) -> None:
+        """Redis refused the connection (a wrong or missing password, a
+        database out of range): said once, then the connection is closed
+        and ``ClientService`` retries with backoff.  (Closing it rather
+        than failing the preparation: ``ClientService`` leaves a connection
+        whose preparation failed open, and its later loss is an input its
+        machine does not take.)"""
+        if not self._refused_logged:
+            self._refused_logged = True
+            self.log.error("{where} refused us: {reason} (check --redis-password-file and the database number); "
+                           "{effect}; retrying with backoff", where=self.where, reason=error, effect=self.down_effect)
+        proto.transport.loseConnection()
 
     def _lost(self, proto) -> None:
         if self.protocol is proto:
