@@ -42,7 +42,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from natsalon import wire
-from natsalon.server.binding import Reply, error_response
+from natsalon.server.binding import Reply, error_response, xor_mapped_tail
 from natsalon.server.introducer.cookies import CookieJar
 from natsalon.server.introducer.errors import RegistryUnavailable
 from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, MemoryRooms, Outcome
@@ -59,6 +59,32 @@ _ERRORS = {
     Outcome.TOO_MANY_FROM_SOURCE: 429,
     Outcome.TOO_MANY_ROOMS: wire.join.RETRY_LATER,
 }
+#: the stats key counting each outcome
+_COUNTED = {outcome: "join_" + outcome.value for outcome in Outcome}
+
+# The WAITING answer to an IPv4 member, the most frequent answer there is
+# (every poll), put together from bytes: the header without its
+# transaction id, the XOR-MAPPED-ADDRESS (which for IPv4 does not depend on
+# the transaction id) and NS-STATUS, taken once from the codec's own answer.
+_WAITING_SAMPLE = wire.waiting_response(bytes(12), Address("0.0.0.0", 0))
+_WAITING_HEAD, _WAITING_STATUS = _WAITING_SAMPLE[:8], _WAITING_SAMPLE[32:]
+#: cached XOR-MAPPED-ADDRESS attributes at most (then the cache starts over)
+_TAILS = 65536
+
+
+def waiting_answer(txid: bytes, source: Address, tails: Dict[tuple, bytes], limit: int = _TAILS) -> bytes:
+    """:func:`natsalon.wire.waiting_response`, byte for byte; for IPv4
+    sources from cached parts (``tails``: source -> its XOR-MAPPED-ADDRESS,
+    at most ``limit`` of them)."""
+    key = (source.host, source.port)
+    tail = tails.get(key)
+    if tail is None:
+        if ":" in source.host:
+            return wire.waiting_response(txid, source)
+        if len(tails) >= limit:
+            tails.clear()
+        tail = tails[key] = xor_mapped_tail(source.host, source.port)
+    return _WAITING_HEAD + txid + tail + _WAITING_STATUS
 
 
 def _attr_size(n: int) -> int:
@@ -130,6 +156,7 @@ class Introducer:
         #: ``(room_id, now) -> (username, password)`` for the salon's TURN
         #: relay, added to every introduction; None: no relay
         self.turn_credentials: Optional[Callable[[bytes, float], tuple]] = None
+        self._tails: Dict[tuple, bytes] = {}  #: for :func:`waiting_answer`
 
     def handlers(self) -> Dict[int, Callable]:
         """The method handlers to register in ``ServerState.handlers``."""
@@ -224,10 +251,12 @@ class Introducer:
         """The answer to ``member``'s JOIN once the registry has placed it;
         a newcomer is announced to the room's other members too."""
         outcome = result.outcome
-        self.stats["join_" + outcome.value] += 1
+        self.stats[_COUNTED[outcome]] += 1
         source, received_on = member.address, member.via
         to = (source.host, source.port)
-        if outcome not in (Outcome.WAITING, Outcome.INTRODUCED):
+        if outcome is Outcome.WAITING:
+            return Reply(received_on, to, waiting_answer(txid, source, self._tails))
+        if outcome is not Outcome.INTRODUCED:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
         if result.newcomer and result.others:
             self._announce(req.room_id, member, result.others)
@@ -235,7 +264,7 @@ class Introducer:
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
         if not listed:
-            return Reply(received_on, to, wire.waiting_response(txid, source))
+            return Reply(received_on, to, waiting_answer(txid, source, self._tails))
         first, rest = listed[0], listed[1:]
         return Reply(received_on, to, wire.introduction(
             txid, source, req.nonce, req.room_id, first.blob, first.address,
