@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytest
 
@@ -34,13 +34,15 @@ class RedisServer:
     port (else a unix socket); ``unix``: on a unix socket too (with
     ``tcp``); ``password``: clients must AUTH (``requirepass``)."""
 
-    def __init__(self, tcp: bool = False, unix: Optional[bool] = None, password: Optional[str] = None) -> None:
+    def __init__(self, tcp: bool = False, unix: Optional[bool] = None, password: Optional[str] = None,
+                 extra: Sequence[str] = ()) -> None:
         if not Path(REDIS_SERVER).exists():
             pytest.skip("redis-server is not installed (Debian package redis-server; make test installs it)")
         self.dir = Path(tempfile.mkdtemp(prefix="natsalon-redis-"))
         self.port = free_port() if tcp else 0
         self.path = str(self.dir / "redis.sock") if (unix if unix is not None else not tcp) else None
         self.password = password
+        self.extra = list(extra)  #: more redis-server arguments (``--replicaof H P``)
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -60,6 +62,7 @@ class RedisServer:
             args += ["--unixsocket", self.path, "--unixsocketperm", "700"]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

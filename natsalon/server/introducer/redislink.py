@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.application import service
@@ -43,30 +43,64 @@ class RedisUnavailable(RegistryUnavailable):
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is: ``host``/``port`` for TCP, or ``path`` for a unix
-    socket; ``db`` the database number."""
+    """Where Redis is: ``host``/``port`` for TCP, ``path`` for a unix
+    socket, or the ``sentinels`` that name the master of ``service``;
+    ``db`` the database number."""
 
     host: Optional[str] = None
     port: int = DEFAULT_PORT
     path: Optional[str] = None
     db: int = 0
+    sentinels: Tuple[Tuple[str, int], ...] = ()
+    service: Optional[str] = None
 
     def endpoint(self, reactor, timeout: float = 5.0):
+        if self.sentinels:
+            from natsalon.server.introducer.sentinel import SentinelEndpoint
+
+            return SentinelEndpoint(reactor, self.sentinels, self.service, timeout=timeout)
         if self.path is not None:
             return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
 
     def __str__(self) -> str:
-        if self.path is not None:
+        if self.sentinels:
+            where = "redis+sentinel://%s/%s" % (",".join(_hostport(h, p) for h, p in self.sentinels), self.service)
+        elif self.path is not None:
             where = "unix:" + self.path
         else:
             where = "redis://%s:%d" % ("[%s]" % self.host if ":" in self.host else self.host, self.port)
         return where + ("/%d" % self.db if self.db else "")
 
 
+def _hostport(host: str, port: int) -> str:
+    return "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+
+def _parse_sentinel_url(rest: str) -> RedisAddress:
+    """What follows ``redis+sentinel://``: ``S1[:P],S2[:P]/SERVICE[/DB]``."""
+    from natsalon.net.hostport import parse_hostport
+    from natsalon.server.introducer.sentinel import DEFAULT_SENTINEL_PORT
+
+    hosts, _, path = rest.partition("/")
+    if "@" in hosts:
+        raise ValueError("give the password in a file (--redis-password-file), not in the URL")
+    sentinels = tuple(parse_hostport(h, DEFAULT_SENTINEL_PORT) for h in hosts.split(",") if h.strip())
+    service, _, db_text = path.partition("/")
+    if not sentinels or not service:
+        raise ValueError("expected redis+sentinel://SENTINEL[:PORT][,SENTINEL[:PORT]...]/SERVICE[/DB]")
+    if not (db_text or "0").isdigit():
+        raise ValueError("the database must be a number: %r" % db_text)
+    return RedisAddress(sentinels=sentinels, service=service, db=int(db_text or "0"))
+
+
 def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://HOST[:PORT][/DB]`` (``[v6]`` hosts too) or
-    ``unix:/PATH[?db=N]``; raises ValueError with the reason."""
+    """``redis://HOST[:PORT][/DB]`` (``[v6]`` hosts too),
+    ``unix:/PATH[?db=N]`` or
+    ``redis+sentinel://S1[:PORT][,S2[:PORT]...]/SERVICE[/DB]``; raises
+    ValueError with the reason."""
+    if url.startswith("redis+sentinel://"):
+        return _parse_sentinel_url(url[len("redis+sentinel://"):])
     if url.startswith("unix:"):
         rest = url[len("unix:"):]
         path, _, query = rest.partition("?")
@@ -81,7 +115,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         return RedisAddress(path=path, db=db)
     parts = urlsplit(url)
     if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError("expected redis://HOST[:PORT][/DB] or unix:/PATH")
+        raise ValueError("expected redis://HOST[:PORT][/DB], unix:/PATH or redis+sentinel://HOST[:PORT]/SERVICE")
     if parts.username or parts.password:
         raise ValueError("give the password in a file (--redis-password-file), not in the URL")
     try:
@@ -164,7 +198,8 @@ class RedisLink(service.Service):
                  reply_timeout: float = 2.0, protocol_class=None,
                  retry: Optional[Callable[[int], float]] = None,
                  on_ready: Optional[Callable[[object], object]] = None,
-                 down_effect: str = "rooms are unavailable (JOINs are answered 503, retry later)") -> None:
+                 down_effect: str = "rooms are unavailable (JOINs are answered 503, retry later)",
+                 master_only: bool = False) -> None:
         self.clock = clock
         self.endpoint = endpoint
         self.where = name
@@ -176,6 +211,8 @@ class RedisLink(service.Service):
                                             jitter=lambda: random.uniform(0, 0.2))
         self.on_ready = on_ready
         self.down_effect = down_effect
+        #: refuse a Redis whose ROLE is not master (behind Sentinel)
+        self.master_only = master_only
         #: the live, ready protocol; None while down
         self.protocol = None
         self._client: Optional[ClientService] = None
@@ -230,6 +267,10 @@ class RedisLink(service.Service):
                 yield proto.select(self.db)
             # a Redis that wants a password answers NOAUTH only now
             yield proto.execute_command(b"PING")
+            if self.master_only:
+                role = yield proto.execute_command(b"ROLE")
+                if role[0] != b"master":
+                    raise txredisapi.ResponseError("not the master (ROLE %s)" % role[0].decode())
         except txredisapi.ResponseError as e:
             self._refused(proto, e)
             return
@@ -275,10 +316,15 @@ class RedisLink(service.Service):
         proto = self.protocol
         if proto is None or not proto.connected:
             return defer.fail(RedisUnavailable("not connected to %s" % self.where))
-        return proto.execute_command(*args).addErrback(self._unavailable)
+        return proto.execute_command(*args).addErrback(self._unavailable, proto)
 
     @staticmethod
-    def _unavailable(failure):
+    def _unavailable(failure, proto):
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("READONLY"):
+            # our Redis became a replica (a failover): drop it, so that the
+            # next connection goes to the master (Sentinel names it)
+            proto.transport.loseConnection()
+            raise RedisUnavailable("Redis is a replica now: %s" % failure.getErrorMessage())
         failure.trap(txredisapi.ConnectionError)  # TimeoutError is one too
         raise RedisUnavailable(failure.getErrorMessage())
 
