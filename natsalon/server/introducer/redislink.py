@@ -152,11 +152,28 @@ class FastEncoding:
 _HEADS = [b"$%d\r\n" % n for n in range(4096)]
 
 
-class RedisProtocol(FastEncoding, txredisapi.RedisProtocol):
+class ReadyHook:
+    """Mixed into txredisapi's protocols: ``on_connected(protocol)`` runs
+    once connected (txredisapi's own ``connectionMade`` is done at once:
+    it is given no password nor database).  The link prepares the
+    connection there rather than in ``ClientService``'s
+    ``prepareConnection``, whose machine takes no connection loss while a
+    preparation runs (Redis dying during AUTH raised NoTransition)."""
+
+    on_connected: Optional[Callable[[object], object]] = None
+
+    def connectionMade(self):
+        result = super().connectionMade()
+        if self.on_connected is not None:
+            self.on_connected(self)
+        return result
+
+
+class RedisProtocol(ReadyHook, FastEncoding, txredisapi.RedisProtocol):
     """txredisapi's protocol (hiredis's parser when installed)."""
 
 
-class SubscriberProtocol(FastEncoding, txredisapi.SubscriberProtocol):
+class SubscriberProtocol(ReadyHook, FastEncoding, txredisapi.SubscriberProtocol):
     """txredisapi's pub/sub protocol."""
 
 
@@ -168,14 +185,16 @@ class _Factory(Factory):
 
     noisy = False
 
-    def __init__(self, protocol_class, clock) -> None:
+    def __init__(self, protocol_class, clock, on_connected) -> None:
         self.protocol_class = protocol_class
         self.clock = clock
+        self.on_connected = on_connected
 
     def buildProtocol(self, addr):
         proto = self.protocol_class(charset=None, convertNumbers=False)
         proto.factory = self
         proto.callLater = self.clock.callLater  # reply timeouts on our clock
+        proto.on_connected = self.on_connected
         return proto
 
     def stopTrying(self) -> None:
@@ -219,6 +238,7 @@ class RedisLink(service.Service):
         self._was_up = False
         self._down_logged = False
         self._refused_logged = False
+        self._refusals = 0  #: connections refused in a row (NOAUTH, not the master)
         self._waiters = []  #: whenReady's Deferreds
         self._scripts = {}
 
@@ -226,8 +246,8 @@ class RedisLink(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self._client = ClientService(self.endpoint, _Factory(self.protocol_class, self.clock),
-                                     retryPolicy=self._retry, clock=self.clock, prepareConnection=self._prepare)
+        self._client = ClientService(self.endpoint, _Factory(self.protocol_class, self.clock, self._prepare),
+                                     retryPolicy=self._retry, clock=self.clock)
         self._client.startService()
 
     def stopService(self):
@@ -255,27 +275,39 @@ class RedisLink(service.Service):
             self._down_logged = True
             self.log.warn("{where} unreachable: {effect} until it is back; retrying with backoff",
                           where=self.where, effect=self.down_effect)
-        return self.retry(attempt)
+        # a refused connection counts as made for ClientService: the
+        # refusals in a row keep the backoff growing
+        return self.retry(attempt + self._refusals)
 
     @defer.inlineCallbacks
     def _prepare(self, proto):
+        """A new connection: AUTH, SELECT, PING (a Redis that wants a
+        password answers NOAUTH only now), ROLE behind Sentinel, then
+        ``on_ready``; only then is it :attr:`protocol`."""
         proto.replyTimeout = self.reply_timeout
         try:
             if self.password is not None:
                 yield proto.auth(self.password)
             if self.db:
                 yield proto.select(self.db)
-            # a Redis that wants a password answers NOAUTH only now
             yield proto.execute_command(b"PING")
             if self.master_only:
                 role = yield proto.execute_command(b"ROLE")
                 if role[0] != b"master":
                     raise txredisapi.ResponseError("not the master (ROLE %s)" % role[0].decode())
+            if self.on_ready is not None:
+                yield self.on_ready(proto)
         except txredisapi.ResponseError as e:
             self._refused(proto, e)
             return
-        if self.on_ready is not None:
-            yield self.on_ready(proto)
+        except txredisapi.ConnectionError:
+            return  # lost meanwhile (or no reply in time): ClientService reconnects
+        except Exception:
+            self.log.failure("preparing a connection to {where} failed", where=self.where)
+            proto.transport.loseConnection()
+            return
+        if not proto.connected or not self.running:
+            return
         proto.whenDisconnected().addCallback(lambda _: self._lost(proto))
         self.protocol = proto
         waiters, self._waiters = self._waiters, []
@@ -286,6 +318,7 @@ class RedisLink(service.Service):
         self._was_up = True
         self._down_logged = False
         self._refused_logged = False
+        self._refusals = 0
 
     def _refused(self, proto, error) -> None:
         """Redis refused the connection (a wrong or missing password, a
@@ -294,6 +327,7 @@ class RedisLink(service.Service):
         than failing the preparation: ``ClientService`` leaves a connection
         whose preparation failed open, and its later loss is an input its
         machine does not take.)"""
+        self._refusals += 1
         if not self._refused_logged:
             self._refused_logged = True
             self.log.error("{where} refused us: {reason} (check --redis-password-file and the database number); "
