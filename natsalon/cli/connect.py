@@ -23,7 +23,8 @@ from natsalon.client.punch import RELAY
 from natsalon.client.secretfile import ENV_SECRET
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default)")
+    p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default); several salons sharing "
+                   "their rooms: HOST[:PORT],HOST[:PORT] (tried in turn)")
     p.add_argument("--room", help="room name, agreed with the peer")
     p.add_argument("--secret-file", help="file holding the shared secret")
     p.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file or $%s)" % ENV_SECRET)
@@ -142,7 +143,7 @@ def _main(reactor, o, emit: Printer):
         fwd = _Forward(reactor, o.forward, o.deliver) if o.forward else None
     except CannotListenError as e:
         raise UsageFailure("--forward: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
-    connecting = connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
+    connecting = connect(reactor, o.servers, o.room, o.secret, port=o.port, interface=o.interface,
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
                          on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca)

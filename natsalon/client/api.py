@@ -20,9 +20,13 @@ keeps the path and re-joins after any fault.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from twisted.internet import defer, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
 
 from natsalon import wire
 from natsalon.client.connection import Connection
@@ -31,6 +35,7 @@ from natsalon.client.probe import ProbeConfig
 from natsalon.client.probe.measure import probe
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
+from natsalon.client.salons import Salons
 from natsalon.client.options import parse_turn
 from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
@@ -76,6 +81,61 @@ def resolve_server(reactor, server):
     return host, port
 
 
+def server_list(server) -> List[Tuple[str, int]]:
+    """The salons named by ``server``: ``"HOST[:PORT][,HOST[:PORT]...]"``,
+    one ``(host, port)``, or a sequence of either; ValueError if none."""
+    if isinstance(server, str):
+        out = [parse_server(part) for part in server.split(",") if part.strip()]
+    elif len(server) == 2 and isinstance(server[0], str) and isinstance(server[1], int):
+        out = [(server[0], server[1])]
+    else:
+        out = [one for item in server for one in server_list(item)]
+    if not out:
+        raise ValueError("no salon in %r" % (server,))
+    return out
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects a name's IPv4 addresses (``reactor.nameResolver``)."""
+
+    def __init__(self) -> None:
+        self.addresses: List[str] = []
+        self.done = defer.Deferred()
+
+    def resolutionBegan(self, resolution) -> None:
+        pass
+
+    def addressResolved(self, address) -> None:
+        self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+@defer.inlineCallbacks
+def resolve_servers(reactor, server):
+    """Every ``(ip, port)`` of the salons ``server`` names (see
+    :func:`server_list`), in order, a name giving each of its IPv4
+    addresses; fails with DNSLookupError for a name without any."""
+    out = []
+    for host, port in server_list(server):
+        try:
+            ipaddress.ip_address(host)
+            out.append((host, port))
+            continue
+        except ValueError:
+            pass
+        receiver = _Addresses()
+        reactor.nameResolver.resolveHostName(receiver, host, port, addressTypes=[IPv4Address],
+                                             transportSemantics="UDP")
+        ips = yield receiver.done
+        if not ips:
+            raise DNSLookupError("no IPv4 address for the salon %r" % host)
+        out.extend((ip, port) for ip in ips)
+    return list(dict.fromkeys(out))
+
+
 @defer.inlineCallbacks
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
@@ -89,12 +149,16 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     ``strategy``); False: plain punching only, as an old client.
     ``turn``: another TURN server than the salon's for the relay fallback,
     a :class:`~natsalon.client.options.TurnServer` or its
-    ``turn:USER:PASS@HOST[:PORT]`` URI.  When UDP does not reach the
+    ``turn:USER:PASS@HOST[:PORT]`` URI.  ``server`` may name several
+    salons sharing their rooms (``"a,b"``, a list, or a name with several
+    addresses): the client moves to the next when one fails
+    (:mod:`natsalon.client.salons`).  When UDP does not reach the (first)
     salon, the join and the relay go over TCP to the salon's port, or over
     TLS to ``salon_tls`` (``(host, port)``; the certificate must name
     ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
     system's): :mod:`natsalon.client.streamlink`."""
-    server_addr = yield resolve_server(reactor, server)
+    salons = Salons((yield resolve_servers(reactor, server)))
+    server_addr = salons.current
     if isinstance(turn, str):
         turn = parse_turn(turn)
     if turn is not None:
@@ -113,9 +177,16 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
-                check_salon=lambda: link.checked(check_salon(reactor, server_addr, interface)),
-                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None,
-                turn=turn, link=link)
+                hardnat=_hard_nat(reactor, sock, salons, interface, ips, strategy) if hard_nat else None,
+                turn=turn, salons=salons, link=link)
+
+    def check():
+        # the first salon's silence or refusal may open a stream to it (the
+        # link); another salon's refusal moves the Joiner on
+        probe = check_salon(reactor, core.server, interface)
+        return link.checked(probe) if tuple(core.server) == link.server else probe
+
+    core.check_salon = check
     machine = ClientMachine(core)
 
     def closed() -> None:
@@ -139,17 +210,18 @@ def _salon_link(reactor, sock: ClientSocket, server_addr, interface: str, salon_
     return SalonLink(reactor, sock, server_addr, stream_connector(reactor, target, interface), kind=target.kind)
 
 
-def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings) -> HardNat:
-    """The join-time probe against the salon and the extra-socket pools,
-    on the client socket's interface."""
+def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
+              strategy: StrategySettings) -> HardNat:
+    """The join-time probe against the salon in use and the extra-socket
+    pools, on the client socket's interface."""
     bind = interface or "0.0.0.0"
 
     def listen(proto):
         return reactor.listenUDP(0, proto, interface=bind)
 
     def run_probe(on_early):
-        return probe(reactor, server_addr, ProbeConfig(), local_ips=list(ips) + ([interface] if interface else []),
-                     listen=listen, on_early=on_early)
+        local_ips = list(ips) + ([interface] if interface else [])
+        return probe(reactor, salons.current, ProbeConfig(), local_ips=local_ips, listen=listen, on_early=on_early)
 
     return HardNat(NatKnowledge(reactor, run_probe), lambda: SocketPool(sock, listen), strategy)
 
@@ -159,8 +231,10 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
             turn=None, salon_tls=None, salon_ca=None):
-    """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
-    a (host, port) tuple) with the shared ``secret``; fires with a
+    """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]", a
+    (host, port) tuple, or several salons sharing their rooms:
+    "HOST[:PORT],HOST[:PORT]", a list, a name with several addresses) with
+    the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
     both ways, or fails with a :class:`~natsalon.client.errors.ConnectFailed`
     subclass (:class:`SalonUnreachable`, :class:`IntroductionRefused`,

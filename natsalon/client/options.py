@@ -64,7 +64,9 @@ def parse_turn(text: str) -> TurnServer:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    server: Tuple[str, int]
+    #: every salon of ``--server a,b`` (sharing their rooms), in order;
+    #: ``server`` is the first
+    servers: Tuple[Tuple[str, int], ...]
     room: str
     secret: bytes
     forward: Optional[Tuple[str, int]] = None
@@ -83,6 +85,11 @@ class ClientOptions:
     #: of TCP when UDP does not reach the salon (host: the certificate's name)
     salon_tls: Optional[Tuple[str, int]] = None
     salon_ca: Optional[str] = None  #: --salon-ca: PEM file of the CA trusted for --salon-tls
+
+    @property
+    def server(self) -> Tuple[str, int]:
+        """The first salon of ``--server``."""
+        return self.servers[0]
 
 
 #: option -> (lowest, highest): every timing is a finite number of seconds
@@ -141,6 +148,16 @@ def _server(text: Optional[str]) -> Tuple[str, int]:
     return host, port
 
 
+def _servers(text: Optional[str]) -> Tuple[Tuple[str, int], ...]:
+    """``HOST[:PORT][,HOST[:PORT]...]``: salons sharing their rooms, tried in order."""
+    if text and "," in text:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise OptionError("--server: an empty salon in %r (HOST[:PORT],HOST[:PORT])" % text)
+        return tuple(dict.fromkeys(_server(part) for part in parts))
+    return (_server(text),)
+
+
 def _interface(text: Optional[str]) -> str:
     if not text:
         return ""
@@ -197,7 +214,7 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
     except (SecretError, OSError) as e:
         raise OptionError(str(e)) from None
     return ClientOptions(
-        server=_server(raw.get("server")), room=room, secret=secret,
+        servers=_servers(raw.get("server")), room=room, secret=secret,
         forward=_endpoint(raw, "forward", parse_local), deliver=_endpoint(raw, "deliver", parse_local),
         timeout=_seconds(raw, "timeout"), punch_timeout=_seconds(raw, "punch-timeout"),
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),

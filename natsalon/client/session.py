@@ -74,6 +74,7 @@ from natsalon.client.punch import RELAY, Path, Puncher
 from natsalon.client.options import TurnServer
 from natsalon.client.recovery import RelayWatch
 from natsalon.client.relay import Relay, RelayRace, relay_server
+from natsalon.client.salons import Salons
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
 from natsalon.client.errors import PunchFailed
@@ -210,6 +211,10 @@ class Core:
     #: the way to the salon when UDP may not get there
     #: (:class:`natsalon.client.streamlink.SalonLink`); None: the socket, over UDP
     link: Optional[object] = None
+    #: the salons sharing the room (``--server a,b``): each attempt joins
+    #: their current one, and the Joiner moves on when it fails; ``server``
+    #: follows; None: ``server`` alone
+    salons: Optional[Salons] = None
     log: Logger = field(default_factory=Logger)
 
     @property
@@ -266,9 +271,13 @@ class Attempt:
         self.nonce = new_nonce()
         self.token = wire.new_leave_token()
         core.member = (self.nonce, self.token)
+        self.core = core
+        if core.salons is not None:
+            core.server = core.salons.current
         self.joiner = Joiner(core.clock, core.salon, core.server, core.keys, self.nonce, core.candidates,
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
-                             leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
+                             leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt,
+                             salons=core.salons, on_switch=self._switched)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.knowing: Optional[defer.Deferred] = None
         if core.hardnat is not None:
@@ -277,9 +286,8 @@ class Attempt:
             self.knowing.addCallbacks(self._know, lambda f: f.trap(defer.CancelledError))
         self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
-        self.check = core.check_salon() if core.check_salon is not None else None
-        if self.check is not None:
-            self.check.addErrback(self._unreachable)
+        self.check = None
+        self._check(core.server)
 
     def _know(self, nat: wire.NatSummary) -> None:
         self.knowing = None
@@ -287,9 +295,25 @@ class Attempt:
         hold, self.joiner.hold = self.joiner.hold, None
         hold.callback(None)
 
-    def _unreachable(self, f: Failure) -> None:
+    def _check(self, server) -> None:
+        """Listen for an ICMP port unreachable from ``server`` (core.check_salon)."""
+        if self.core.check_salon is None:
+            return
+        self.check = self.core.check_salon()
+        self.check.addErrback(self._unreachable, server)
+
+    def _unreachable(self, f: Failure, server) -> None:
         if f.check(SalonUnreachable):
-            self.joiner.abort(f.value)
+            self.joiner.unreachable(f.value, server)
+
+    def _switched(self, server) -> None:
+        """The Joiner moved to another salon: the machine talks to it now."""
+        core = self.core
+        core.server = server
+        core.emit({"event": "salon", "server": "%s:%d" % server})
+        if self.check is not None:
+            self.check.cancel()
+        self._check(server)
 
     def cancel(self) -> None:
         self.deferred.cancel()

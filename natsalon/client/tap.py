@@ -22,7 +22,7 @@ class Options(OpsOptionsMixin, usage.Options):
     synopsis = "--server HOST[:PORT] --room ROOM (--secret-file F | --secret S | $NATSALON_SECRET) [options]"
     longdesc = "Meet a peer in a natsalon room, punch a direct UDP path, keep it, and forward a local UDP port."
     optParameters = [
-        ["server", None, None, "The salon, HOST[:PORT]."],
+        ["server", None, None, "The salon, HOST[:PORT]; several sharing their rooms: HOST[:PORT],HOST[:PORT]."],
         ["room", None, None, "Room name, agreed with the peer."],
         ["secret-file", None, None, "File holding the shared secret."],
         ["secret", None, None, "The shared secret (prefer --secret-file)."],
