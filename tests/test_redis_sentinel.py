@@ -125,8 +125,10 @@ def test_a_salon_follows_the_sentinel_to_the_new_master(sentinel_setup):
         master.stop()  # the master dies; the sentinel promotes the replica
         yield deferred_wait(lambda: sentinel.master() == ("127.0.0.1", replica.port), 30)
         # the salon asks the sentinel again on its next connection (503 meanwhile)
-        yield until(lambda: salon.shared.link.protocol is not None, timeout=30)
-        assert salon.shared.link.protocol.transport.getPeer().port == replica.port
+        # (the old connection may still be up for a moment: wait for the new one,
+        # to the promoted replica; `until` fails the test after 30 s)
+        yield until(lambda: salon.shared.link.protocol is not None
+                    and salon.shared.link.protocol.transport.getPeer().port == replica.port, timeout=30)
         ia, ib = yield defer.gatherResults([da, b.join(salon)])
         assert ia.peer.nonce == b.nonce and ib.peer.nonce == a.nonce
         link = BlockingLink(replica)
