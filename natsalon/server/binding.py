@@ -111,11 +111,11 @@ def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> O
     flags = msg.get(Attr.CHANGE_REQUEST, 0)
     change_ip = bool(flags & CHANGE_IP)
     change_port = bool(flags & CHANGE_PORT)
-    if change_ip and not layout.has_alt_ip:
+    if change_ip and not layout.has_alt(received_on):
         # RFC 5780 section 6.1: no alternate address, so CHANGE-REQUEST with
         # change-IP cannot be honoured.
         return _error_reply(msg, received_on, src, 420, (Attr.CHANGE_REQUEST,))
-    # (a third element, the IPv4 twin of a '::' salon's socket, stays: same family)
+    # (a third element, the second family's socket, stays: same family)
     via = (received_on[0] ^ change_ip, received_on[1] ^ change_port) + tuple(received_on[2:])
     response_port = msg.get(Attr.RESPONSE_PORT)
     to = (source.host, response_port if response_port else source.port)
