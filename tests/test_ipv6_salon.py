@@ -244,3 +244,27 @@ def test_a_salon_on_both_wildcards_answers_each_family_in_its_own(dual_salon):
     finally:
         for p in ports:
             yield p.stopListening()
+
+
+# -- the plain Binding fast path over IPv6 ------------------------------------------------------------
+@pytest.mark.parametrize("host", ["2001:db8:77::5", "::1", "fe80::1%eth0", "::ffff:192.0.2.1"])
+def test_the_ipv6_fast_answer_is_what_the_codec_encodes(host):
+    from natsalon.server.binding import fast_response, xor_mapped_tail
+
+    txid = os.urandom(12)
+    request = struct.pack("!HHI", 1, 0, 0x2112A442) + txid
+    fast = fast_response(request, xor_mapped_tail(host, 40123))
+    plain = host.split("%", 1)[0]
+    slow = encode(Message(Method.BINDING, Class.SUCCESS, txid, ((Attr.XOR_MAPPED_ADDRESS, Address(plain, 40123)),)))
+    assert fast == slow and len(fast) == 44
+    assert decode(fast).get(Attr.XOR_MAPPED_ADDRESS) == Address(socket.inet_ntop(socket.AF_INET6, socket.inet_pton(
+        socket.AF_INET6, plain)), 40123)
+
+
+def test_a_plain_ipv6_request_is_answered_on_the_fast_path(grid):
+    svc, clock = grid
+    proto = svc.sockets[(0, 0, 6)].protocol
+    client = ("2001:db8:77::5", 6000)
+    _, msg, _, data = _ask(svc, clock, (0, 0, 6), client)
+    assert msg.get(Attr.XOR_MAPPED_ADDRESS) == Address(*client) and len(data) == 44
+    assert proto.fast_answers == 1 and svc.state.messages == {}
