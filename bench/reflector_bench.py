@@ -462,15 +462,16 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
 
     hdr = (
         "| server | runtime | answers/s (median) | min–max | ratio vs coturn (same family) | target "
-        "| sat. p50 µs | sat. p99 µs | loss % | light p50 µs | light p99 µs | invalid | note |"
+        "| CPU µs/answer | sat. p50 µs | sat. p99 µs | loss % | light p50 µs | light p99 µs | invalid | note |"
     )
-    out = [hdr, "|" + "---|" * 13]
+    out = [hdr, "|" + "---|" * 14]
     top = max((r["rate"] for n, r in rows.items() if n != "c-ref" and not n.endswith("-v6")), default=0)
     for k in kinds:
         r = rows.get(k.name)
         if r is None:
             continue
         ratio = f"{r['rate'] / base[k.family]:.2f}x" if base.get(k.family) else "–"
+        cpu = "–" if r["cpu"] is None else f"{r['cpu']:.2f}"
         target = f"≥ {TARGETS[k.name]:.2f}x" if k.name in TARGETS else ""
         flags = []
         if r["invalid"]:
@@ -484,7 +485,8 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
             flags.append("**generator may be the bottleneck**")
         out.append(
             f"| {k.label} | {k.runtime} | {fmt_int(r['rate'])} | {fmt_int(r['min'])}–{fmt_int(r['max'])} "
-            f"| {ratio} | {target} | {fmt_int(r['p50'])} | {fmt_int(r['p99'])} | {r['loss']:.1f} "
+            f"| {ratio} | {target} | {cpu} "
+            f"| {fmt_int(r['p50'])} | {fmt_int(r['p99'])} | {r['loss']:.1f} "
             f"| {fmt_int(r['lp50'])} | {fmt_int(r['lp99'])} | {r['invalid']} | {'; '.join(flags)} |"
         )
 
@@ -617,6 +619,21 @@ def add_kind(name: str, args, kinds: list, venvs: dict, notes: list, ap) -> None
         ap.error(f"unknown server kind {name!r}")
 
 
+def as_section(text: str, title: str, path: Path) -> str:
+    """``path``'s text with ``text`` as its section ``## title`` (the
+    report's own title dropped, its headings one level down), replacing a
+    section of that title if there is one, else appended."""
+    body = text.split("\n", 1)[1].replace("\nNotes:\n", "\n#### Notes\n")
+    new = f"## {title}\n{body}"
+    old = path.read_text() if path.exists() else "# STUN reflector benchmark\n"
+    head, sep, rest = old.partition(f"\n## {title}\n")
+    if sep:
+        after = rest.find("\n## ")
+        rest = rest[after + 1:] if after >= 0 else ""
+        return head.rstrip("\n") + "\n\n" + new.rstrip("\n") + ("\n\n" + rest if rest else "\n")
+    return old.rstrip("\n") + "\n\n" + new
+
+
 # --------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -638,6 +655,9 @@ def main() -> int:
     ap.add_argument("--ours", default=OURS_DEFAULT,
                     help="command template for our server ({venv}, {port}, {alt_port}, {host})")  # fmt: skip
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--section", default=None, metavar="TITLE",
+                    help="write this run as the section '## TITLE' of --output (replacing one of that title), "
+                         "keeping the rest of the file")
     args = ap.parse_args()
 
     if args.rounds < 1 or args.duration <= 0 or args.window < 1:
@@ -693,6 +713,8 @@ def main() -> int:
     results = {k: v for k, v in results.items() if v}
     text, bad = report(kinds, results, args, notes, venvs)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.section:
+        text = as_section(text, args.section, args.output)
     tmp_out = args.output.with_suffix(args.output.suffix + ".tmp")
     tmp_out.write_text(text)
     os.replace(tmp_out, args.output)
