@@ -222,3 +222,20 @@ def _resolves(name: str, af) -> bool:
         return bool(socket.getaddrinfo(name, None, af, socket.SOCK_DGRAM))
     except OSError:
         return False
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_name_is_resolved_to_ipv6_in_a_thread_with_family_6(monkeypatch):
+    from natsalon.client.probe import measure
+
+    asked = []
+
+    def getaddrinfo(host, port, family=0, kind=0, *rest):
+        asked.append((host, family, kind))
+        return [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::77", 0, 0, 0))]
+
+    monkeypatch.setattr(measure.socket, "getaddrinfo", getaddrinfo)
+    host = yield measure._resolve(reactor, "stun.example", 6)
+    assert host == "2001:db8::77" and asked == [("stun.example", socket.AF_INET6, socket.SOCK_DGRAM)]
+    literal = yield measure._resolve(reactor, "2001:db8::1", 6)
+    assert literal == "2001:db8::1" and len(asked) == 1

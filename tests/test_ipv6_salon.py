@@ -268,3 +268,31 @@ def test_a_plain_ipv6_request_is_answered_on_the_fast_path(grid):
     _, msg, _, data = _ask(svc, clock, (0, 0, 6), client)
     assert msg.get(Attr.XOR_MAPPED_ADDRESS) == Address(*client) and len(data) == 44
     assert proto.fast_answers == 1 and svc.state.messages == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_members_join_over_each_family_and_are_introduced_by_their_own_addresses(dual_salon):
+    from natsalon import wire
+    from natsalon.crypto.secret import derive, new_nonce
+
+    keys = derive("room6", "s3cret")
+    port = dual_salon.layout.ports[0]
+    answers, ports = {}, []
+    try:
+        for host in ("::1", "127.0.0.1"):
+            proto = StunClientProtocol(reactor, FAST)
+            ports.append(reactor.listenUDP(0, proto, interface=host))
+            me = Address(host, ports[-1].getHost().port)
+            nonce, cookie = new_nonce(), None
+            for _ in range(2):  # the cookie (bound to this family's address), then the JOIN
+                msg, _ = wire.join_request(keys.room_id, nonce, (), keys.k_join, cookie=cookie)
+                resp = yield proto.request(msg, (host, port), sha256_key=keys.k_join)
+                ans = wire.parse_join_answer(resp.message)
+                cookie = ans.cookie
+            assert ans.observed == me
+            answers[host] = (ans, me)
+    finally:
+        for p in ports:
+            yield p.stopListening()
+    ans, _ = answers["127.0.0.1"]
+    assert ans.kind is wire.Answer.INTRODUCED and ans.peer_address == answers["::1"][1]
