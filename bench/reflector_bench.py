@@ -65,6 +65,9 @@ METRICS_TARGET = 0.97
 METRICS_SCRAPE = 1.0
 
 _children: list[subprocess.Popen] = []
+#: the machine's 1-minute load average when the run started (reported: a
+#: busy machine makes answers/s unreliable)
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def log(msg: str) -> None:
@@ -419,6 +422,7 @@ def machine_info(kinds, venvs) -> list[str]:
     cpu = cpu_model()
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- load average (1 min) at start / end: {LOAD_AT_START:.1f} / {os.getloadavg()[0]:.1f}",
         f"- machine: {platform.node()}, nproc {os.cpu_count()}, {cpu}, Linux {platform.release()}",
     ]
     probe = "import sys, platform, twisted; print(platform.python_implementation(), sys.version.split()[0], '| Twisted', twisted.__version__)"
@@ -532,6 +536,9 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
         "",
         *out,
         "",
+        "*CPU µs/answer* is the server's user + system CPU time per answer in the saturation runs "
+        "(medians): steadier than answers/s on a shared machine (time spent descheduled does not "
+        "count), so coturn's figure over ours is our capacity on one core relative to coturn's. "
         "Medians over rounds. *sat.* latencies are under saturation (closed loop: they "
         "mostly measure the queue the window builds); *light* latencies are at the fixed "
         "open-loop rate. *loss %* is requests unanswered in the saturation runs (a full "
