@@ -179,7 +179,8 @@ def measure_mapping(run: ProbeRun):
     targets["m4"] = Address(p.host, alt_port)
     names = list(targets)
     answers = yield defer.gatherResults(
-        [run.ask(sock, targets[n], () if run.found.rfc5780_off else (change_request(0),)) for n in names])
+        [run.ask(sock, targets[n], () if run.found.rfc5780_off else (change_request(0),)) for n in names],
+        consumeErrors=True)
     for name, resp in zip(names, answers):
         if resp is None:
             run.found.cannot("mapping", "%s did not answer" % (targets[name],))
@@ -249,7 +250,7 @@ def filtering_outcome(run: ProbeRun, label: str, resp, expect: Optional[Address]
 def measure_hairpinning(run: ProbeRun):
     """H / B: whether either socket receives what the other sends to its mapped address."""
     h, b = run.sock("H"), run.sock("B")
-    hb, bb = yield defer.gatherResults([run.bind(h), run.bind(b)])
+    hb, bb = yield defer.gatherResults([run.bind(h), run.bind(b)], consumeErrors=True)
     if hb is None or bb is None:
         run.found.cannot("hairpinning", "no binding to hairpin through")
         return
@@ -279,7 +280,8 @@ def measure_hairpinning(run: ProbeRun):
 def measure_lifetime(run: ProbeRun):
     """X1..Xn: the longest idle time a binding survives, and the first it did not."""
     intervals = [t for t in run.config.lifetime_intervals if t <= run.config.lifetime_max]
-    binds = yield defer.gatherResults([run.bind(run.sock("X%d" % i)) for i in range(len(intervals))])
+    binds = yield defer.gatherResults([run.bind(run.sock("X%d" % i)) for i in range(len(intervals))],
+                                     consumeErrors=True)  # cancelled together: one failure is enough
     alive_for, dead_after = None, None
     for interval, bound in zip(intervals, binds):
         if bound is None:
