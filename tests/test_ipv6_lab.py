@@ -9,8 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import pytest
 
