@@ -296,3 +296,14 @@ def test_members_join_over_each_family_and_are_introduced_by_their_own_addresses
             yield p.stopListening()
     ans, _ = answers["127.0.0.1"]
     assert ans.kind is wire.Answer.INTRODUCED and ans.peer_address == answers["::1"][1]
+
+
+def test_a_reload_that_adds_a_family_names_the_interface_option_as_needing_a_restart():
+    from twisted.logger import capturedLogs, formatEvent
+
+    from natsalon.ops.reload import Reloader
+
+    reloader = Reloader(lambda: parse("--interface", V4, "--interface", V6), parse("--interface", V4))
+    with capturedLogs() as events:
+        assert reloader.reload() == []
+    assert "reload: interface changed but need a restart" in [formatEvent(e) for e in events]

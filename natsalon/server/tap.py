@@ -108,11 +108,11 @@ def _families(o) -> tuple:
     --interface is of its own family (``::`` alone brings IPv4 on
     ``0.0.0.0``); --alt-ip, --advertise, --advertise-alt go to the
     family of their address, which must have an --interface."""
-    interfaces = _by_version(o.get("interfaces") or ["0.0.0.0"], "--interface")
+    interfaces = _by_version(o.get("interface") or ["0.0.0.0"], "--interface")
     if list(interfaces.values()) == ["::"]:
         interfaces[4] = "0.0.0.0"
     tables = {name: _by_version(o.get(key, []), name) for name, key in (
-        ("--alt-ip", "alt-ips"), ("--advertise", "advertised"), ("--advertise-alt", "advertised-alt"))}
+        ("--alt-ip", "alt-ip"), ("--advertise", "advertise"), ("--advertise-alt", "advertise-alt"))}
     for name, table in tables.items():
         for version, addr in table.items():
             if version not in interfaces:
@@ -162,22 +162,22 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
     def opt_interface(self, value: str) -> None:
         """IP address to listen on (default 0.0.0.0; '::' serves IPv6 and IPv4 beside it). Once per IP
         family: --interface 192.0.2.1 --interface 2001:db8::1 serves both."""
-        self.setdefault("interfaces", []).append(value)
+        self.setdefault("interface", []).append(value)
 
     opt_i = opt_interface
 
     def opt_alt_ip(self, value: str) -> None:
         """Second local IP address of an --interface's family: enables that family's four RFC 5780
         sockets, change-IP answers and OTHER-ADDRESS. Needs a specific --interface. Once per family."""
-        self.setdefault("alt-ips", []).append(value)
+        self.setdefault("alt-ip", []).append(value)
 
     def opt_advertise(self, value: str) -> None:
         """Public IP to report for the --interface of its family (servers behind 1:1 NAT)."""
-        self.setdefault("advertised", []).append(value)
+        self.setdefault("advertise", []).append(value)
 
     def opt_advertise_alt(self, value: str) -> None:
         """Public IP to report for the --alt-ip of its family (servers behind 1:1 NAT)."""
-        self.setdefault("advertised-alt", []).append(value)
+        self.setdefault("advertise-alt", []).append(value)
 
     def opt_version(self) -> None:
         """Print natsalon's version and exit."""
