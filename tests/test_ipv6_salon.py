@@ -307,3 +307,17 @@ def test_a_reload_that_adds_a_family_names_the_interface_option_as_needing_a_res
     with capturedLogs() as events:
         assert reloader.reload() == []
     assert "reload: interface changed but need a restart" in [formatEvent(e) for e in events]
+
+
+def test_the_start_up_hint_names_a_family_without_alt_ip():
+    from twisted.logger import capturedLogs, formatEvent
+
+    for second, words in ((Family(V6), "no --alt-ip for IPv6: "), (Family(V6, V6_ALT), None)):
+        svc = SalonService(UDPClock(), SalonConfig(interface=V4, alt_ip=V4_ALT, port=0, alt_port=0, rcvbuf=0,
+                                                   second=second))
+        with capturedLogs() as events:
+            svc.startService()
+        hints = [formatEvent(e) for e in events if "no --alt-ip" in formatEvent(e)]
+        assert hints == ([] if words is None else [h for h in hints if h.startswith(words)]) and len(hints) == (
+            0 if words is None else 1)
+        svc.stopService()

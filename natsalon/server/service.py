@@ -218,9 +218,12 @@ class SalonService(service.MultiService):
             rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
             introducer=self._describe_introducer(),
         )
-        if not self.config.alt_ip:
-            log.info("no --alt-ip: clients can learn their public address but not classify their NAT "
-                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2")
+        missing = [f for f in self.config.families() if not f.alt_ip]
+        if missing:
+            log.info("no --alt-ip{of}: clients can learn their public address but not classify their NAT "
+                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2",
+                     of="" if len(missing) == len(self.config.families()) else
+                     " for IPv%d" % missing[0].version)
 
     def _describe_introducer(self) -> str:
         if self.introducer is None:
