@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -200,17 +201,22 @@ def test_the_command_probes_an_ipv6_salon(salon):
 
 
 @pytest_twisted.inlineCallbacks
-def test_both_families_of_a_dual_stack_salon_by_name(salon):
+def test_both_families_of_a_dual_stack_salon_by_name(salon, tmp_path):
     port = salon.layout.ports[0]
     hosts = {"127.0.0.1": 4, "::1": 6}
-    # a name that resolves to both loopbacks, when this machine has one
+    # a name that resolves to both loopbacks: this machine's own if it has
+    # one, else dual.test in a private /etc/hosts (a mount namespace: root)
     name = next((n for n in ("localhost", "ip6-localhost") if _resolves(n, socket.AF_INET6)
                  and _resolves(n, socket.AF_INET)), None)
+    argv = [sys.executable, "-m", "natsalon.cli", "probe", "--server", "%s:%d" % (name or "dual.test", port),
+            "--both", "--json"]
     if name is None:
-        pytest.skip("no host name resolves to both ::1 and 127.0.0.1 here")
-    out, err, code = yield utils.getProcessOutputAndValue(
-        sys.executable, ["-m", "natsalon.cli", "probe", "--server", "%s:%d" % (name, port), "--both", "--json"],
-        env=dict(os.environ))
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("no host name resolves to both ::1 and 127.0.0.1 here (and no root to make one)")
+        etc_hosts = tmp_path / "hosts"
+        etc_hosts.write_text("127.0.0.1 dual.test\n::1 dual.test\n")
+        argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(etc_hosts)] + argv
+    out, err, code = yield utils.getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ))
     assert code == 0, err
     j = json.loads(out)
     assert {k: v["family"] for k, v in j.items()} == {"ipv4": 4, "ipv6": 6}

@@ -182,20 +182,38 @@ class SalonService(service.MultiService):
 
             self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
 
+    #: how many sets of ephemeral ports to try when the others' twins are taken
+    EPHEMERAL_TRIES = 8
+
     def _bind(self) -> None:
-        """Bind every socket not bound yet, then set the layout."""
-        # The primary sockets first: when asked for port 0, the others (the
-        # alternate IP's, the IPv4 twins of a '::' salon) must use the same
-        # two ports (the RFC 5780 grid).
+        """Bind every socket not bound yet, then set the layout.  The
+        primary sockets first: the others (the alternate IP's, the other
+        family's) use the same two ports (the RFC 5780 grid).  When those
+        were ephemeral (port 0) and a twin's port is taken on its address,
+        all are let go and another pair is drawn."""
+        ephemeral = 0 in (self.config.port, self.config.alt_port)
+        for tries_left in range(self.EPHEMERAL_TRIES - 1 if ephemeral else 0, -1, -1):
+            try:
+                ports = self._bind_grid()
+                break
+            except CannotListenError:
+                if not tries_left:
+                    raise
+                for key, svc in self.sockets.items():
+                    svc.unbind(at_once=True)
+                    svc.port = self.config.port if key[1] == 0 else self.config.alt_port
+        families = self.config.families()
+        second = families[1] if len(families) > 1 else None
+        self.state.layout = Layout(families[0].advertised(), ports,
+                                   second.advertised() if second else (None, None), second.version if second else 0)
+
+    def _bind_grid(self) -> Tuple[int, int]:
         ports = tuple(self.sockets[(0, p)].bind().getHost().port for p in (0, 1))
         for key, svc in self.sockets.items():
             if key not in ((0, 0), (0, 1)):
                 svc.port = ports[key[1]]
                 svc.bind()
-        families = self.config.families()
-        second = families[1] if len(families) > 1 else None
-        self.state.layout = Layout(families[0].advertised(), ports,
-                                   second.advertised() if second else (None, None), second.version if second else 0)
+        return ports
 
     def privilegedStartService(self) -> None:
         """Under twistd: bind every socket before privileges are dropped; a
