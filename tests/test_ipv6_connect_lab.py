@@ -4,6 +4,9 @@ TURN, so a connection is direct or nothing):
 - random symmetric IPv4 NATs on both sides (no direct IPv4 path) behind
   IPv6 stateful firewalls: the pair connects directly over IPv6, and
   3,000 forwarded datagrams each way arrive intact;
+- with the salon's TURN relay on too, that pair still takes the direct
+  IPv6 path, not the relay;
+- when both families can punch through, IPv6 is chosen;
 - a dual-stack site and an IPv6-only site connect (over IPv6, the only
   family they share), and forwarded traffic flows."""
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 from natlab import SERVER_IPS6, V6, Lab, Nat
 from natlab.salon import start_salon
 from test_connect_lab import SECRET, SERVER, _events, _exchange, _last
+from test_relay_lab import TURN_ARGS
 
 pytestmark = pytest.mark.nat
 
@@ -84,6 +88,40 @@ def test_symmetric_ipv4_pair_connects_directly_over_ipv6(natlab: Lab) -> None:
     for evs in early:
         print("symmetric IPv4, IPv6 firewalls: connected %s" % {k: _last(evs, "connected")[k] for k in (
             "path", "family", "punch_ms", "rtt_ms", "strategy")})
+    # the control: the same pair over IPv4 alone has no path
+    procs = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--no-ipv6", "--room", "v4-sym",
+                      "--secret", SECRET, "--json", "--timeout", "8"], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True) for h in (ha, hb)]
+    for rc, events, err in [_events(p, 30) for p in procs]:
+        assert rc == 1 and _last(events, "connected") is None, (rc, events, err)
+        assert "PunchFailed" in _last(events, "failed")["reason"], events
+
+
+def test_when_both_families_can_punch_through_ipv6_is_chosen(natlab: Lab) -> None:
+    """Cone NATs and IPv6 firewalls: either family would do, their RTTs
+    are within the 2 ms tie (no delay line): IPv6 is chosen."""
+    lab = natlab
+    ha = lab.add_site("a", Nat.PORT_RESTRICTED_CONE, v6=V6.FIREWALL).hosts[0]
+    hb = lab.add_site("b", Nat.FULL_CONE, v6=V6.OPEN).hosts[0]
+    start_salon(lab, ipv6=True)
+    both = ["--server", SERVER, "--server6", SERVER6, "--no-lan"]
+    early = _run((ha, hb), (both, both), "v6-tie", 500)
+    _direct_v6(early, (ha, hb))
+
+
+def test_direct_ipv6_is_preferred_over_the_relay(natlab: Lab) -> None:
+    lab = natlab
+    ha = lab.add_site("a", Nat.SYMMETRIC_RANDOM, v6=V6.FIREWALL).hosts[0]
+    hb = lab.add_site("b", Nat.SYMMETRIC_RANDOM, v6=V6.FIREWALL).hosts[0]
+    start_salon(lab, ipv6=True, extra_args=TURN_ARGS)
+    procs = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--server6", SERVER6, "--room", "v6-turn",
+                      "--secret", SECRET, "--json", "--timeout", "20"], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True) for h in (ha, hb)]
+    ended = [_events(p, 40) for p in procs]
+    for (rc, events, err), peer in zip(ended, (hb, ha)):
+        conn = _last(events, "connected")
+        assert rc == 0 and conn is not None, (rc, events, err)
+        assert conn["path"] == "direct" and conn["family"] == 6 and conn["peer"].startswith("[%s]:" % peer.ip6), events
 
 
 def test_dual_stack_and_ipv6_only_sites_connect(natlab: Lab) -> None:
