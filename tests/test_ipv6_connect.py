@@ -259,3 +259,52 @@ def test_connect_over_both_families_on_loopback_prefers_ipv6():
         for c in conns:
             c.close()
         yield defer.maybeDeferred(svc.stopService)
+
+
+class _Resolver:
+    """``reactor.nameResolver`` answering from a table of (name, family) -> addresses."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def resolveHostName(self, receiver, host, port, addressTypes=None, transportSemantics="TCP"):
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        kind = addressTypes[0]
+        receiver.resolutionBegan(None)
+        for ip in self.table.get((host, 6 if kind is IPv6Address else 4), ()):
+            receiver.addressResolved(kind("UDP", ip, port))
+        receiver.resolutionComplete()
+
+
+def test_the_salons_ipv6_address_from_server6_or_the_names_aaaa():
+    from twisted.internet.error import DNSLookupError
+
+    from natsalon.client.api import resolve_server6, resolve_servers
+
+    fake = types.SimpleNamespace(nameResolver=_Resolver({
+        ("salon.test", 4): ["192.0.2.1"], ("salon.test", 6): ["2001:db8::1", "2001:db8::2"],
+        ("six.test", 6): ["2001:db8::6"]}))
+    assert resolve_server6(fake, "salon.test:3479").result == ("2001:db8::1", 3479)
+    assert resolve_server6(fake, "192.0.2.1", "[2001:db8::9]:4000").result == ("2001:db8::9", 4000)
+    assert resolve_server6(fake, "192.0.2.1").result is None
+    assert resolve_server6(fake, "192.0.2.1", ("six.test", 3478)).result == ("2001:db8::6", 3478)
+    failed = []
+    resolve_server6(fake, "192.0.2.1", "none.test").addErrback(lambda f: failed.append(f.trap(DNSLookupError)))
+    assert failed == [DNSLookupError]
+    # a name with IPv6 alone is an IPv6-only salon
+    assert resolve_servers(fake, "six.test").result == [("2001:db8::6", 3478)]
+    assert resolve_servers(fake, "salon.test").result == [("192.0.2.1", 3478)]
+
+
+def test_natclient_takes_server6_and_no_ipv6():
+    from twisted.python import usage
+
+    from natsalon.client.tap import Options
+
+    o = Options()
+    o.parseOptions(["--server", "192.0.2.1", "--room", "r", "--secret", "s", "--server6", "[2001:db8::1]"])
+    assert o.checked.server6 == ("2001:db8::1", 3478) and o.checked.ipv6
+    with pytest.raises(usage.UsageError, match="--server6: not with --no-ipv6"):
+        Options().parseOptions(["--server", "192.0.2.1", "--room", "r", "--secret", "s", "--server6", "::1",
+                                "--no-ipv6"])

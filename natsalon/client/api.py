@@ -216,7 +216,11 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     sock = ClientSocket(reactor)
     listening = reactor.listenUDP(port, sock, interface=interface)
     local_port = listening.getHost().port
-    server6 = (yield resolve_server6(reactor, server, server6)) if ipv6 and primary == 4 else None
+    # a name's AAAA only for a host with IPv6 (a Binding without a route would only wait)
+    if ipv6 and primary == 4 and (hosts6 or server6 is not None):
+        server6 = yield resolve_server6(reactor, server, server6)
+    else:
+        server6 = None
     families, v6 = yield _families(reactor, sock, primary, port, local_port, hosts6, server6)
     conn = Connection(reactor, sock, encrypt=encrypt)
     conn.local_port = local_port
