@@ -194,34 +194,21 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     salon, the join and the relay go over TCP to the salon's port, or over
     TLS to ``salon_tls`` (``(host, port)``; the certificate must name
     ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
-    system's): :mod:`natsalon.client.streamlink`.  Both IP families
-    (:mod:`natsalon.client.families`): beside an IPv4 client socket, an
-    IPv6 one offers this host's global IPv6 addresses and the endpoint the
-    salon's IPv6 address (``server6``, or the AAAA of the salon's name)
-    sees; ``ipv6=False``: IPv4 alone.  A salon given by an IPv6 address
-    makes an IPv6-only client."""
+    system's): :mod:`natsalon.client.streamlink`.  ``server6``, ``ipv6``:
+    both IP families, see :func:`_families`."""
     salons = Salons((yield resolve_servers(reactor, server)))
     server_addr = salons.current
     primary = family(server_addr[0])
     interface = interface or ("::" if primary == 6 else "")
-    if isinstance(turn, str):
-        turn = parse_turn(turn)
-    if turn is not None:
-        turn = turn._replace(host=(yield resolve_server(reactor, (turn.host, turn.port)))[0])
+    turn = yield _turn_server(reactor, turn)
     # scrypt takes tens of milliseconds of CPU: keep it off the reactor thread
     keys = yield threads.deferToThread(derive, room, secret)
     lan = lan and primary == 4
     ips = (yield threads.deferToThread(lan_addresses, interface, wire.MAX_CANDIDATES)) if lan else []
-    hosts6 = (yield threads.deferToThread(global_ipv6_addresses, wire.MAX_CANDIDATES // 2)) if ipv6 else []
     sock = ClientSocket(reactor)
     listening = reactor.listenUDP(port, sock, interface=interface)
     local_port = listening.getHost().port
-    # a name's AAAA only for a host with IPv6 (a Binding without a route would only wait)
-    if ipv6 and primary == 4 and (hosts6 or server6 is not None):
-        server6 = yield resolve_server6(reactor, server, server6)
-    else:
-        server6 = None
-    families, v6 = yield _families(reactor, sock, primary, port, local_port, hosts6, server6)
+    families, v6, hosts6 = yield _families(reactor, sock, server, primary, port, local_port, server6, ipv6)
     conn = Connection(reactor, sock, encrypt=encrypt)
     conn.local_port = local_port
     if on_event is not None:
@@ -254,23 +241,38 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
 
 
 @defer.inlineCallbacks
-def _families(reactor, sock: ClientSocket, primary: int, port: int, local_port: int, hosts6, server6):
-    """``(Families, our IPv6 candidates)``: an IPv6-only client's host
-    candidates; beside an IPv4 client socket, when this host has a global
-    IPv6 address or the salon an IPv6 one, an IPv6-only socket (on
-    ``port`` too) and the endpoint ``server6`` sees from it."""
+def _turn_server(reactor, turn):
+    """``--turn`` parsed, its host resolved to an IP (None stays None)."""
+    if isinstance(turn, str):
+        turn = parse_turn(turn)
+    if turn is not None:
+        turn = turn._replace(host=(yield resolve_server(reactor, (turn.host, turn.port)))[0])
+    return turn
+
+
+@defer.inlineCallbacks
+def _families(reactor, sock: ClientSocket, server, primary: int, port: int, local_port: int, server6,
+              ipv6: bool):
+    """``(Families, our IPv6 candidates, this host's global IPv6
+    addresses)``: an IPv6-only client's host candidates; beside an IPv4
+    client socket, when this host has a global IPv6 address or ``server6``
+    is given, an IPv6-only socket (on ``port`` too) and the endpoint the
+    salon's IPv6 address sees from it (a name's AAAA is looked up only on
+    a host with IPv6: a Binding without a route would only wait)."""
+    hosts6 = (yield threads.deferToThread(global_ipv6_addresses, wire.MAX_CANDIDATES // 2)) if ipv6 else []
     if primary == 6:
-        return Families(6), ipv6_candidates(hosts6, local_port)
-    if not hosts6 and server6 is None:
-        return Families(4), []
+        return Families(6), ipv6_candidates(hosts6, local_port), hosts6
+    if not ipv6 or (not hosts6 and server6 is None):
+        return Families(4), [], hosts6
+    server6 = yield resolve_server6(reactor, server, server6)
     second = FamilySocket(sock, reactor)
     try:
         second.port = listen_v6_only(reactor, port, second)
     except CannotListenError as e:
         _log.info("no IPv6 socket ({error}): IPv4 only", error=e.socketError)
-        return Families(4), []
+        return Families(4), [], hosts6
     reflexive = (yield learn_reflexive(second, server6)) if server6 is not None else None
-    return Families(4, second), ipv6_candidates(hosts6, second.port.getHost().port, reflexive)
+    return Families(4, second), ipv6_candidates(hosts6, second.port.getHost().port, reflexive), hosts6
 
 
 @defer.inlineCallbacks
