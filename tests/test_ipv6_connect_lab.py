@@ -8,7 +8,9 @@ TURN, so a connection is direct or nothing):
   IPv6 path, not the relay;
 - when both families can punch through, IPv6 is chosen;
 - a dual-stack site and an IPv6-only site connect (over IPv6, the only
-  family they share), and forwarded traffic flows."""
+  family they share), and forwarded traffic flows;
+- a connection over IPv6 whose IPv6 goes down moves to IPv4 at the
+  re-punch, and forwarded traffic flows again."""
 from __future__ import annotations
 
 import json
@@ -19,7 +21,7 @@ import pytest
 
 from natlab import SERVER_IPS6, V6, Lab, Nat
 from natlab.salon import start_salon
-from test_connect_lab import SECRET, SERVER, _events, _exchange, _last
+from test_connect_lab import SECRET, SERVER, _events, _exchange, _last, _next_event
 from test_relay_lab import TURN_ARGS
 
 pytestmark = pytest.mark.nat
@@ -136,3 +138,28 @@ def test_dual_stack_and_ipv6_only_sites_connect(natlab: Lab) -> None:
     # the dual-stack host sees the IPv6-only one behind its NAT66 (the router's address)
     assert not conn[0]["peer"].startswith("[%s]:" % only.ip6), conn
     assert conn[1]["peer"].startswith("[%s]:" % dual.ip6), conn
+
+
+def test_a_connection_moves_to_ipv4_at_the_repunch_when_ipv6_goes_down(natlab: Lab) -> None:
+    lab = natlab
+    site_a = lab.add_site("a", Nat.PORT_RESTRICTED_CONE, v6=V6.FIREWALL)
+    ha, hb = site_a.hosts[0], lab.add_site("b", Nat.FULL_CONE, v6=V6.OPEN).hosts[0]
+    start_salon(lab, ipv6=True)
+    args = ["--server", SERVER, "--server6", SERVER6, "--no-lan", "--keepalive", "1", "--dead-after", "2"]
+    procs = _forwarders((ha, hb), (args, args), "v6-move")
+    try:
+        first = [_next_event(p, "connected") for p in procs]
+        assert all(c["event"] == "connected" and c["family"] == 6 for c in first), first
+        for p in procs:
+            assert _next_event(p, "forwarding")["event"] == "forwarding"
+        site_a.cut_v6()
+        again = [_next_event(p, "connected") for p in procs]
+        assert all(c["event"] == "connected" and c.get("repunched") and c["family"] == 4 for c in again), again
+        assert again[0]["peer"].split(":")[0] == lab.sites["b"].public_ip, again
+        results = _exchange((ha, hb), 300)
+    finally:
+        for p in procs:
+            p.terminate()
+    for p in procs:
+        _events(p, 10)
+    assert results == [{"received": 300, "bad": 0}] * 2, results
