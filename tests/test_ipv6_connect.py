@@ -268,7 +268,7 @@ class _Resolver:
         self.table = table
 
     def resolveHostName(self, receiver, host, port, addressTypes=None, transportSemantics="TCP"):
-        from twisted.internet.address import IPv4Address, IPv6Address
+        from twisted.internet.address import IPv6Address
 
         kind = addressTypes[0]
         receiver.resolutionBegan(None)
