@@ -25,6 +25,7 @@ BAD = [
     ({"port": "99999"}, "--port: 99999 is out of range"),
     ({"server": "h:70000"}, "--server: port 70000 out of range"),
     ({"server": "127.0.0.1,[::1]:3478"}, "--server: salons of both IP families"),
+    ({"interface": "::1"}, "--interface: ::1 is IPv6 but the salon is IPv4"),
     ({"server6": "192.0.2.1"}, "--server6: 192.0.2.1 is not an IPv6 address"),
     ({"server": "[::1]:3478", "server6": "[::1]"}, "--server6: only beside an IPv4 --server"),
     ({"interface": "not-an-ip"}, "--interface: 'not-an-ip' is not an IP address"),

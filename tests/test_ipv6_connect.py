@@ -308,3 +308,23 @@ def test_natclient_takes_server6_and_no_ipv6():
     with pytest.raises(usage.UsageError, match="--server6: not with --no-ipv6"):
         Options().parseOptions(["--server", "192.0.2.1", "--room", "r", "--secret", "s", "--server6", "::1",
                                 "--no-ipv6"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_ipv6_socket_takes_ipv6_only_so_both_families_share_a_port():
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    from natsalon.client.families import listen_v6_only
+
+    owner = ClientSocket(reactor)
+    v4 = reactor.listenUDP(0, owner, interface="0.0.0.0")
+    second = FamilySocket(owner, reactor)
+    second.port = listen_v6_only(reactor, v4.getHost().port, second)
+    try:
+        assert second.port.getHost().port == v4.getHost().port
+        assert second.port.getHandle().getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        families = Families(4, second)
+    finally:
+        yield defer.maybeDeferred(v4.stopListening)
+    families.close()
+    assert second.port is None

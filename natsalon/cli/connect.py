@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-after", default=DEFAULTS["dead-after"],
                    help="keepalive intervals of silence before re-joining (default 2)")
     p.add_argument("--port", default=DEFAULTS["port"], help="local UDP port for the punched path (default: any)")
-    p.add_argument("--interface", default="", help="local IPv4 address to bind")
+    p.add_argument("--interface", default="", help="local address to bind, of the salon's IP family")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt forwarded payload")
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
     p.add_argument("--turn", metavar="turn:USER:PASS@HOST[:PORT]",

@@ -261,6 +261,9 @@ def _families(reactor, sock: ClientSocket, server, primary: int, port: int, loca
     a host with IPv6: a Binding without a route would only wait)."""
     hosts6 = (yield threads.deferToThread(global_ipv6_addresses, wire.MAX_CANDIDATES // 2)) if ipv6 else []
     if primary == 6:
+        bound = sock.transport.getHost().host
+        if bound != "::":  # --interface: that address alone
+            hosts6 = [bound] if bound in hosts6 else []
         return Families(6), ipv6_candidates(hosts6, local_port), hosts6
     if not ipv6 or (not hosts6 and server6 is None):
         return Families(4), [], hosts6

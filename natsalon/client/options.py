@@ -186,15 +186,17 @@ def _server6(text: Optional[str], servers, ipv6: bool) -> Optional[Tuple[str, in
     return host, port
 
 
-def _interface(text: Optional[str]) -> str:
+def _interface(text: Optional[str], servers) -> str:
+    """A local address of the salon's family (an IPv6 one for an IPv6 salon)."""
     if not text:
         return ""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise OptionError("--interface: %r is not an IP address" % text) from None
-    if address.version != 4:
-        raise OptionError("--interface: IPv6 is not supported yet: %r" % text)
+    salon = 6 if ":" in servers[0][0] else 4
+    if address.version != salon:
+        raise OptionError("--interface: %s is IPv%d but the salon is IPv%d" % (text, address.version, salon))
     return str(address)
 
 
@@ -250,7 +252,7 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
         timeout=_seconds(raw, "timeout"), punch_timeout=_seconds(raw, "punch-timeout"),
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
         retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
-        interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
+        interface=_interface(raw.get("interface"), servers), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
         turn=_endpoint(raw, "turn", parse_turn), salon_tls=_salon_tls(raw.get("salon-tls")),
         salon_ca=_salon_ca(raw.get("salon-ca"), raw.get("salon-tls")),
         server6=_server6(raw.get("server6"), servers, not raw.get("no-ipv6")), ipv6=not raw.get("no-ipv6"),
