@@ -303,6 +303,21 @@ class Site:
         """The router's conntrack table (needs conntrack-tools), for debugging."""
         return self.router.run(["conntrack", "-L"]).stdout
 
+    def cut_v6(self, cut: bool = True) -> None:
+        """An IPv6 outage at the router: every forwarded IPv6 packet dropped
+        (``cut=False`` restores it); IPv4 and the router's own neighbour
+        discovery go on."""
+        if self.v6 is None:
+            raise ValueError("site %s has no IPv6" % self.name)
+        if cut:
+            cmd = ("table ip6 natlab6_cut {\n  chain forward { type filter hook forward priority -10; "
+                   "policy drop; }\n}\n")
+        else:
+            cmd = "delete table ip6 natlab6_cut\n"
+        r = self.router.run(["nft", "-f", "-"], input=cmd)
+        if r.returncode != 0:
+            raise LabError("site %s: nft refused the IPv6 cut: %s" % (self.name, r.stderr))
+
     def set_nat(self, nat: Nat) -> None:
         """Change the router's behaviour to ``nat`` while hosts are using it
         (between NATs that translate, UDP_BLOCKED excepted): one nft

@@ -25,6 +25,11 @@ from natsalon.client.secretfile import ENV_SECRET
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default); several salons sharing "
                    "their rooms: HOST[:PORT],HOST[:PORT] (tried in turn)")
+    p.add_argument("--server6", metavar="HOST[:PORT]",
+                   help="the salon's IPv6 address (or a name with one), beside an IPv4 --server: the client "
+                        "learns its IPv6 endpoint there and punches both families (default: the AAAA of "
+                        "--server's name)")
+    p.add_argument("--no-ipv6", action="store_true", help="IPv4 alone: no IPv6 socket, no IPv6 candidates")
     p.add_argument("--room", help="room name, agreed with the peer")
     p.add_argument("--secret-file", help="file holding the shared secret")
     p.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file or $%s)" % ENV_SECRET)
@@ -38,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-after", default=DEFAULTS["dead-after"],
                    help="keepalive intervals of silence before re-joining (default 2)")
     p.add_argument("--port", default=DEFAULTS["port"], help="local UDP port for the punched path (default: any)")
-    p.add_argument("--interface", default="", help="local IPv4 address to bind")
+    p.add_argument("--interface", default="", help="local address to bind, of the salon's IP family")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt forwarded payload")
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
     p.add_argument("--turn", metavar="turn:USER:PASS@HOST[:PORT]",
@@ -101,7 +106,7 @@ def connected_event(conn, salon: str = "", turn: str = "") -> dict:
     (``turn``, else the salon's TURN) when the path is relayed, the
     ``salon`` that introduced the peer otherwise.  ``strategy``: how a
     direct or LAN path was punched (plain, predicted, birthday); "relay"
-    for a relayed path."""
+    for a relayed path.  ``family``: 4 or 6, the IP family of the path."""
     relayed = conn.path.kind == RELAY
     return {
         "event": "connected",
@@ -115,7 +120,14 @@ def connected_event(conn, salon: str = "", turn: str = "") -> dict:
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
         "transport": conn.info.get("transport", "udp"),
+        "family": 6 if ":" in conn.path.address.host else 4,
     }
+
+
+def server_text(server) -> str:
+    """``HOST:PORT``, ``[V6]:PORT`` for an IPv6 address."""
+    host, port = server
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
 def failure_reason(f) -> str:
@@ -146,7 +158,8 @@ def _main(reactor, o, emit: Printer):
     connecting = connect(reactor, o.servers, o.room, o.secret, port=o.port, interface=o.interface,
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
-                         on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca)
+                         on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca,
+                         server6=o.server6, ipv6=o.ipv6)
     # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
     trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:
@@ -164,7 +177,7 @@ def _main(reactor, o, emit: Printer):
             reactor.removeSystemEventTrigger(trigger)
         except (ValueError, KeyError):
             pass  # it is running: we are shutting down
-    emit(connected_event(conn, "%s:%d" % tuple(o.server), "%s:%d" % (o.turn.host, o.turn.port) if o.turn else ""))
+    emit(connected_event(conn, server_text(o.server), "%s:%d" % (o.turn.host, o.turn.port) if o.turn else ""))
     if fwd is None:
         yield conn.peer_confirmed(3.0)
         conn.close()

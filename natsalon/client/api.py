@@ -23,14 +23,19 @@ import ipaddress
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from twisted.internet import defer, threads
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IResolutionReceiver
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from natsalon import wire
 from natsalon.client.connection import Connection
 from natsalon.client.demux import ClientSocket, SocketPool
+from natsalon.client.families import (
+    Families, FamilySocket, family, ipv6_candidates, join_candidates, learn_reflexive, listen_v6_only,
+)
 from natsalon.client.probe import ProbeConfig
 from natsalon.client.probe.measure import probe
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
@@ -44,8 +49,11 @@ from natsalon.client.session import DESCRIPTIONS, ClientInputs, ClientMachine, C
 from natsalon.client.streamlink import SalonLink, StreamTarget, stream_connector
 from natsalon.crypto.secret import derive
 from natsalon.net.hostport import parse_server
-from natsalon.net.interfaces import lan_addresses
+from natsalon.net.interfaces import global_ipv6_addresses, lan_addresses
 from natsalon.stun import Address
+
+
+_log = Logger()
 
 
 class Client(NamedTuple):
@@ -97,7 +105,7 @@ def server_list(server) -> List[Tuple[str, int]]:
 
 @implementer(IResolutionReceiver)
 class _Addresses:
-    """Collects a name's IPv4 addresses (``reactor.nameResolver``)."""
+    """Collects a name's addresses (``reactor.nameResolver``)."""
 
     def __init__(self) -> None:
         self.addresses: List[str] = []
@@ -113,11 +121,21 @@ class _Addresses:
         self.done.callback(self.addresses)
 
 
+def _lookup(reactor, host: str, port: int, version: int) -> defer.Deferred:
+    """A name's addresses of one IP family (a list, maybe empty)."""
+    receiver = _Addresses()
+    reactor.nameResolver.resolveHostName(receiver, host, port,
+                                         addressTypes=[IPv4Address if version == 4 else IPv6Address],
+                                         transportSemantics="UDP")
+    return receiver.done
+
+
 @defer.inlineCallbacks
 def resolve_servers(reactor, server):
     """Every ``(ip, port)`` of the salons ``server`` names (see
     :func:`server_list`), in order, a name giving each of its IPv4
-    addresses; fails with DNSLookupError for a name without any."""
+    addresses, or its IPv6 ones when it has no IPv4 address (an IPv6-only
+    salon); fails with DNSLookupError for a name without any."""
     out = []
     for host, port in server_list(server):
         try:
@@ -126,21 +144,41 @@ def resolve_servers(reactor, server):
             continue
         except ValueError:
             pass
-        receiver = _Addresses()
-        reactor.nameResolver.resolveHostName(receiver, host, port, addressTypes=[IPv4Address],
-                                             transportSemantics="UDP")
-        ips = yield receiver.done
+        ips = yield _lookup(reactor, host, port, 4)
         if not ips:
-            raise DNSLookupError("no IPv4 address for the salon %r" % host)
+            ips = yield _lookup(reactor, host, port, 6)
+        if not ips:
+            raise DNSLookupError("no address for the salon %r" % host)
         out.extend((ip, port) for ip in ips)
     return list(dict.fromkeys(out))
+
+
+@defer.inlineCallbacks
+def resolve_server6(reactor, server, server6=None):
+    """The salon's IPv6 ``(ip, port)`` for an IPv4 client socket:
+    ``server6`` (``"HOST[:PORT]"`` or ``(host, port)``; a name gives its
+    first IPv6 address), else the first IPv6 address of the first salon's
+    name (AAAA); None when there is none."""
+    if server6 is not None:
+        host, port = parse_server(server6) if isinstance(server6, str) else server6
+    else:
+        host, port = server_list(server)[0]
+    try:
+        return (host, port) if ipaddress.ip_address(host).version == 6 else None
+    except ValueError:
+        pass
+    ips = yield _lookup(reactor, host, port, 6)
+    if not ips and server6 is not None:
+        raise DNSLookupError("no IPv6 address for the salon %r" % host)
+    return (ips[0], port) if ips else None
 
 
 @defer.inlineCallbacks
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-                strategy: StrategySettings = StrategySettings(), turn=None, salon_tls=None, salon_ca=None):
+                strategy: StrategySettings = StrategySettings(), turn=None, salon_tls=None, salon_ca=None,
+                server6=None, ipv6: bool = True):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
@@ -156,29 +194,32 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     salon, the join and the relay go over TCP to the salon's port, or over
     TLS to ``salon_tls`` (``(host, port)``; the certificate must name
     ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
-    system's): :mod:`natsalon.client.streamlink`."""
+    system's): :mod:`natsalon.client.streamlink`.  ``server6``, ``ipv6``:
+    both IP families, see :func:`_families`."""
     salons = Salons((yield resolve_servers(reactor, server)))
     server_addr = salons.current
-    if isinstance(turn, str):
-        turn = parse_turn(turn)
-    if turn is not None:
-        turn = turn._replace(host=(yield resolve_server(reactor, (turn.host, turn.port)))[0])
+    primary = family(server_addr[0])
+    interface = interface or ("::" if primary == 6 else "")
+    turn = yield _turn_server(reactor, turn)
     # scrypt takes tens of milliseconds of CPU: keep it off the reactor thread
     keys = yield threads.deferToThread(derive, room, secret)
+    lan = lan and primary == 4
     ips = (yield threads.deferToThread(lan_addresses, interface, wire.MAX_CANDIDATES)) if lan else []
     sock = ClientSocket(reactor)
     listening = reactor.listenUDP(port, sock, interface=interface)
     local_port = listening.getHost().port
+    families, v6, hosts6 = yield _families(reactor, sock, server, primary, port, local_port, server6, ipv6)
     conn = Connection(reactor, sock, encrypt=encrypt)
     conn.local_port = local_port
     if on_event is not None:
         conn.on_event = on_event
     sock.on_frame = conn.frame_received
     link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
-    core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
+    candidates = join_candidates([Address(ip, local_port) for ip in ips], v6)
+    core = Core(reactor, sock, server_addr, keys, candidates, conn, settings,
                 emit=lambda event: conn.on_event(event),
-                hardnat=_hard_nat(reactor, sock, salons, interface, ips, strategy) if hard_nat else None,
-                turn=turn, salons=salons, link=link)
+                hardnat=_hard_nat(reactor, sock, salons, interface, ips or hosts6, strategy) if hard_nat else None,
+                turn=turn, salons=salons, link=link, families=families)
 
     def check():
         # the first salon's silence or refusal may open a stream to it (the
@@ -193,9 +234,48 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
         machine.stop()
         link.close()
         listening.stopListening()
+        families.close()
 
     conn.on_close = closed
     return Client(machine, conn, core)
+
+
+@defer.inlineCallbacks
+def _turn_server(reactor, turn):
+    """``--turn`` parsed, its host resolved to an IP (None stays None)."""
+    if isinstance(turn, str):
+        turn = parse_turn(turn)
+    if turn is not None:
+        turn = turn._replace(host=(yield resolve_server(reactor, (turn.host, turn.port)))[0])
+    return turn
+
+
+@defer.inlineCallbacks
+def _families(reactor, sock: ClientSocket, server, primary: int, port: int, local_port: int, server6,
+              ipv6: bool):
+    """``(Families, our IPv6 candidates, this host's global IPv6
+    addresses)``: an IPv6-only client's host candidates; beside an IPv4
+    client socket, when this host has a global IPv6 address or ``server6``
+    is given, an IPv6-only socket (on ``port`` too) and the endpoint the
+    salon's IPv6 address sees from it (a name's AAAA is looked up only on
+    a host with IPv6: a Binding without a route would only wait)."""
+    hosts6 = (yield threads.deferToThread(global_ipv6_addresses, wire.MAX_CANDIDATES // 2)) if ipv6 else []
+    if primary == 6:
+        bound = sock.transport.getHost().host
+        if bound != "::":  # --interface: that address alone
+            hosts6 = [bound] if bound in hosts6 else []
+        return Families(6), ipv6_candidates(hosts6, local_port), hosts6
+    if not ipv6 or (not hosts6 and server6 is None):
+        return Families(4), [], hosts6
+    server6 = yield resolve_server6(reactor, server, server6)
+    second = FamilySocket(sock, reactor)
+    try:
+        second.port = listen_v6_only(reactor, port, second)
+    except CannotListenError as e:
+        _log.info("no IPv6 socket ({error}): IPv4 only", error=e.socketError)
+        return Families(4), [], hosts6
+    reflexive = (yield learn_reflexive(second, server6)) if server6 is not None else None
+    return Families(4, second), ipv6_candidates(hosts6, second.port.getHost().port, reflexive), hosts6
 
 
 @defer.inlineCallbacks
@@ -214,13 +294,13 @@ def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
               strategy: StrategySettings) -> HardNat:
     """The join-time probe against the salon in use and the extra-socket
     pools, on the client socket's interface."""
-    bind = interface or "0.0.0.0"
+    bind = interface or "0.0.0.0"  # open_client gives "::" to an IPv6-only client
 
     def listen(proto):
         return reactor.listenUDP(0, proto, interface=bind)
 
     def run_probe(on_early):
-        local_ips = list(ips) + ([interface] if interface else [])
+        local_ips = list(ips) + ([interface] if interface not in ("", "::") else [])
         return probe(reactor, salons.current, ProbeConfig(), local_ips=local_ips, listen=listen, on_early=on_early)
 
     return HardNat(NatKnowledge(reactor, run_probe), lambda: SocketPool(sock, listen), strategy)
@@ -230,7 +310,7 @@ def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-            turn=None, salon_tls=None, salon_ca=None):
+            turn=None, salon_tls=None, salon_ca=None, server6=None, ipv6: bool = True):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]", a
     (host, port) tuple, or several salons sharing their rooms:
     "HOST[:PORT],HOST[:PORT]", a list, a name with several addresses) with
@@ -243,12 +323,14 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     path and re-joins the room after any fault until ``close()``.  When no
     direct path verifies, the connection is relayed through the salon's
     TURN relay (if it runs one), or through ``turn``
-    (``turn:USER:PASS@HOST[:PORT]``); ``path.kind`` says which."""
+    (``turn:USER:PASS@HOST[:PORT]``); ``path.kind`` says which.
+    ``server6``: the salon's IPv6 address, to learn our IPv6 endpoint
+    (``ipv6=False``: IPv4 only; see :func:`open_client`)."""
     started = reactor.seconds()
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
                                encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
-                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca)
+                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca, server6=server6, ipv6=ipv6)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)

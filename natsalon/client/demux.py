@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
 
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, InvalidAddressError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -51,7 +51,11 @@ class ClientSocket(DatagramProtocol):
                 return
         if self.transport is None:
             raise OSError("socket closed")
-        self.transport.write(data, addr)
+        try:
+            self.transport.write(data, addr)
+        except InvalidAddressError as e:
+            # an address of the other IP family: no route from this socket
+            raise OSError("no route from this socket: %s" % e) from None
 
     def extra_datagram(self, data: bytes, addr, local: LocalSocket) -> None:
         """A datagram that arrived on an extra socket: a payload frame or a
@@ -66,6 +70,8 @@ class ClientSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
+            if len(addr) > 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = (addr[0], addr[1])
             if self.relays:
                 relay = self.relays.get(addr)
                 if relay is not None and relay(data, addr):
@@ -102,10 +108,13 @@ class ExtraSocket(DatagramProtocol):
     def write(self, data: bytes, addr) -> None:
         if self.transport is None:
             raise OSError("socket closed")
-        self.transport.write(data, tuple(addr))
+        try:
+            self.transport.write(data, tuple(addr))
+        except InvalidAddressError as e:
+            raise OSError("no route from this socket: %s" % e) from None
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        self.owner.extra_datagram(data, addr, self.local)
+        self.owner.extra_datagram(data, (addr[0], addr[1]), self.local)
 
 
 class SocketPool:

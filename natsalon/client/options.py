@@ -85,6 +85,10 @@ class ClientOptions:
     #: of TCP when UDP does not reach the salon (host: the certificate's name)
     salon_tls: Optional[Tuple[str, int]] = None
     salon_ca: Optional[str] = None  #: --salon-ca: PEM file of the CA trusted for --salon-tls
+    #: --server6: the salon's IPv6 address (HOST[:PORT]; a name is resolved
+    #: to IPv6), where an IPv4 client learns its IPv6 endpoint
+    server6: Optional[Tuple[str, int]] = None
+    ipv6: bool = True  #: False (--no-ipv6): IPv4 alone, no IPv6 socket
 
     @property
     def server(self) -> Tuple[str, int]:
@@ -143,30 +147,56 @@ def _server(text: Optional[str]) -> Tuple[str, int]:
         host, port = parse_server(text)
     except ValueError as e:
         raise OptionError("--server: %s" % e) from None
-    if ":" in host:
-        raise OptionError("--server: IPv6 salons are not supported yet: %r" % text)
     return host, port
 
 
 def _servers(text: Optional[str]) -> Tuple[Tuple[str, int], ...]:
-    """``HOST[:PORT][,HOST[:PORT]...]``: salons sharing their rooms, tried in order."""
+    """``HOST[:PORT][,HOST[:PORT]...]``: salons sharing their rooms, tried
+    in order, all of one IP family (the client socket's)."""
     if text and "," in text:
         parts = [part.strip() for part in text.split(",")]
         if not all(parts):
             raise OptionError("--server: an empty salon in %r (HOST[:PORT],HOST[:PORT])" % text)
-        return tuple(dict.fromkeys(_server(part) for part in parts))
+        servers = tuple(dict.fromkeys(_server(part) for part in parts))
+        if len({":" in host for host, _ in servers}) > 1:
+            raise OptionError("--server: salons of both IP families in %r (give the salon's IPv6 address "
+                              "with --server6)" % text)
+        return servers
     return (_server(text),)
 
 
-def _interface(text: Optional[str]) -> str:
+def _server6(text: Optional[str], servers, ipv6: bool) -> Optional[Tuple[str, int]]:
+    """``--server6 HOST[:PORT]``: an IPv6 address or a name, beside an IPv4 ``--server``."""
+    if not text:
+        return None
+    try:
+        host, port = parse_server(text)
+    except ValueError as e:
+        raise OptionError("--server6: %s" % e) from None
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        version = 6  # a name: resolved to its IPv6 address
+    if version != 6:
+        raise OptionError("--server6: %s is not an IPv6 address" % host)
+    if ":" in servers[0][0]:
+        raise OptionError("--server6: only beside an IPv4 --server (an IPv6 --server makes an IPv6-only client)")
+    if not ipv6:
+        raise OptionError("--server6: not with --no-ipv6")
+    return host, port
+
+
+def _interface(text: Optional[str], servers) -> str:
+    """A local address of the salon's family (an IPv6 one for an IPv6 salon)."""
     if not text:
         return ""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise OptionError("--interface: %r is not an IP address" % text) from None
-    if address.version != 4:
-        raise OptionError("--interface: IPv6 is not supported yet: %r" % text)
+    salon = 6 if ":" in servers[0][0] else 4
+    if address.version != salon:
+        raise OptionError("--interface: %s is IPv%d but the salon is IPv%d" % (text, address.version, salon))
     return str(address)
 
 
@@ -213,15 +243,19 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
         secret = load_secret(raw.get("secret"), raw.get("secret-file"), **kw)
     except (SecretError, OSError) as e:
         raise OptionError(str(e)) from None
+    servers = _servers(raw.get("server"))
+    if raw.get("no-ipv6") and ":" in servers[0][0]:
+        raise OptionError("--no-ipv6: the salon %s is IPv6" % servers[0][0])
     return ClientOptions(
-        servers=_servers(raw.get("server")), room=room, secret=secret,
+        servers=servers, room=room, secret=secret,
         forward=_endpoint(raw, "forward", parse_local), deliver=_endpoint(raw, "deliver", parse_local),
         timeout=_seconds(raw, "timeout"), punch_timeout=_seconds(raw, "punch-timeout"),
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
         retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
-        interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
+        interface=_interface(raw.get("interface"), servers), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
         turn=_endpoint(raw, "turn", parse_turn), salon_tls=_salon_tls(raw.get("salon-tls")),
         salon_ca=_salon_ca(raw.get("salon-ca"), raw.get("salon-tls")),
+        server6=_server6(raw.get("server6"), servers, not raw.get("no-ipv6")), ipv6=not raw.get("no-ipv6"),
     )
 
 

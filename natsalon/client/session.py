@@ -215,6 +215,10 @@ class Core:
     #: their current one, and the Joiner moves on when it fails; ``server``
     #: follows; None: ``server`` alone
     salons: Optional[Salons] = None
+    #: the IP families' sockets (:class:`natsalon.client.families.Families`):
+    #: each punch pairs the peer's addresses with the socket of their family;
+    #: None: the client socket's family alone
+    families: Optional[object] = None
     log: Logger = field(default_factory=Logger)
 
     @property
@@ -355,6 +359,8 @@ class Punch:
                 event["reason"] = self.plan.reason
             core.log.info("punching strategy {strategy} ({role})", strategy=event["strategy"], role=event["role"])
             core.emit(event)
+        if core.families is not None:
+            core.families.arm(self.puncher, intro.peer_address, intro.peer.candidates, s.punch_timeout)
         core.socket.on_punch = self.puncher.datagram
         self.puncher.on_peer_left = lambda: _peer_said_goodbye(machine, core)
         self.deferred = self.puncher.start()
@@ -572,7 +578,8 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
                 "server": "%s:%d" % (relay_server(c) if relayed else tuple(c.server)),
                 "strategy": RELAY if relayed else path.strategy,
-                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport})
+                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport,
+                "family": 6 if ":" in path.address.host else 4})
     c.connects += 1
     c.settle(c.connection)
     return live

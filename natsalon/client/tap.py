@@ -23,6 +23,7 @@ class Options(OpsOptionsMixin, usage.Options):
     longdesc = "Meet a peer in a natsalon room, punch a direct UDP path, keep it, and forward a local UDP port."
     optParameters = [
         ["server", None, None, "The salon, HOST[:PORT]; several sharing their rooms: HOST[:PORT],HOST[:PORT]."],
+        ["server6", None, None, "HOST[:PORT]: the salon's IPv6 address beside an IPv4 --server (default: the AAAA of --server's name)."],
         ["room", None, None, "Room name, agreed with the peer."],
         ["secret-file", None, None, "File holding the shared secret."],
         ["secret", None, None, "The shared secret (prefer --secret-file)."],
@@ -43,6 +44,7 @@ class Options(OpsOptionsMixin, usage.Options):
         ["json", None, "Accepted for symmetry with natsalon connect (events are logged)."],
         ["no-encrypt", None, "Do not encrypt forwarded payload."],
         ["no-lan", None, "Do not offer LAN candidates."],
+        ["no-ipv6", None, "IPv4 alone: no IPv6 socket, no IPv6 candidates."],
     ]
 
     def opt_version(self) -> None:

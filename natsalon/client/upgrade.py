@@ -30,6 +30,7 @@ from twisted.internet import task
 
 from natsalon import wire
 from natsalon.client.punch import CandidateKind, CandidatePair, PairState, Puncher
+from natsalon.client.punch.puncher import preference
 from natsalon.stun import Address
 
 #: peer-reflexive candidates an Upgrade learns on the client socket
@@ -109,7 +110,7 @@ class Upgrade:
         verified = [p for p in self._direct() if p.verified]
         if not verified:
             return False
-        best = min(verified, key=lambda p: (p.rank, p.rtt if p.rtt is not None else 1e9))
+        best = min(verified, key=preference)
         self.stop()
         self.on_direct(best)
         return True

@@ -1,6 +1,6 @@
 """This host's interface addresses, through ``ifaddr`` (no ioctl tricks):
 one scan for the prober (every address, to tell "no NAT" apart) and the
-client (IPv4 LAN candidates).
+client (IPv4 LAN candidates, global IPv6 host candidates).
 
 :func:`local_addresses` scans the interfaces (a quick, blocking call: the
 one-shot commands call it before the reactor runs; services call the
@@ -43,6 +43,31 @@ def lan_addresses(interface: str = "", limit: int = 8) -> List[str]:
             continue
         out.append(ip)
     return out[:limit]
+
+
+#: global unicast IPv6 (RFC 4291 2000::/3); it holds the documentation
+#: prefix 2001:db8::/32, which ``ipaddress`` calls private (so ``is_global``
+#: is no test here), and leaves out link-local fe80::/10, ULA fc00::/7,
+#: loopback, multicast and the IPv4-mapped range
+GLOBAL_UNICAST6 = ipaddress.ip_network("2000::/3")
+
+
+def is_global_ipv6(ip: str) -> bool:
+    """Is ``ip`` a global unicast IPv6 address (worth offering to a peer
+    across the internet)?"""
+    try:
+        a = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return a.version == 6 and a in GLOBAL_UNICAST6
+
+
+def global_ipv6_addresses(limit: int = 4, found=None) -> List[str]:
+    """This host's global unicast IPv6 addresses (:func:`is_global_ipv6`),
+    sorted, at most ``limit`` (blocking: an interface scan, unless
+    ``found``, a set of addresses, is given)."""
+    found = local_addresses() if found is None else found
+    return sorted(ip for ip in found if is_global_ipv6(ip))[:limit]
 
 
 def local_addresses_in_thread(reactor):

@@ -86,7 +86,12 @@ Rules:
 - a verified host pair wins at once; a verified other pair waits for a host
   pair while host pairs are pending, twice its RTT (at least 50 ms, at most
   ``lan_grace``); among verified pairs host beats the rest, relay comes last,
-  then the lowest RTT wins (smoothed: 0.8 old + 0.2 new).
+  then the lowest RTT wins (smoothed: 0.8 old + 0.2 new); an IPv6 pair
+  counts ``V6_TIE`` (2 ms) less, so IPv6 wins a tie, and a verified IPv4
+  pair waits the same grace while an IPv6 pair is pending (happy eyeballs).
+  Pairs never cross families: the client probes IPv6 candidates from its
+  IPv6 socket (:mod:`natsalon.client.families`), and a send to the other
+  family fails like a send with no route.
 
 Peer addresses are logged at debug level only.
 """

@@ -35,6 +35,10 @@ _MAX_PENDING = 512  #: probes awaiting a response, oldest forgotten first
 _SEEN_REQUESTS = 256  #: request transaction ids remembered against replays
 _MAX_PEER_REFLEXIVE = 4  #: candidates learnt from the source of a probe
 
+#: seconds of RTT within which an IPv6 pair and an IPv4 pair tie (IPv6
+#: wins the tie, as happy eyeballs prefers it)
+V6_TIE = 0.002
+
 #: how far a pair got, to show the most advanced one per address in :attr:`Puncher.paths`
 _PROGRESS = {PairState.FAILED: 0, PairState.WAITING: 1, PairState.IN_PROGRESS: 2,
              PairState.SUCCEEDED_ONE_WAY: 3, PairState.VERIFIED: 4}
@@ -142,6 +146,16 @@ class Puncher:
         if pair is None:
             pair = self.pairs[local, address] = CandidatePair(local, Candidate(address, kind))
         return pair
+
+    def drop_candidate(self, address, local: Optional[LocalSocket] = None) -> bool:
+        """Forget the pair to ``address`` from ``local`` (default: the
+        constructor's socket) unless it verified; True if one went."""
+        key = (local or self.default_socket, Address(*address))
+        pair = self.pairs.get(key)
+        if pair is None or pair.verified:
+            return False
+        del self.pairs[key]
+        return True
 
     def last_heard(self, addr: Address, local: Optional[LocalSocket] = None) -> float:
         """When the peer was last heard on the path to ``addr`` (-1 if never)."""
@@ -378,7 +392,7 @@ class Puncher:
         verified = [p for p in self.pairs.values() if p.verified]
         if not verified:
             return None
-        return min(verified, key=lambda p: (p.rank, p.rtt if p.rtt is not None else 1e9))
+        return min(verified, key=preference)
 
     def _consider(self) -> None:
         """A verified host pair, or the best verified pair when no host pair
@@ -387,7 +401,22 @@ class Puncher:
         if best is None:
             return
         host_pending = any(p.kind is CandidateKind.HOST and p.pending for p in self.pairs.values())
-        if best.kind is CandidateKind.HOST or not host_pending:
+        # happy eyeballs: an IPv4 path waits the grace for a pending IPv6 one
+        v6_pending = not is_v6(best) and any(is_v6(p) and p.pending and not p.relayed for p in self.pairs.values())
+        if best.kind is CandidateKind.HOST or not (host_pending or v6_pending):
             self._lifecycle.fire(PhaseEvent.SELECT)
         else:
             self._lifecycle.fire(PhaseEvent.NOMINATE)
+
+
+def is_v6(pair: CandidatePair) -> bool:
+    """Does the pair run over IPv6?"""
+    return ":" in pair.address.host
+
+
+def preference(pair: CandidatePair) -> Tuple[int, float]:
+    """Sort key among verified pairs, best first: host before the rest,
+    relayed last (:attr:`CandidatePair.rank`), then the lower RTT, an IPv6
+    pair counting :data:`V6_TIE` less (IPv6 wins a tie)."""
+    rtt = pair.rtt if pair.rtt is not None else 1e9
+    return pair.rank, rtt - V6_TIE if is_v6(pair) else rtt
