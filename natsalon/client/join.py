@@ -12,6 +12,7 @@ from twisted.internet import defer
 from natsalon import wire
 from natsalon.wire import Answer
 from natsalon.client.demux import JOIN_POLICY, ClientSocket
+from natsalon.client.strategy.timing import SalonRtt, first_try
 from natsalon.client.errors import ConnectFailed, IntroductionRefused, ModeMismatch, SalonUnreachable
 from natsalon.crypto.secret import RoomKeys
 from natsalon.stun import Address
@@ -27,6 +28,7 @@ class Introduction(NamedTuple):
     #: (username, password) for the salon's TURN relay, when it runs one
     turn: Optional[Tuple[str, str]] = None
     cookie: Optional[bytes] = None  #: the cookie our JOIN passed with (a later JOIN of this member reuses it)
+    salon_rtt: Optional[float] = None  #: our round trip to the salon in our latest JOIN (the peer was told it)
 
 
 class Joiner:
@@ -50,7 +52,8 @@ class Joiner:
     def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
                  candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY,
                  on_waiting: Callable[[], None] = lambda: None, leave_hash: Optional[bytes] = None,
-                 plain: bool = False, nat: Optional[wire.NatSummary] = None) -> None:
+                 plain: bool = False, nat: Optional[wire.NatSummary] = None,
+                 rtt: Optional[SalonRtt] = None) -> None:
         self.clock = clock
         self.sock = sock
         self.server = server
@@ -70,6 +73,10 @@ class Joiner:
         #: so the one the peer will see) waits for: :attr:`nat` is being measured
         self.hold: Optional[defer.Deferred] = None
         self.impostors = 0  #: introduced members whose JOIN did not verify
+        #: our round trip to the salon: sampled from first tries, sent in our JOINs (None: neither)
+        self.rtt = rtt
+        self.sent_rtt: Optional[float] = None  #: the value our latest JOIN carried
+        self._sent_at = 0.0
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
         self._req: Optional[defer.Deferred] = None
@@ -106,8 +113,11 @@ class Joiner:
         self._poll_call = None
         if self._d is None:
             return
+        self.sent_rtt = self.rtt.value if self.rtt is not None else None
         msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie,
-                                   leave_hash=self.leave_hash, flags=self.flags, nat=self.nat)
+                                   leave_hash=self.leave_hash, flags=self.flags, nat=self.nat,
+                                   salon_rtt=self.sent_rtt)
+        self._sent_at = self.clock.seconds()
         req = self._req = self.sock.stun.request(msg, self.server, policy=self.policy, sha256_key=self.keys.k_join)
         req.addCallbacks(self._answer, self._no_answer)
 
@@ -123,6 +133,8 @@ class Joiner:
         self._req = None
         if self._d is None:
             return
+        if self.rtt is not None and first_try(self.clock.seconds() - self._sent_at, response.rtt, self.policy.rto):
+            self.rtt.sample(response.rtt)
         try:
             ans = wire.parse_join_answer(response.message)
         except wire.WireError as e:
@@ -185,7 +197,7 @@ class Joiner:
             self._finish(ModeMismatch(peer_plain=bool(peer.flags & wire.JOIN_FLAG_PLAIN)))
             return
         self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce,
-                                  self.nat or wire.UNKNOWN_NAT, ans.turn, self.cookie))
+                                  self.nat or wire.UNKNOWN_NAT, ans.turn, self.cookie, self.sent_rtt))
 
     def _genuine(self, peers) -> Optional[Tuple[wire.PeerJoin, Address]]:
         """The first introduced member whose JOIN verifies and is not ours."""

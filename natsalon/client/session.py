@@ -69,7 +69,8 @@ from natsalon.client.punch import RELAY, Path, Puncher
 from natsalon.client.options import TurnServer
 from natsalon.client.relay import Relay, RelayRace
 from natsalon.client.upgrade import Upgrade
-from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
+from natsalon.client.strategy import HardNat, Role, Runner, SalonRtt, Strategy, coordinated_wait, decide
+from natsalon.client.strategy.runner import start_punching
 from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
 from natsalon.stun import Address
@@ -195,6 +196,8 @@ class Core:
     #: IP, port, credentials); None: the salon's, with the credentials its
     #: introduction carries
     turn: Optional[TurnServer] = None
+    #: our smoothed round trip to the salon (first tries of our JOINs), sent in them
+    salon_rtt: SalonRtt = field(default_factory=SalonRtt)
     log: Logger = field(default_factory=Logger)
 
     def leave_salon(self) -> None:
@@ -243,7 +246,8 @@ class Attempt:
         core.member = (self.nonce, self.token)
         self.joiner = Joiner(core.clock, core.socket, core.server, core.keys, self.nonce, core.candidates,
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
-                             leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt)
+                             leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt,
+                             rtt=core.salon_rtt if core.hardnat is not None else None)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.knowing: Optional[defer.Deferred] = None
         if core.hardnat is not None:
@@ -299,18 +303,20 @@ class Punch:
             self.runner = Runner(core.clock, self.puncher, self.plan, intro.peer_address, intro.peer.candidates,
                                  intro.peer.nat, kit.pool, kit.settings, my_nat=intro.nat)
             self.runner.prepare()
+        self.wait = coordinated_wait(self.plan, intro, kit)
         if self.plan.strategy is not Strategy.PLAIN:
             event = {"event": "strategy", "strategy": self.plan.strategy.value, "role": self.plan.role.value,
                      "nat": self.plan.mine.value, "peer_nat": self.plan.peer.value}
             if self.plan.reason:
                 event["reason"] = self.plan.reason
+            if self.wait:
+                event["wait_ms"] = round(self.wait * 1000, 1)
             core.log.info("punching strategy {strategy} ({role})", strategy=event["strategy"], role=event["role"])
             core.emit(event)
         core.socket.on_punch = self.puncher.datagram
         self.puncher.on_peer_left = lambda: _peer_said_goodbye(machine, core)
-        self.deferred = self.puncher.start()
-        if self.runner is not None:
-            self.runner.start()
+        self.deferred = start_punching(core.clock, self.puncher, self.wait,
+                                       self.runner.start if self.runner is not None else lambda: None)
         self.race: Optional[RelayRace] = None
         if relaying:
             self.race = RelayRace(core, self.puncher, intro, self.started)

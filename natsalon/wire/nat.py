@@ -14,7 +14,14 @@ Eight bytes::
 
 mapping / filtering: 0 unknown, 1 endpoint-independent, 2 address-dependent,
 3 address-and-port-dependent.  allocation: 0 unknown, 1 preserving,
-2 sequential, 3 random.  No sockets, no clock.
+2 sequential, 3 random.
+
+NS-SALON-RTT (0xC0AD, comprehension-optional, also covered by the JOIN's
+integrity): the member's smoothed round trip to the salon, four bytes, in
+microseconds (0 or absent: unknown; a longer value is read by its first
+four bytes).  The peer uses it to time the first shot of a predicted or
+birthday strategy (:mod:`natsalon.client.strategy.timing`).  No sockets,
+no clock.
 """
 
 from __future__ import annotations
@@ -87,3 +94,23 @@ def unpack_nat(raw: Optional[bytes]) -> NatSummary:
         raise WireError("NS-NAT with an unknown code")
     return NatSummary(bool(flags & _KNOWN), BEHAVIOURS[mapping], BEHAVIOURS[filtering], ALLOCATIONS[allocation],
                       step or None, port or None)
+
+
+#: the STUN attribute type of the member's round trip to the salon
+NS_SALON_RTT = 0xC0AD
+_RTT = struct.Struct("!I")
+
+
+def pack_rtt(seconds: float) -> bytes:
+    """An NS-SALON-RTT value (microseconds, capped at 2**32 - 1)."""
+    return _RTT.pack(min(0xFFFFFFFF, max(0, int(round(seconds * 1e6)))))
+
+
+def unpack_rtt(raw: Optional[bytes]) -> Optional[float]:
+    """Seconds in an NS-SALON-RTT value; None when absent or 0."""
+    if raw is None:
+        return None
+    if len(raw) < _RTT.size:
+        raise WireError("NS-SALON-RTT of %d bytes (want %d)" % (len(raw), _RTT.size))
+    micros, = _RTT.unpack_from(raw)
+    return micros / 1e6 if micros else None

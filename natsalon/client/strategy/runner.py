@@ -33,9 +33,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from natsalon.client.punch import CandidateKind, LocalSocket, Path, Puncher
+from natsalon.client.punch.phases import Phase
 from natsalon.client.strategy.table import Plan, Role, Strategy, predicted_ports
 from natsalon.stun import Address
 from natsalon.wire.nat import APD, NatSummary
@@ -61,6 +63,10 @@ class StrategySettings:
     none_after: float = 1.5  #: strategy none: seconds of plain punching (a LAN path?) before giving up
     max_pending: int = 8192  #: the puncher's probes awaiting an answer while sweeping
     max_peer_reflexive: int = 32  #: the puncher's learnt candidates while spraying
+    #: predicted and birthday: fire at the moment both introductions have
+    #: arrived (:mod:`.timing`); False: at once, as plain punching
+    coordinate: bool = True
+    max_wait: float = 0.5  #: seconds at most of that wait
 
 
 def sequential_ports(base_ports: Tuple[int, ...], windows: Tuple[int, ...]) -> Iterator[int]:
@@ -169,6 +175,40 @@ class Spray(_Paced):
 def _punching(puncher: Puncher) -> bool:
     """Still worth probing: punching and nothing verified yet."""
     return puncher.selected is None and puncher.phase.value in ("idle", "punching") and puncher.best() is None
+
+
+def start_punching(clock, puncher: Puncher, wait: float, then: Callable[[], None]) -> defer.Deferred:
+    """Start ``puncher`` and call ``then`` (the runner's start) after
+    ``wait`` seconds, at once when it is 0; a Deferred like
+    :meth:`Puncher.start`'s.  Meanwhile the puncher is IDLE: it answers the
+    peer's probes and learns, chooses nothing.  Cancelling the Deferred, or
+    stopping the puncher, cancels the wait."""
+    if wait <= 0:
+        started = puncher.start()
+        then()
+        return started
+
+    def cancel(_) -> None:
+        if call.active():
+            call.cancel()
+        puncher.stop()
+
+    def go() -> None:
+        if puncher.phase is Phase.IDLE:
+            started = puncher.start()
+            then()
+            started.chainDeferred(result)
+
+    def stopped() -> None:
+        if call.active():
+            call.cancel()
+            if not result.called:
+                result.errback(defer.CancelledError())
+
+    result = defer.Deferred(cancel)
+    call = clock.callLater(wait, go)
+    puncher.on_stop.append(stopped)
+    return result
 
 
 class Runner:
