@@ -43,6 +43,10 @@ NS_TURN = 0xC0AB
 #: JOIN: the member's relayed address (a TURN allocation), packed like
 #: NS-CANDIDATES (one address); covered by the JOIN's integrity like the rest
 NS_RELAY = 0xC0AC
+#: JOIN flag (NS-STATUS): this JOIN updates what the member told its room
+#: (its NAT summary, measured after it registered): the salon pushes it to
+#: the room's other members at once, as it does a newcomer's JOIN
+JOIN_FLAG_UPDATE = 0x2
 
 
 def pack_turn(credentials: Tuple[str, str]) -> bytes:

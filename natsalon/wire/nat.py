@@ -9,9 +9,12 @@ ignores it, and a JOIN without it means "unknown".
 
 Eight bytes::
 
-    version (1)   flags (1: bit 0 known)   mapping (1)   filtering (1)
+    version (1)   flags (1: bit 0 known, bit 1 pending)   mapping (1)   filtering (1)
     allocation (1)   step (1, 0 = unknown, capped at 255)   last mapped port (2)
 
+pending: the member's join-time probe still runs and it will publish its
+summary in an updated JOIN (its first JOIN does not wait for the probe);
+without it an unknown NAT is final (no probe, or the probe failed).
 mapping / filtering: 0 unknown, 1 endpoint-independent, 2 address-dependent,
 3 address-and-port-dependent.  allocation: 0 unknown, 1 preserving,
 2 sequential, 3 random.
@@ -37,6 +40,7 @@ VERSION = 1
 SIZE = 8
 _FORMAT = struct.Struct("!BBBBBBH")
 _KNOWN = 0x1
+_PENDING = 0x2
 
 #: behaviour names, as :mod:`natsalon.client.probe.classify` spells them
 UNKNOWN = "unknown"
@@ -58,6 +62,7 @@ class NatSummary(NamedTuple):
     allocation: str = UNKNOWN
     step: Optional[int] = None  #: port step of sequential allocation
     last_port: Optional[int] = None  #: the highest mapped port the probe saw
+    pending: bool = False  #: not known yet: the member publishes it in an updated JOIN
 
     def to_json(self) -> dict:
         return {"known": self.known, "mapping": self.mapping, "filtering": self.filtering,
@@ -65,6 +70,8 @@ class NatSummary(NamedTuple):
 
 
 UNKNOWN_NAT = NatSummary()
+#: what a member's JOIN says while its join-time probe runs
+PENDING_NAT = NatSummary(pending=True)
 
 
 def pack_nat(summary: NatSummary) -> bytes:
@@ -76,7 +83,8 @@ def pack_nat(summary: NatSummary) -> bytes:
     port = summary.last_port or 0
     if not 0 <= port <= 0xFFFF:
         raise WireError("NS-NAT: port %d out of range" % port)
-    return _FORMAT.pack(VERSION, _KNOWN if summary.known else 0, BEHAVIOURS.index(summary.mapping),
+    flags = (_KNOWN if summary.known else 0) | (_PENDING if summary.pending and not summary.known else 0)
+    return _FORMAT.pack(VERSION, flags, BEHAVIOURS.index(summary.mapping),
                         BEHAVIOURS.index(summary.filtering), ALLOCATIONS.index(summary.allocation), step, port)
 
 
@@ -93,7 +101,7 @@ def unpack_nat(raw: Optional[bytes]) -> NatSummary:
     if mapping >= len(BEHAVIOURS) or filtering >= len(BEHAVIOURS) or allocation >= len(ALLOCATIONS):
         raise WireError("NS-NAT with an unknown code")
     return NatSummary(bool(flags & _KNOWN), BEHAVIOURS[mapping], BEHAVIOURS[filtering], ALLOCATIONS[allocation],
-                      step or None, port or None)
+                      step or None, port or None, bool(flags & _PENDING) and not flags & _KNOWN)
 
 
 #: the STUN attribute type of the member's round trip to the salon

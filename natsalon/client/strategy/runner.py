@@ -67,6 +67,9 @@ class StrategySettings:
     #: arrived (:mod:`.timing`); False: at once, as plain punching
     coordinate: bool = True
     max_wait: float = 0.5  #: seconds at most of that wait
+    #: seconds after the introduction a pending NAT summary is waited for
+    #: (:mod:`.exchange`); then it counts as unknown
+    summary_wait: float = 2.0
 
 
 def sequential_ports(base_ports: Tuple[int, ...], windows: Tuple[int, ...]) -> Iterator[int]:
@@ -177,38 +180,70 @@ def _punching(puncher: Puncher) -> bool:
     return puncher.selected is None and puncher.phase.value in ("idle", "punching") and puncher.best() is None
 
 
+class Kickoff:
+    """Starts ``puncher`` when :meth:`at` says: ``before()`` runs just
+    before :meth:`Puncher.start` (candidates of a plan decided late),
+    ``after()`` just after (the runner's start).  :attr:`deferred` fires
+    like :meth:`Puncher.start`'s.  Until then the puncher is IDLE: it
+    answers the peer's probes and learns, chooses nothing.  Cancelling
+    :attr:`deferred`, or stopping the puncher, cancels the wait."""
+
+    def __init__(self, clock, puncher: Puncher) -> None:
+        self.clock = clock
+        self.puncher = puncher
+        self.before: Callable[[], None] = lambda: None
+        self.after: Callable[[], None] = lambda: None
+        self.fired = False
+        self._call = None
+        self.deferred = defer.Deferred(self._cancel)
+        puncher.on_stop.append(self._stopped)
+
+    def at(self, wait: Optional[float]) -> None:
+        """Start in ``wait`` seconds (at once if 0; not yet if None), instead
+        of any time said before; nothing once started."""
+        if self.fired:
+            return
+        self._drop()
+        if wait is None:
+            return
+        if wait <= 0:
+            self._go()
+        else:
+            self._call = self.clock.callLater(wait, self._go)
+
+    def _go(self) -> None:
+        self._call = None
+        if self.fired or self.puncher.phase is not Phase.IDLE:
+            return
+        self.fired = True
+        self.before()
+        started = self.puncher.start()
+        self.after()
+        started.chainDeferred(self.deferred)
+
+    def _drop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _cancel(self, _) -> None:
+        self._drop()
+        self.puncher.stop()
+
+    def _stopped(self) -> None:
+        self._drop()
+        if not self.fired and not self.deferred.called:
+            self.fired = True
+            self.deferred.errback(defer.CancelledError())
+
+
 def start_punching(clock, puncher: Puncher, wait: float, then: Callable[[], None]) -> defer.Deferred:
-    """Start ``puncher`` and call ``then`` (the runner's start) after
-    ``wait`` seconds, at once when it is 0; a Deferred like
-    :meth:`Puncher.start`'s.  Meanwhile the puncher is IDLE: it answers the
-    peer's probes and learns, chooses nothing.  Cancelling the Deferred, or
-    stopping the puncher, cancels the wait."""
-    if wait <= 0:
-        started = puncher.start()
-        then()
-        return started
-
-    def cancel(_) -> None:
-        if call.active():
-            call.cancel()
-        puncher.stop()
-
-    def go() -> None:
-        if puncher.phase is Phase.IDLE:
-            started = puncher.start()
-            then()
-            started.chainDeferred(result)
-
-    def stopped() -> None:
-        if call.active():
-            call.cancel()
-            if not result.called:
-                result.errback(defer.CancelledError())
-
-    result = defer.Deferred(cancel)
-    call = clock.callLater(wait, go)
-    puncher.on_stop.append(stopped)
-    return result
+    """Start ``puncher`` and call ``then`` after ``wait`` seconds (at once if
+    0): a :class:`Kickoff`'s Deferred."""
+    kickoff = Kickoff(clock, puncher)
+    kickoff.after = then
+    kickoff.at(wait)
+    return kickoff.deferred
 
 
 class Runner:

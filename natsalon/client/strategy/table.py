@@ -149,6 +149,44 @@ def decide(mine: NatSummary, peer: NatSummary) -> Plan:
     return Plan(strategy, role, a, b)
 
 
+class Pending(str, enum.Enum):
+    """What a side does while one summary of the pair is not known yet."""
+
+    DECIDED = "decided"  #: both known (or the plan cannot depend on the missing one): punch by the plan
+    PLAIN = "plain"  #: punch plainly meanwhile, add the strategy's work once both are known
+    HOLD = "hold"  #: send nothing until both are known (or a deadline): the plan may need our first flows
+
+
+def early(mine: NatSummary, peer: NatSummary) -> Tuple[Optional[Plan], Pending]:
+    """While the pair's summaries come in (a member's first JOIN says
+    ``pending`` and it publishes its summary, once, in an updated JOIN after
+    its join-time probe; both sides end up with the same pair): the plan if
+    it is already certain, and what to do meanwhile.
+
+    - neither pending: :func:`decide` (an unknown NAT that is not pending
+      is final: an old peer, a failed probe).
+    - one pending, and every class it may turn out to be gives the same
+      strategy against the other (an easy side): that plan at once.
+    - the other side is ``seq`` or ``random``: HOLD.  Its strategy may be
+      seq-against-seq (exact prediction: each side's first new flows must
+      be the predicted ones, none spent on plain probes) or none (no
+      direct path: said quickly, the relay at once).
+    - otherwise (a ``filtering`` or unknown side, or both pending): PLAIN
+      meanwhile; predicted and birthday tolerate plain probes sent before
+      them.
+    """
+    if not mine.pending and not peer.pending:
+        return decide(mine, peer), Pending.DECIDED
+    if mine.pending and peer.pending:
+        return None, Pending.PLAIN
+    known = classify(peer if mine.pending else mine)
+    if len({TABLE[known, c] for c in NatClass}) == 1:
+        return decide(mine, peer), Pending.DECIDED
+    if known in (NatClass.SEQ, NatClass.RANDOM):
+        return None, Pending.HOLD
+    return None, Pending.PLAIN
+
+
 def predicted_ports(peer: NatSummary, public_port: int, count: int, start: int = 1) -> Tuple[int, ...]:
     """The peer's next ``count`` ports from the ``start``-th on: after the
     highest it was seen to use (its summary's last mapped port, or its

@@ -17,7 +17,9 @@ with one when the room registry answers later.  For a JOIN it
    seen first, or 409 / 429 / 503;
 4. when a member is new to a room with others, pushes each of them a JOIN
    indication listing the newcomer first, so nobody waits for its next
-   poll.
+   poll; likewise for a member's JOIN flagged ``JOIN_FLAG_UPDATE`` (its NAT
+   summary, sent once after its join-time probe: both sides then learn the
+   complete pair at one instant).
 
 The salon never sees the secret: it cannot check the JOIN's
 MESSAGE-INTEGRITY-SHA256, so it lists every member and the clients keep
@@ -214,7 +216,9 @@ class Introducer:
         to = (source.host, source.port)
         if outcome not in (Outcome.WAITING, Outcome.INTRODUCED):
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
-        if result.newcomer and result.others:
+        if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
+            # a newcomer, or a member's updated JOIN (its NAT summary, measured
+            # after it registered): the others are told at once
             self._announce(req.room_id, member, result.others)
         turn = self._turn(req.room_id)
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
