@@ -237,11 +237,13 @@ class Report:
 
 
 def test_knowledge_early_summary_then_cache():
+    """Behind a sequential NAT every join probes (its last port must be
+    fresh); the kept result fills in the filtering an early summary lacks."""
     clock, probe = Clock(), FakeProbe()
     k = NatKnowledge(clock, probe, hold=1.0, ttl=60)
     got = []
     k.summary().addCallback(got.append)
-    early = NatSummary(True, EI, UNKNOWN, "preserving", None, 40000)
+    early = NatSummary(True, APD, UNKNOWN, SEQUENTIAL, 1, 20005)
     probe.calls[0][0](early)
     assert got == [early]  # at once, no hold
     clock.advance(0.8)
@@ -253,6 +255,22 @@ def test_knowledge_early_summary_then_cache():
     k.summary().addCallback(got.append)
     probe.calls[2][0](early)
     assert got[2].filtering == UNKNOWN  # too old
+
+
+def test_knowledge_reuses_a_recent_result():
+    """Any other NAT: a recent complete result is reused, no probe."""
+    clock, probe = Clock(), FakeProbe()
+    k = NatKnowledge(clock, probe, hold=1.0, ttl=60)
+    got = []
+    k.summary().addCallback(got.append)
+    probe.calls[0][0](EIM_NAT)
+    probe.calls[0][1].callback(Report(EIM_NAT))
+    clock.advance(59)
+    k.summary().addCallback(got.append)
+    assert got == [EIM_NAT, EIM_NAT] and len(probe.calls) == 1 and k.reused == 1
+    clock.advance(2)
+    k.summary().addCallback(got.append)
+    assert len(probe.calls) == 2  # too old: probed again
 
 
 def test_knowledge_holds_at_most_hold():

@@ -29,6 +29,7 @@ from natsalon.client.connection import Connection
 from natsalon.client.demux import ClientSocket, SocketPool
 from natsalon.client.probe import ProbeConfig
 from natsalon.client.probe.measure import probe
+from natsalon.client.probecache import DEFAULT_TTL, ProbeCache, cache_key
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
 from natsalon.client.options import parse_turn
@@ -79,7 +80,7 @@ def resolve_server(reactor, server):
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-                strategy: StrategySettings = StrategySettings(), turn=None):
+                strategy: StrategySettings = StrategySettings(), turn=None, probe_cache: Optional[str] = None):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
@@ -88,7 +89,10 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     ``strategy``); False: plain punching only, as an old client.
     ``turn``: another TURN server than the salon's for the relay fallback,
     a :class:`~natsalon.client.options.TurnServer` or its
-    ``turn:USER:PASS@HOST[:PORT]`` URI."""
+    ``turn:USER:PASS@HOST[:PORT]`` URI.  ``probe_cache``: a file that keeps
+    the join-time probe's result for the next process
+    (:mod:`natsalon.client.probecache`; its ``default_path()`` is the usual
+    place); None: none."""
     server_addr = yield resolve_server(reactor, server)
     if isinstance(turn, str):
         turn = parse_turn(turn)
@@ -108,7 +112,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
                 check_salon=lambda: check_salon(reactor, server_addr, interface),
-                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy) if hard_nat else None,
+                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy, probe_cache)
+                if hard_nat else None,
                 turn=turn)
     machine = ClientMachine(core)
 
@@ -120,7 +125,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     return Client(machine, conn, core)
 
 
-def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings) -> HardNat:
+def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings,
+              cache_path: Optional[str] = None) -> HardNat:
     """The join-time probe against the salon and the extra-socket pools,
     on the client socket's interface."""
     bind = interface or "0.0.0.0"
@@ -132,14 +138,18 @@ def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, str
         return probe(reactor, server_addr, ProbeConfig(), local_ips=list(ips) + ([interface] if interface else []),
                      listen=listen, on_early=on_early)
 
-    return HardNat(NatKnowledge(reactor, run_probe), lambda: SocketPool(sock, listen), strategy)
+    knowledge = NatKnowledge(reactor, run_probe)
+    if cache_path:  # kept for the next process too, as long
+        key = cache_key(tuple(server_addr), list(ips) + ([interface] if interface else []))
+        knowledge = NatKnowledge(reactor, run_probe, ttl=DEFAULT_TTL, cache=ProbeCache(cache_path), key=key)
+    return HardNat(knowledge, lambda: SocketPool(sock, listen), strategy)
 
 
 @defer.inlineCallbacks
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-            turn=None):
+            turn=None, probe_cache: Optional[str] = None):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
     a (host, port) tuple) with the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
@@ -155,7 +165,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
                                encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
-                               turn=turn)
+                               turn=turn, probe_cache=probe_cache)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)
