@@ -164,7 +164,7 @@ def run_natsalon(pairs, hosts, rep: int, head_start: float):
              "plan": (plans[0] or plans[1] or {}).get("strategy", "plain"),
              "wait_ms": max((p.get("wait_ms", 0.0) for p in plans if p), default=0.0)}
         if all(conns):
-            r.update(ok=True, ms=max(c["punch_ms"] for c in conns),
+            r.update(ok=True, ms=max(c["punch_ms"] for c in conns), b_ms=conns[1].get("elapsed_ms"),
                      probes=sum(p["probes"] for p in punched if p) if any(punched) else 0,
                      sockets=max((p["sockets"] for p in punched if p), default=1))
         elif all(fails) and all(intros):
@@ -325,17 +325,20 @@ def asym_section(results, args, took) -> str:
             cpu_model() or platform.machine(), args.reps, args.delay_a, args.delay_b,
             " / ".join("%.2f" % x for x in os.getloadavg()), took),
         "",
-        "| pair | strategy | ok | intro → verified ms, median | p90 | extra probes, median | wait ms (A), median |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | strategy | ok | intro → verified ms, median | p90 | B's connect() → verified ms, median |"
+        " extra probes, median | wait ms (A), median |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, strategy, *_ in selected(args):
         runs = results[label]
         ok = [r for r in runs if r["ok"] and r["strategy"] == strategy]
         waits = [r.get("wait_ms", 0.0) for r in runs]
-        lines.append("| %s | %s | %d/%d | %s | %s | %s | %s |" % (
+        b_ms = [r["b_ms"] for r in ok if r.get("b_ms") is not None]
+        lines.append("| %s | %s | %d/%d | %s | %s | %s | %s | %s |" % (
             label, strategy, len(ok), len(runs),
             fmt(statistics.median([r["ms"] for r in ok]) if ok else None, ".1f"),
             fmt(pct([r["ms"] for r in ok], 0.9), ".1f"),
+            fmt(statistics.median(b_ms) if b_ms else None, ".1f"),
             fmt(statistics.median([r["probes"] for r in ok]) if ok else None),
             fmt(statistics.median(waits) if waits else None, ".1f")))
     odd = ["- %s run %d: %s" % (label, i + 1, r.get("why") or "strategy %s" % r["strategy"])
