@@ -54,6 +54,7 @@ def test_both_sides_fire_at_the_same_instant():
 def test_first_try_only():
     assert first_try(0.051, 0.050, 0.25)  # one send: elapsed and rtt agree
     assert not first_try(0.30, 0.05, 0.25)  # answered after the retransmission at 0.25 s
+    assert first_try(0.35, 0.20, 0.25)  # the first send went out 150 ms late (a busy reactor)
     assert first_try(0.9, 0.9, 0.25)  # a long round trip is still a first try
 
 

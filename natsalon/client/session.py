@@ -332,7 +332,9 @@ class Punch:
         """Both summaries known (after the introduction): the plan, timed
         from the salon moment that completed the pair if there was one."""
         plan = decide(mine, peer)
-        wait = coordinated_wait(plan, self.intro._replace(nat=mine), self.core.hardnat) if together else 0.0
+        ex, intro = self.exchange, self.intro
+        timed = intro._replace(salon_rtt=ex.my_rtt, peer=intro.peer._replace(salon_rtt=ex.peer_rtt))
+        wait = coordinated_wait(plan, timed, self.core.hardnat) if together else 0.0
         self.core.log.debug("NAT summaries complete: {strategy}", strategy=plan.strategy.value)
         if not self.kickoff.fired:
             self._adopt(plan, mine, peer, wait)

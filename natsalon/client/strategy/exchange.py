@@ -84,6 +84,11 @@ class SummaryExchange:
         self.cookie = intro.cookie
         self.done = False
         self.told: Optional[NatSummary] = None  #: our summary, once sent in an update
+        #: the round trips to the salon the pair is timed with: ours as our
+        #: JOINs carry it (measured now if the introduction's JOIN had none),
+        #: the peer's as its latest JOIN does
+        self.my_rtt: Optional[float] = intro.salon_rtt
+        self.peer_rtt: Optional[float] = intro.peer.salon_rtt
         self.joins = 0  #: JOINs sent (updates and polls)
         self._calls: list = []
         self._req: Optional[defer.Deferred] = None
@@ -128,9 +133,10 @@ class SummaryExchange:
             return
         nonce, token = core.member
         flags |= 0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN
+        if self.my_rtt is None:
+            self.my_rtt = core.salon_rtt.value
         msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self.cookie,
-                                   leave_hash=wire.leave_hash(token), flags=flags, nat=nat,
-                                   salon_rtt=self.intro.salon_rtt)
+                                   leave_hash=wire.leave_hash(token), flags=flags, nat=nat, salon_rtt=self.my_rtt)
         self.joins += 1
         req = self._req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
         req.addCallbacks(self._answered, self._failed, callbackArgs=(nat, flags))
@@ -176,6 +182,7 @@ class SummaryExchange:
                 continue
             if peer.nonce == self.intro.peer.nonce and self.peer.pending and not peer.nat.pending:
                 self.peer = peer.nat
+                self.peer_rtt = peer.salon_rtt if peer.salon_rtt is not None else self.peer_rtt
         self._check(together)
 
     def _check(self, together: bool) -> None:

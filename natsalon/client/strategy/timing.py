@@ -31,10 +31,12 @@ from typing import Optional
 
 def first_try(elapsed: float, rtt: float, rto: float) -> bool:
     """Whether an answer came to the request's first send: ``elapsed``
-    since the request was made, ``rtt`` since its latest send; a
-    retransmission (at ``rto`` or later) would make them differ by that
-    much."""
-    return elapsed - rtt < rto / 2
+    since the request was made, ``rtt`` since its latest send.  Every send
+    is scheduled when the request is made, the second ``rto`` after it, so
+    the answer to a retransmission has ``elapsed - rtt >= rto``; anything
+    less is the first send's, even one a busy reactor sent late (a
+    tenth of ``rto`` is left for rounding)."""
+    return elapsed - rtt < rto * 0.9
 
 
 class SalonRtt:
