@@ -336,9 +336,7 @@ class Punch:
         timed = intro._replace(salon_rtt=ex.my_rtt, peer=intro.peer._replace(salon_rtt=ex.peer_rtt))
         wait = coordinated_wait(plan, timed, self.core.hardnat) if together else 0.0
         self.core.log.debug("NAT summaries complete: {strategy}", strategy=plan.strategy.value)
-        if not self.kickoff.fired:
-            self._adopt(plan, mine, peer, wait)
-        elif plan.strategy is not Strategy.PLAIN:
+        if not self.kickoff.fired or plan.strategy is not Strategy.PLAIN:
             self._adopt(plan, mine, peer, wait)
 
     def _adopt(self, plan, mine: wire.NatSummary, peer: wire.NatSummary, wait: float) -> None:
@@ -355,10 +353,12 @@ class Punch:
             self.runner.prepare()
             self.runner.start()
             return
-        if plan.role is not Role.ORDERED and self.pending is Pending.HOLD:
-            for addr in tuple(intro.peer.candidates) + (intro.peer_address,):
-                self.puncher.add_candidate(addr, CandidateKind.SRFLX if addr == intro.peer_address
-                                           else CandidateKind.HOST)
+        if plan.role is not Role.ORDERED and self.pending is Pending.HOLD:  # as the Puncher's own
+            public = Address(*intro.peer_address)
+            for addr in intro.peer.candidates:
+                if Address(*addr) != public:
+                    self.puncher.add_candidate(addr, CandidateKind.HOST)
+            self.puncher.add_candidate(public, CandidateKind.SRFLX)
         self.puncher.timeout = self._timeout(plan)
         if self.runner is not None:
             self.runner.prepare()
