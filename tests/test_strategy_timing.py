@@ -19,7 +19,7 @@ from natsalon.stun import decode
 from natsalon.wire.nat import APD, EI, RANDOM, NatSummary
 
 from test_hardnat_session import Knowledge, NoSockets
-from test_session import A, B, SALON, Net
+from test_session import A, B, Net
 
 K_JOIN = b"k" * 32
 ROOM = b"r" * 16
