@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from natlab import Lab, Nat
+from natlab.flows import start_flows
 from natlab.salon import start_salon
 
 from test_connect_lab import _check, _last, _run_pairs
@@ -37,3 +38,22 @@ def test_predicted_pairs_with_asymmetric_delay(natlab: Lab) -> None:
         # (a loaded machine adds to both round trips; the wait is their difference, so it stays near 70)
         assert 40 <= plan_near.get("wait_ms", 0) <= 100, (label, plan_near)
         assert "wait_ms" not in plan_far, (label, plan_far)
+
+
+@pytest.mark.nat
+def test_busy_sequential_against_sequential(natlab: Lab) -> None:
+    """Two sequential NATs, a second host behind one of them opening 20 new
+    flows per second (ports taken between the probe and the shots): still a
+    predicted path, each way round."""
+    lab = natlab
+    jobs = []
+    for i in range(2):
+        busy = lab.add_site("bq%d" % i, Q, hosts=2)
+        start_flows(busy.hosts[1], rate=20)
+        quiet = lab.add_site("qq%d" % i, Q).hosts[0]
+        pair = (busy.hosts[0], quiet) if i == 0 else (quiet, busy.hosts[0])
+        jobs.append(("busy%d-%s-%s" % (i, Q.name, Q.name),) + pair)
+    start_salon(lab)
+    results, took = _run_pairs(lab, jobs, 25.0)
+    problems = _check(results, [], strategies={(Q, Q): "predicted"})
+    assert not problems, "\n".join(problems)

@@ -17,7 +17,8 @@
   when the filtering side's filter is known to depend on address and port;
   when it is not known (it may let plain punching through), predicted and
   birthday begin as plain punching and the sweep or spray starts after
-  ``head_start`` seconds without a verified pair.  Seq against seq probes the peer's next ports in order
+  ``head_start`` seconds without a verified pair.  Seq against seq probes the peer's next ports
+  (in order on one side, every second one on the other: :func:`.table.ordered_ports`)
   before anything else (:meth:`Runner.prepare`).  Once a path is chosen
   every extra socket but the path's is closed; the rest close when the
   puncher stops.
@@ -38,7 +39,7 @@ from twisted.logger import Logger
 
 from natsalon.client.punch import CandidateKind, LocalSocket, Path, Puncher
 from natsalon.client.punch.phases import Phase
-from natsalon.client.strategy.table import Plan, Role, Strategy, predicted_ports
+from natsalon.client.strategy.table import Plan, Role, Strategy, ordered_ports, predicted_ports
 from natsalon.stun import Address
 from natsalon.wire.nat import APD, NatSummary
 
@@ -55,7 +56,9 @@ class StrategySettings:
     sweep_rate: float = 800.0  #: probes per second of a sweep
     sweep_budget: int = 4096  #: probes of one sweep at most
     windows: Tuple[int, ...] = (16, 32, 64, 128, 256)  #: predicted sweep: the growing windows of next ports
-    ordered_window: int = 8  #: seq vs seq: the peer's next ports probed in order
+    #: seq vs seq: new flows of each side (:func:`.table.ordered_ports`):
+    #: survives drifts dA + 2dB below it
+    ordered_window: int = 32
     spray_sockets: int = 256  #: birthday: extra sockets of the random side
     spray_rate: float = 640.0  #: birthday: probes per second of the spraying side (openings and refreshes)
     spray_refresh: float = 2.0  #: birthday: seconds between probes of one sprayed socket
@@ -286,7 +289,8 @@ class Runner:
         candidates), then its public endpoint and LAN addresses."""
         s, p = self.settings, self.puncher
         if self.plan.role is Role.ORDERED:
-            for port in predicted_ports(self.peer_nat, self.peer_public.port, s.ordered_window):
+            shifted = p.my_nonce > p.peer_nonce  # the same choice on both sides
+            for port in ordered_ports(self.peer_nat, self.peer_public.port, s.ordered_window, shifted):
                 p.add_candidate(Address(self.peer_public.host, port), CandidateKind.PREDICTED)
             for addr in self.peer_lan:
                 if Address(*addr) != self.peer_public:
