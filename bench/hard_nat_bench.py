@@ -282,7 +282,7 @@ def report(results, ice, worst_pps, args, took) -> str:
         " 'no direct path' after, s (max) | aioice ok | aioice ms, median |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, strategy, *_ in PAIRS:
+    for label, strategy, *_ in selected(args):
         runs = results[label]
         ok = [r for r in runs if r["ok"]]
         right = [r for r in ok if r["strategy"] == strategy]
@@ -311,7 +311,7 @@ def report(results, ice, worst_pps, args, took) -> str:
         "Failures and odd runs:",
     ]
     odd = ["- %s run %d: %s" % (label, i + 1, r.get("why") or "strategy %s" % r["strategy"])
-           for label, strategy, *_ in PAIRS for i, r in enumerate(results[label])
+           for label, strategy, *_ in selected(args) for i, r in enumerate(results[label])
            if strategy != "none" and not (r["ok"] and r["strategy"] == strategy)]
     lines += odd or ["- none"]
     return "\n".join(lines) + "\n"

@@ -212,7 +212,7 @@ def test_ordered_prediction_survives_drift(drift_a, drift_b):
     its probe and its first shots (a busy second host): one side probes the
     peer's next ports in order, the other every second one, so some pair of
     their flows meets (see strategy.table.ordered_ports: any drifts with
-    dA + 2dB < 32 whichever side has the lower nonce)."""
+    dA + 2dB < 64 whichever side has the lower nonce)."""
     seq = NatSummary(True, APD, APD, SEQUENTIAL, 1, None)
     net = Net("seq", "seq", seq, seq, drift_a=drift_a, drift_b=drift_b)
     results = net.run()
