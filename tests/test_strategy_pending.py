@@ -85,6 +85,7 @@ def test_an_update_is_pushed_to_the_room_and_a_poll_is_not():
     assert wire.verify_peer_join(ans.peer_raw, keys.k_join, keys.room_id).nat == LAB["symmetric_sequential"]
     push = pushed[-1]
     assert len(pushed) == 2 and push.to == (A.host, A.port)
+    assert intro.stats["introductions_pushed"] == 1 and intro.stats["updates_pushed"] == 1
     msg = decode(push.data)
     told = wire.parse_join_answer(msg)
     assert msg.cls == Class.INDICATION and told.nonce == na

@@ -364,10 +364,9 @@ class Punch:
             self.runner.prepare()
             self.kickoff.after = self.runner.start
         self.kickoff.at(wait)
-        if self.relaying:
-            elapsed = core.clock.seconds() - self.started
+        if self.relaying:  # direct punching gets its relay_after from its start, held or not
             self.race = RelayRace(core, self.puncher, intro, self.started)
-            self.race.start(0.0 if plan.strategy is Strategy.NONE else max(0.0, core.settings.relay_after - elapsed))
+            self.race.start(0.0 if plan.strategy is Strategy.NONE else core.settings.relay_after)
 
     def _announce(self, plan, wait: float) -> None:
         if plan.strategy is Strategy.PLAIN:

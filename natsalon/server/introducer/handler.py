@@ -219,7 +219,7 @@ class Introducer:
         if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
             # a newcomer, or a member's updated JOIN (its NAT summary, measured
             # after it registered): the others are told at once
-            self._announce(req.room_id, member, result.others)
+            self._announce(req.room_id, member, result.others, update=not result.newcomer)
         turn = self._turn(req.room_id)
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
@@ -236,9 +236,10 @@ class Introducer:
             return None
         return self.turn_credentials(room_id, self.clock.seconds())
 
-    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member]) -> None:
+    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member], update: bool = False) -> None:
         """Push each of ``others`` an introduction listing ``newcomer``
-        first, then the rest of the room."""
+        first, then the rest of the room (``update``: a member's updated
+        JOIN, counted as ``updates_pushed``, not as an introduction)."""
         if self.push is None:
             return
         turn = self._turn(room_id)
@@ -250,7 +251,7 @@ class Introducer:
             self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
                 os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
                 indication=True, others=[(m.blob, m.address) for m in rest], turn=turn)))
-            self.stats["introductions_pushed"] += 1
+            self.stats["updates_pushed" if update else "introductions_pushed"] += 1
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         """A LEAVE: the member whose JOIN carried the hash of the revealed
