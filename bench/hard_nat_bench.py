@@ -276,7 +276,7 @@ def report(results, ice, worst_pps, args, took) -> str:
         "",
         "Q = symmetric sequential, S = symmetric random, P = port-restricted cone, W = symmetric UDP firewall,"
         " F = full cone, R = restricted cone; Q* = sequential NAT with a busy second host (20 new flows/s):"
-        " Q*-Q is two sequential NATs, one of them busy (their prediction must be exact).",
+        " Q*-Q is two sequential NATs, one of them busy.",
         "",
         "| pair | strategy | natsalon ok | intro → verified ms, median | p90 | extra probes, median | sockets |"
         " 'no direct path' after, s (max) | aioice ok | aioice ms, median |",
