@@ -40,6 +40,13 @@ TURN server with credentials of the same form and gathers a relayed
 candidate beside its others (its allocation happens while gathering, before
 its clock starts).
 
+The relayed session's lifecycle (``--part lifecycle``, its own section of
+the report): on fresh S-S pairs forwarding through the relay, a flow of
+fixed-size datagrams at each offered rate, then site A's NAT becomes a full
+cone (``Site.set_nat``): the time until both sides report ``upgraded``,
+then the same flows direct.  ``--part matrix`` keeps the lifecycle section
+the report has; ``--part all`` (the default) runs both.
+
 Both times are expressed in path RTTs, the unit being the pair's median
 natsalon ``rtt_ms`` (one reference for both tools).  Results go to
 bench/results/connect.md.  Only lab addresses; every process is ended by the
@@ -410,6 +417,13 @@ def main() -> int:
     ap.add_argument("--output", type=Path, default=RESULTS)
     ap.add_argument("--raw", type=Path, default=RAW, help="where every run's figures are saved")
     ap.add_argument("--from-raw", action="store_true", help="only re-render the report from --raw")
+    ap.add_argument("--part", choices=("all", "matrix", "lifecycle"), default="all",
+                    help="the connect matrix, the relayed session's lifecycle (upgrade, throughput), or both")
+    ap.add_argument("--lifecycle-delays", default="0", help="comma list of one-way delays per site for the "
+                    "lifecycle part, ms")
+    ap.add_argument("--flow-seconds", type=float, default=2.0, help="seconds of each throughput flow")
+    ap.add_argument("--flow-rates", default="3000,8000", help="comma list of datagrams/s offered in the flows")
+    ap.add_argument("--flow-size", type=int, default=1000, help="payload bytes per flow datagram")
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
@@ -420,7 +434,8 @@ def main() -> int:
         results = {(label, d): v for label, d, v in saved["results"]}
         args.reps, args.head_start = saved["reps"], saved["head_start"]
         sys.argv = saved["argv"]
-        write(report(PAIRS, saved["delays"], results, args, saved["notes"]), args.output)
+        write(merge_lifecycle_into(report(PAIRS, saved["delays"], results, args, saved["notes"]), args.output),
+              args.output)
         return 0
 
     from natlab import Lab, unavailable_reason
@@ -433,6 +448,8 @@ def main() -> int:
         return 0
     # a SIGTERM ends the run through SystemExit: the Lab context tears everything down
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
+    if args.part == "lifecycle":
+        return lifecycle_main(args)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     notes = []
     if "aioice" in tools:
@@ -473,8 +490,315 @@ def main() -> int:
     args.raw.write_text(json.dumps({"results": [[label, d, v] for (label, d), v in results.items()],
                                     "delays": delays, "reps": args.reps, "head_start": args.head_start,
                                     "argv": sys.argv, "notes": notes, "load": LOAD_AT_START}))
-    write(report(PAIRS, delays, results, args, notes), args.output)
+    write(merge_lifecycle_into(report(PAIRS, delays, results, args, notes), args.output), args.output)
     log("took %.0f s" % (time.monotonic() - t0))
+    return lifecycle_main(args) if args.part == "all" else 0
+
+
+def merge_lifecycle_into(matrix: str, output: Path) -> str:
+    """The matrix report followed by the lifecycle section ``output`` has now."""
+    text = output.read_text() if output.exists() else ""
+    _, mark, section = text.partition(LIFECYCLE_MARK)
+    return matrix + ("\n" + mark + section if mark else "")
+
+
+# -- the relayed session's lifecycle: upgrade to direct, relay vs direct throughput --
+
+LIFECYCLE_MARK = "<!-- relay lifecycle (bench/connect_bench.py --part lifecycle) -->"
+LIFECYCLE_RAW = BENCH / "build" / "connect_lifecycle_raw.json"
+
+#: a forwarded flow at a steady rate (bursts every 10 ms): argv count, payload
+#: bytes, datagrams/s (to the forward port 7000)
+BLAST = r"""
+import socket, sys, time
+count, size, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+s.bind(("127.0.0.1", 7002))
+body = b"x" * size
+start, n = time.monotonic(), 0
+while n < count:
+    due = min(count, int((time.monotonic() - start) * rate) + 1)
+    while n < due:
+        s.sendto(body, ("127.0.0.1", 7000))
+        n += 1
+    time.sleep(0.01)
+print("sent", count, flush=True)
+"""
+
+#: its receiver (the peer's --deliver 7001): bytes and first/last arrival, as JSON once idle
+SINK = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind(("127.0.0.1", 7001))
+print("ready", flush=True)
+s.settimeout(float(sys.argv[1]))
+n = size = 0
+first = last = None
+try:
+    while True:
+        size += len(s.recv(65536))
+        last = time.monotonic()
+        first = first or last
+        n += 1
+except socket.timeout:
+    pass
+print(json.dumps({"datagrams": n, "bytes": size, "seconds": (last - first) if n > 1 else 0}), flush=True)
+"""
+
+
+def _events_reader(proc, into: list):
+    import threading
+
+    def read():
+        for line in proc.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            ev["_t"] = time.monotonic()
+            into.append(ev)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def _wait_event(events: list, name: str, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in events if e.get("event") == name]
+        if found:
+            return found[-1]
+        time.sleep(0.02)
+    return None
+
+
+def measure_flow(ha, hb, count: int, size: int, rate: float) -> dict:
+    """``count`` datagrams of ``size`` bytes from A's forward port at
+    ``rate`` a second; what B's local receiver got, and at what rate."""
+    sink = hb.spawn([sys.executable, "-c", SINK, "2"], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    rc, _, err = communicate(ha.spawn([sys.executable, "-c", BLAST, str(count), str(size), str(rate)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), 120)
+    got = last_json(communicate(sink, 60)[1]) or {}
+    secs = got.get("seconds") or 0
+    return {"received": got.get("datagrams", 0) / count, "mbit_s": got["bytes"] * 8 / secs / 1e6 if secs else None}
+
+
+def run_lifecycle(lab, rep: int, delay: float, seconds: float, size: int, rates) -> dict:
+    """One S-S pair (fresh sites): relayed; a flow; site a's NAT becomes a
+    full cone; the time to the upgrade on both sides; the same flow direct."""
+    from natlab import Lab, Nat
+    sa = lab.add_site("u%da%d" % (rep, delay), Nat.SYMMETRIC_RANDOM, delay_ms=delay)
+    sb = lab.add_site("u%db%d" % (rep, delay), Nat.SYMMETRIC_RANDOM, delay_ms=delay)
+    ha, hb = sa.hosts[0], sb.hosts[0]
+    procs, events = [], [[], []]
+    for h, evs in zip((ha, hb), events):
+        p = h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "life-%d-%g" % (rep, delay),
+                     "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",
+                     "--deliver", "127.0.0.1:7001"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        _events_reader(p, evs)
+    try:
+        if not all(_wait_event(evs, "forwarding", 30) for evs in events):
+            return {"ok": False, "why": "no forwarding: %s" % events}
+        paths = [_wait_event(evs, "connected", 1)["path"] for evs in events]
+        relay = {str(r): measure_flow(ha, hb, int(r * seconds), size, r) for r in rates}
+        t_swap = time.monotonic()
+        sa.set_nat(Nat.FULL_CONE)
+        ups = [_wait_event(evs, "upgraded", 30) for evs in events]
+        if not all(ups) or paths != ["relay", "relay"]:
+            return {"ok": False, "why": "paths %s, upgraded %s" % (paths, ups)}
+        direct = {str(r): measure_flow(ha, hb, int(r * seconds), size, r) for r in rates}
+        return {"ok": True, "upgrade_ms": max(u["_t"] - t_swap for u in ups) * 1000,
+                "direct_rtt_ms": statistics.mean(u["rtt_ms"] for u in ups),
+                "relay_rtt_ms": statistics.mean(_wait_event(evs, "connected", 1)["rtt_ms"] for evs in events),
+                "probes": max(u["probes"] for u in ups), "relay": relay, "direct": direct}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            communicate(p, 10)
+
+
+#: a steady flow's receiver: the monotonic arrival time of each datagram, as JSON once idle
+ARRIVALS = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 7001))
+print("ready", flush=True)
+s.settimeout(float(sys.argv[1]))
+times = []
+try:
+    while True:
+        s.recv(65536)
+        times.append(time.monotonic())
+except socket.timeout:
+    pass
+print(json.dumps(times), flush=True)
+"""
+
+
+def run_recovery(lab, salon: list, rep: int, delay: float) -> dict:
+    """One S-S pair relaying a steady flow (200/s each way) through the
+    salon; the salon's process restarted (``salon[0]``, replaced): when
+    each side said relay-lost and relay-recovered, and how long the flow
+    stopped, from the kill."""
+    from natlab import Lab, Nat
+    from natlab.salon import start_salon
+    hosts = [lab.add_site("r%d%s%d" % (rep, n, delay), Nat.SYMMETRIC_RANDOM, delay_ms=delay).hosts[0] for n in "ab"]
+    procs, events = [], [[], []]
+    for h, evs in zip(hosts, events):
+        p = h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "lost-%d-%g" % (rep, delay),
+                     "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",
+                     "--deliver", "127.0.0.1:7001"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        _events_reader(p, evs)
+    try:
+        if not all(_wait_event(evs, "forwarding", 30) for evs in events):
+            return {"ok": False, "why": "no forwarding: %s" % events}
+        sinks = [h.spawn([sys.executable, "-c", ARRIVALS, "15"], stdout=subprocess.PIPE, text=True) for h in hosts]
+        for k in sinks:
+            k.stdout.readline()
+        flows = [h.spawn([sys.executable, "-c", BLAST, "4000", "100", "200"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True) for h in hosts]
+        time.sleep(3)
+        t_kill = time.monotonic()
+        os.killpg(salon[0].pid, signal.SIGTERM)
+        salon[0].wait(timeout=10)
+        salon[0] = start_salon(lab, extra_args=TURN_ARGS)
+        t_up = time.monotonic()
+        recovered = [_wait_event(evs, "relay-recovered", 30) for evs in events]
+        for f in flows:
+            communicate(f, 60)
+        arrivals = [json.loads(last_line) for last_line in (communicate(k, 60)[1].strip().splitlines()[-1]
+                                                             for k in sinks)]
+        lost = [_wait_event(evs, "relay-lost", 1) for evs in events]
+        if not all(recovered) or any(e["event"] in ("path-lost", "joined") for evs in events for e in evs[1:]
+                                     if e["_t"] > t_kill):
+            return {"ok": False, "why": "not recovered in the session: %s" % events}
+        gaps = []
+        for times in arrivals:
+            after = [t for t in times if t > t_kill]
+            gaps.append((min(after) - max([t for t in times if t <= t_kill] or [t_kill])) if after else None)
+        return {"ok": True, "down_s": t_up - t_kill, "lost_s": max(e["_t"] for e in lost) - t_kill,
+                "recovered_s": max(e["_t"] for e in recovered) - t_kill,
+                "after_up_s": max(e["_t"] for e in recovered) - t_up, "gap_s": max(gaps) if all(gaps) else None}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            communicate(p, 10)
+
+
+def recovery_rows(recovery: dict) -> list:
+    rows = ["| delay/site | runs ok | salon down, s | kill → relay-lost (both), s | kill → relay-recovered (both), s "
+            "| salon up → recovered, s | flow stopped, s |", "|" + "---|" * 7]
+    for delay, runs in sorted(recovery.items()):
+        ok = [r for r in runs if r["ok"]]
+        rows.append("| %s ms | %d/%d | %s | %s | %s | %s | %s |" % (
+            fmt(delay, "g"), len(ok), len(runs), *(fmt(med([r[k] for r in ok if r[k] is not None]), ".2f")
+                                                   for k in ("down_s", "lost_s", "recovered_s", "after_up_s",
+                                                             "gap_s"))))
+    return rows
+
+
+def lifecycle_report(results: dict, rates, args, recovery: dict) -> str:
+    up = ["| delay/site | runs ok | NAT change → upgraded (both sides), ms | upgrade probes | RTT relay / direct, ms |",
+          "|" + "---|" * 5]
+    flows = ["| delay/site | offered | over relay: Mbit/s (received) | direct: Mbit/s (received) | direct ÷ relay |",
+             "|" + "---|" * 5]
+    for delay, runs in sorted(results.items()):
+        ok = [r for r in runs if r["ok"]]
+        up.append("| %s ms | %d/%d | %s | %s | %s / %s |" % (
+            fmt(delay, "g"), len(ok), len(runs), fmt(med([r["upgrade_ms"] for r in ok]), ".0f"),
+            fmt(med([r["probes"] for r in ok]), ".0f"), fmt(med([r["relay_rtt_ms"] for r in ok]), ".2f"),
+            fmt(med([r["direct_rtt_ms"] for r in ok]), ".2f")))
+        for rate in rates:
+            k = str(rate)
+            cells = []
+            for path in ("relay", "direct"):
+                mbit = med([r[path][k]["mbit_s"] for r in ok if r[path][k]["mbit_s"]])
+                cells.append((mbit, med([100 * r[path][k]["received"] for r in ok])))
+            ratio = cells[1][0] / cells[0][0] if cells[0][0] and cells[1][0] else None
+            flows.append("| %s ms | %g/s = %.0f Mbit/s | %s (%s%%) | %s (%s%%) | %s |" % (
+                fmt(delay, "g"), rate, rate * args.flow_size * 8 / 1e6, fmt(cells[0][0]), fmt(cells[0][1], ".1f"),
+                fmt(cells[1][0]), fmt(cells[1][1], ".1f"), fmt(ratio, ".2f") + ("x" if ratio else "")))
+    failures = ["%g ms: %s" % (d, r["why"]) for d, runs in results.items() for r in runs if not r["ok"]]
+    text = [LIFECYCLE_MARK, "", "## Relayed pairs: upgrade to direct, a forwarded flow over relay against direct, relay lost",
+            "",
+            "- date: %s; load average at its start: %s (other work shares the two cores)" % (
+                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), LOAD_AT_START),
+            "- %d runs per delay, each on a fresh pair of random symmetric sites (S-S: relayed through the salon's "
+            "TURN); flows of %g s, %d-byte datagrams, into A's forward port at each offered rate, one way (A → B), "
+            "first relayed, then (after the upgrade) direct, same hosts" % (args.reps, args.flow_seconds,
+                                                                            args.flow_size),
+            "- command: `%s`" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+            "", *up, "", *flows, "",
+            "Medians. Each run: both `natsalon connect --forward` report `connected` with path relay; the flows "
+            "go through the relay; then site A's router becomes a full cone (`natlab` `Site.set_nat`, one nft "
+            "transaction, live mappings kept) and **NAT change → upgraded** is the time until both sides "
+            "reported `upgraded` with path direct (the upgrade probes once a second, so about half a second "
+            "on average plus the round trips; B finds A's mapping through its allocation, A learns B's new "
+            "source). Then the same flows over the direct path. **Mbit/s**: payload bytes B's receiver got "
+            "over the time between its first and last datagram (the offered rate when nothing is lost); "
+            "**received**: the share of the datagrams sent. Every process here (both forwarders with their "
+            "AEAD, the salon's relay, senders, receivers) is Python sharing the machine's two cores, so the "
+            "rates are this machine's; read the ratio, and whether the relay or the forwarders give out first.",
+            "", "### Relay lost: the salon restarted under a relayed flow", "", *recovery_rows(recovery), "",
+            "Medians. Each run: a fresh S-S pair forwarding a steady flow of 100-byte datagrams, 200/s each way, "
+            "through the salon's relay; then the salon's process is ended (SIGTERM: its allocations, relayed "
+            "sockets and rooms go with it) and started again on the same ports (**salon down**: until it "
+            "answers a Binding request on each socket). Both clients notice (a relayed path is probed every "
+            "second; after 2 s of silence a Refresh of the allocation meets 437 allocation mismatch), allocate "
+            "again, re-join as the same member with the new relayed address and verify a relayed pair through "
+            "it, in the same session (no `path-lost`, no re-join). **flow stopped**: the longest of the two "
+            "directions' gap between the last datagram before the kill and the first after (issue 12 asks for "
+            "traffic again within 10 s)."]
+    failures += ["recovery %g ms: %s" % (d, r["why"]) for d, runs in recovery.items() for r in runs if not r["ok"]]
+    if failures:
+        text += ["", "Failed runs:", ""] + ["- " + f for f in failures]
+    return "\n".join(text) + "\n"
+
+
+def merge_lifecycle(output: Path, section: str | None) -> str:
+    """The report at ``output`` with its lifecycle section replaced by
+    ``section`` (None: the section it has, kept)."""
+    text = output.read_text() if output.exists() else ""
+    head, _, old = text.partition(LIFECYCLE_MARK)
+    keep = section if section is not None else (LIFECYCLE_MARK + old if old else "")
+    return head.rstrip("\n") + ("\n\n" + keep if keep else "\n")
+
+
+def lifecycle_main(args) -> int:
+    from natlab import Lab
+    from natlab.salon import start_salon
+    delays = [float(d) for d in args.lifecycle_delays.split(",") if d.strip()]
+    rates = [float(r) for r in args.flow_rates.split(",") if r.strip()]
+    results = {d: [] for d in delays}
+    recovery = {d: [] for d in delays}
+    with Lab() as lab:
+        salon = [start_salon(lab, extra_args=TURN_ARGS)]
+        for rep in range(args.reps):
+            for delay in delays:
+                r = run_recovery(lab, salon, rep, delay)
+                recovery[delay].append(r)
+                log("recovery rep %d %g ms: %s" % (rep + 1, delay, "recovered %.2f s after the kill, flow stopped %s s"
+                                                   % (r["recovered_s"], fmt(r["gap_s"], ".2f")) if r["ok"]
+                                                   else "FAILED " + r["why"]))
+                r = run_lifecycle(lab, rep, delay, args.flow_seconds, args.flow_size, rates)
+                results[delay].append(r)
+                log("lifecycle rep %d %g ms: %s" % (rep + 1, delay, (
+                    "upgraded %.0f ms, Mbit/s relay %s, direct %s" % (
+                        r["upgrade_ms"], [fmt(f["mbit_s"]) for f in r["relay"].values()],
+                        [fmt(f["mbit_s"]) for f in r["direct"].values()])
+                    if r["ok"] else "FAILED " + r["why"])))
+    LIFECYCLE_RAW.parent.mkdir(parents=True, exist_ok=True)
+    LIFECYCLE_RAW.write_text(json.dumps({"results": [[d, v] for d, v in results.items()],
+                                         "recovery": [[d, v] for d, v in recovery.items()], "argv": sys.argv}))
+    write(merge_lifecycle(args.output, lifecycle_report(results, rates, args, recovery)), args.output)
     return 0
 
 

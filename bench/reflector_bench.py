@@ -10,6 +10,10 @@ Every answer is validated by the generator (type, length, cookie,
 transaction id, attributes, XOR-MAPPED-ADDRESS).  Medians go to a markdown
 table in bench/results/reflector.md.
 
+The ``-v6`` kinds run the same way over IPv6: the server on ``::1``, the
+generator with ``--ipv6`` (it then checks an XOR-MAPPED-ADDRESS of family
+0x02); their ratio is against coturn on ``::1``.
+
 Only loopback addresses are used.  Every process started is ended (process
 groups; SIGTERM, then SIGKILL).  No timing is asserted: the exit status is
 non-zero only when an answer was invalid or a server did not start.
@@ -51,7 +55,7 @@ LOAD_CPU = "1"
 COOKIE = 0x2112A442
 
 OURS_DEFAULT = (
-    "{venv}/bin/twistd -n --pidfile= natsalon --interface 127.0.0.1"
+    "{venv}/bin/twistd -n --pidfile= natsalon --interface {host}"
     " --port {port} --alt-port {alt_port} --rate-limit 0"
 )
 TARGETS = {"ours-cpython": 0.75, "ours-pypy": 1.0}
@@ -61,6 +65,9 @@ METRICS_TARGET = 0.97
 METRICS_SCRAPE = 1.0
 
 _children: list[subprocess.Popen] = []
+#: the machine's 1-minute load average when the run started (reported: a
+#: busy machine makes answers/s unreliable)
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def log(msg: str) -> None:
@@ -121,11 +128,19 @@ def spawn(argv: list[str], logfile: Path, cpu: str, cwd: Path = ROOT) -> subproc
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-def free_udp_ports(n: int) -> list[int]:
-    """n consecutive free UDP ports on 127.0.0.1 (port, port+1, ...)."""
+def loopback(family: int) -> str:
+    return "::1" if family == 6 else "127.0.0.1"
+
+
+def _af(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_udp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n consecutive free UDP ports on ``host`` (port, port+1, ...)."""
     for _ in range(200):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
+        probe = socket.socket(_af(host), socket.SOCK_DGRAM)
+        probe.bind((host, 0))
         base = probe.getsockname()[1]
         probe.close()
         if base + n > 65535:
@@ -133,26 +148,26 @@ def free_udp_ports(n: int) -> list[int]:
         socks = []
         try:
             for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s = socket.socket(_af(host), socket.SOCK_DGRAM)
                 socks.append(s)
-                s.bind(("127.0.0.1", p))
+                s.bind((host, p))
             return list(range(base, base + n))
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError("no free UDP ports on 127.0.0.1")
+    raise RuntimeError(f"no free UDP ports on {host}")
 
 
-def stun_probe(port: int, timeout: float = 0.2) -> bool:
-    """One validated Binding request/answer against 127.0.0.1:port."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def stun_probe(port: int, timeout: float = 0.2, host: str = "127.0.0.1") -> bool:
+    """One validated Binding request/answer against host:port."""
+    s = socket.socket(_af(host), socket.SOCK_DGRAM)
     try:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         s.settimeout(timeout)
         txid = os.urandom(12)
-        s.sendto(struct.pack("!HHI", 1, 0, COOKIE) + txid, ("127.0.0.1", port))
+        s.sendto(struct.pack("!HHI", 1, 0, COOKIE) + txid, (host, port))
         data = s.recv(2048)
     except OSError:
         return False
@@ -167,10 +182,11 @@ def stun_probe(port: int, timeout: float = 0.2) -> bool:
     off = 20
     while off + 4 <= len(data):
         atype, alen = struct.unpack_from("!HH", data, off)
-        if atype == 0x0020 and alen == 8:
+        if atype == 0x0020 and alen in (8, 20):
             xport = struct.unpack_from("!H", data, off + 6)[0] ^ (COOKIE >> 16)
-            xaddr = bytes(a ^ b for a, b in zip(data[off + 8 : off + 12], struct.pack("!I", COOKIE)))
-            return xport == my_port and xaddr == b"\x7f\x00\x00\x01"
+            mask = struct.pack("!I", COOKIE) + txid
+            xaddr = bytes(a ^ b for a, b in zip(data[off + 8 : off + 4 + alen], mask))
+            return xport == my_port and xaddr == socket.inet_pton(_af(host), host)
         off += 4 + ((alen + 3) & ~3)
     return False
 
@@ -179,7 +195,7 @@ class PortTaken(RuntimeError):
     """The server could not bind a port free_udp_ports() had found free."""
 
 
-def wait_ready(proc: subprocess.Popen, port: int, logfile: Path, limit: float) -> None:
+def wait_ready(proc: subprocess.Popen, port: int, logfile: Path, limit: float, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -187,7 +203,7 @@ def wait_ready(proc: subprocess.Popen, port: int, logfile: Path, limit: float) -
             if "Address already in use" in text:
                 raise PortTaken(text)
             raise RuntimeError(f"server exited with {proc.returncode}; log:\n{text}")
-        if stun_probe(port):
+        if stun_probe(port, host=host):
             return
         time.sleep(0.1)
     raise RuntimeError(f"server did not answer within {limit:.0f} s; log:\n{tail(logfile)}")
@@ -260,8 +276,11 @@ def ensure_pypy_venv(venv: Path) -> str | None:
 # servers
 # --------------------------------------------------------------------------
 class ServerKind:
-    def __init__(self, name: str, label: str, runtime: str, argv_fn, start_limit: float, metrics: bool = False):
+    def __init__(self, name: str, label: str, runtime: str, argv_fn, start_limit: float, metrics: bool = False,
+                 family: int = 4):
         self.name = name
+        #: the IP version of the loopback the server and the generator use
+        self.family = family
         self.label = label
         self.runtime = runtime
         self.argv_fn = argv_fn
@@ -270,11 +289,11 @@ class ServerKind:
         self.metrics = metrics
 
 
-def coturn_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
+def coturn_argv(port: int, alt_port: int, tmp: Path, host: str = "127.0.0.1") -> list[str]:
     del alt_port
     return [
         "turnserver", "-n", "--stun-only", "--no-auth", "-m", "1",
-        "--listening-ip", "127.0.0.1", "--listening-port", str(port),
+        "--listening-ip", host, "--listening-port", str(port),
         "--no-cli", "--no-tls", "--no-dtls", "--no-tcp",
         "--log-file", "stdout", "--simple-log",
         "--db", str(tmp / "turndb"), "--pidfile", str(tmp / "turnserver.pid"),
@@ -282,23 +301,25 @@ def coturn_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
 
 
 def ours_argv_fn(template: str, venv: Path):
-    def argv(port: int, alt_port: int, tmp: Path) -> list[str]:
+    def argv(port: int, alt_port: int, tmp: Path, host: str = "127.0.0.1") -> list[str]:
         del tmp
-        return shlex.split(template.format(venv=venv, port=port, alt_port=alt_port))
+        return shlex.split(template.format(venv=venv, port=port, alt_port=alt_port, host=host))
 
     return argv
 
 
-def cref_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
-    del alt_port, tmp
+def cref_argv(port: int, alt_port: int, tmp: Path, host: str = "127.0.0.1") -> list[str]:
+    del alt_port, tmp, host
     return [str(STUNLOAD), "--serve", str(port), "--serve-seconds", "120"]
 
 
-def load(port: int, args, rate: float | None) -> dict:
+def load(port: int, args, rate: float | None, family: int = 4) -> dict:
     cmd = [
         "taskset", "-c", LOAD_CPU, str(STUNLOAD), "--port", str(port),
         "--warmup", str(args.warmup), "--batch", str(args.batch),
     ]  # fmt: skip
+    if family == 6:
+        cmd.append("--ipv6")
     if rate:
         cmd += ["--rate", str(rate), "--window", "8192", "--duration", str(args.latency_duration)]
     else:
@@ -348,9 +369,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def one_round(kind: ServerKind, args, tmp: Path) -> dict:
-    port, alt_port = free_udp_ports(2)
+    host = loopback(kind.family)
+    port, alt_port = free_udp_ports(2, host)
     logfile = tmp / f"{kind.name}.log"
-    argv = kind.argv_fn(port, alt_port, tmp)
+    argv = kind.argv_fn(port, alt_port, tmp, host)
     scraper = None
     if kind.metrics:
         mport = free_tcp_port()
@@ -358,16 +380,16 @@ def one_round(kind: ServerKind, args, tmp: Path) -> dict:
         scraper = Scraper(f"http://127.0.0.1:{mport}/metrics", METRICS_SCRAPE)
     proc = spawn(argv, logfile, SERVER_CPU)
     try:
-        wait_ready(proc, port, logfile, kind.start_limit)
+        wait_ready(proc, port, logfile, kind.start_limit, host)
         if scraper is not None:
             scraper.start()
         cpu0 = cpu_seconds(proc.pid)
-        sat = load(port, args, None)
+        sat = load(port, args, None, kind.family)
         # CPU time per answer: what a saturated second costs the server,
         # steadier than answers/s on a shared machine (time spent
         # descheduled is not counted)
         sat["cpu_us_per_answer"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, sat["answered_total"])
-        light = load(port, args, args.latency_rate) if args.latency_rate else None
+        light = load(port, args, args.latency_rate, kind.family) if args.latency_rate else None
         if proc.poll() is not None:
             raise RuntimeError(f"server died during the run; log:\n{tail(logfile)}")
     finally:
@@ -400,6 +422,7 @@ def machine_info(kinds, venvs) -> list[str]:
     cpu = cpu_model()
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- load average (1 min) at start / end: {LOAD_AT_START:.1f} / {os.getloadavg()[0]:.1f}",
         f"- machine: {platform.node()}, nproc {os.cpu_count()}, {cpu}, Linux {platform.release()}",
     ]
     probe = "import sys, platform, twisted; print(platform.python_implementation(), sys.version.split()[0], '| Twisted', twisted.__version__)"
@@ -414,7 +437,7 @@ def machine_info(kinds, venvs) -> list[str]:
 
 def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
     bad = False
-    base = None
+    base = {}  # IP version -> coturn's answers/s on that loopback
     rows = {}
     for k in kinds:
         runs = results.get(k.name, [])
@@ -438,20 +461,21 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
             "cpu": med([s.get("cpu_us_per_answer") for s in sat]),
         }
         rows[k.name] = row
-        if k.name == "coturn":
-            base = row["rate"]
+        if k.name in ("coturn", "coturn-v6"):
+            base[k.family] = row["rate"]
 
     hdr = (
-        "| server | runtime | answers/s (median) | min–max | ratio vs coturn | target "
-        "| sat. p50 µs | sat. p99 µs | loss % | light p50 µs | light p99 µs | invalid | note |"
+        "| server | runtime | answers/s (median) | min–max | ratio vs coturn (same family) | target "
+        "| CPU µs/answer | sat. p50 µs | sat. p99 µs | loss % | light p50 µs | light p99 µs | invalid | note |"
     )
-    out = [hdr, "|" + "---|" * 13]
-    top = max((r["rate"] for n, r in rows.items() if n != "c-ref"), default=0)
+    out = [hdr, "|" + "---|" * 14]
+    top = max((r["rate"] for n, r in rows.items() if n != "c-ref" and not n.endswith("-v6")), default=0)
     for k in kinds:
         r = rows.get(k.name)
         if r is None:
             continue
-        ratio = f"{r['rate'] / base:.2f}x" if base else "–"
+        ratio = f"{r['rate'] / base[k.family]:.2f}x" if base.get(k.family) else "–"
+        cpu = "–" if r["cpu"] is None else f"{r['cpu']:.2f}"
         target = f"≥ {TARGETS[k.name]:.2f}x" if k.name in TARGETS else ""
         flags = []
         if r["invalid"]:
@@ -465,7 +489,8 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
             flags.append("**generator may be the bottleneck**")
         out.append(
             f"| {k.label} | {k.runtime} | {fmt_int(r['rate'])} | {fmt_int(r['min'])}–{fmt_int(r['max'])} "
-            f"| {ratio} | {target} | {fmt_int(r['p50'])} | {fmt_int(r['p99'])} | {r['loss']:.1f} "
+            f"| {ratio} | {target} | {cpu} "
+            f"| {fmt_int(r['p50'])} | {fmt_int(r['p99'])} | {r['loss']:.1f} "
             f"| {fmt_int(r['lp50'])} | {fmt_int(r['lp99'])} | {r['invalid']} | {'; '.join(flags)} |"
         )
 
@@ -500,7 +525,7 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
         "# STUN reflector benchmark",
         "",
         "Binding answers per second on one core (server `taskset -c 0`, load generator "
-        "`bench/build/stunload` `taskset -c 1`), loopback only. Generated by "
+        "`bench/build/stunload` `taskset -c 1`), loopback only (127.0.0.1; the IPv6 rows ::1). Generated by "
         "`bench/reflector_bench.py`; method in `bench/README.md`.",
         "",
         *machine_info(kinds, venvs),
@@ -511,6 +536,9 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
         "",
         *out,
         "",
+        "*CPU µs/answer* is the server's user + system CPU time per answer in the saturation runs "
+        "(medians): steadier than answers/s on a shared machine (time spent descheduled does not "
+        "count), so coturn's figure over ours is our capacity on one core relative to coturn's. "
         "Medians over rounds. *sat.* latencies are under saturation (closed loop: they "
         "mostly measure the queue the window builds); *light* latencies are at the fixed "
         "open-loop rate. *loss %* is requests unanswered in the saturation runs (a full "
@@ -542,6 +570,77 @@ def report(kinds, results, args, notes, venvs) -> tuple[str, bool]:
     return "\n".join(text) + "\n", bad
 
 
+def server_kinds(args, ap) -> tuple[list, dict, list]:
+    """The ServerKinds of ``--servers`` (a ``-v6`` name: the same on ::1),
+    the venvs they use, and notes on those skipped."""
+    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+    notes: list[str] = []
+    kinds: list[ServerKind] = []
+    venvs: dict[str, Path] = {}
+    for name in wanted:
+        v6 = name.endswith("-v6")
+        base_name = name[: -len("-v6")] if v6 else name
+        if v6 and base_name not in ("coturn", "ours-cpython", "ours-pypy"):
+            ap.error(f"no IPv6 variant of {base_name!r}")
+        added = len(kinds)
+        add_kind(base_name, args, kinds, venvs, notes, ap)
+        if v6 and len(kinds) > added:
+            k = kinds[-1]
+            kinds[-1] = ServerKind(name, k.label + " (IPv6, ::1)", k.runtime, k.argv_fn, k.start_limit, k.metrics, 6)
+    if args.ours != OURS_DEFAULT:
+        notes.append(f"our server command template: `{args.ours}`")
+    return kinds, venvs, notes
+
+
+def add_kind(name: str, args, kinds: list, venvs: dict, notes: list, ap) -> None:
+    """Append the ServerKind called ``name`` (or a note why it is skipped)."""
+    if name == "coturn":
+        if shutil.which("turnserver"):
+            kinds.append(ServerKind("coturn", "coturn `turnserver --stun-only -m 1`", "C", coturn_argv, 15))
+        else:
+            notes.append("coturn row skipped: `turnserver` not installed")
+    elif name in ("ours-cpython", "ours-cpython-metrics"):
+        venv = args.cpython_venv
+        venvs["CPython venv"] = venv
+        metrics = name.endswith("-metrics")
+        kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "CPython",
+                                ours_argv_fn(args.ours, venv), 30, metrics))
+    elif name in ("ours-pypy", "ours-pypy-metrics"):
+        venv = args.pypy_venv
+        why = None if args.no_pypy_setup else ensure_pypy_venv(venv)
+        if why is None and not (venv / "bin" / "python").exists():
+            why = f"{venv} does not exist"
+        if why:
+            notes.append(f"PyPy row skipped: {why}")
+            log(f"PyPy row skipped: {why}")
+        else:
+            venvs["PyPy venv"] = venv
+            metrics = name.endswith("-metrics")
+            kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "PyPy",
+                                    ours_argv_fn(args.ours, venv), 60, metrics))
+    elif name == "c-ref":
+        kinds.append(ServerKind(
+            "c-ref", "reference: `stunload --serve` (C, recvmmsg/sendmmsg)",
+            "C", cref_argv, 10))  # fmt: skip
+    else:
+        ap.error(f"unknown server kind {name!r}")
+
+
+def as_section(text: str, title: str, path: Path) -> str:
+    """``path``'s text with ``text`` as its section ``## title`` (the
+    report's own title dropped, its headings one level down), replacing a
+    section of that title if there is one, else appended."""
+    body = text.split("\n", 1)[1].replace("\nNotes:\n", "\n#### Notes\n")
+    new = f"## {title}\n{body}"
+    old = path.read_text() if path.exists() else "# STUN reflector benchmark\n"
+    head, sep, rest = old.partition(f"\n## {title}\n")
+    if sep:
+        after = rest.find("\n## ")
+        rest = rest[after + 1:] if after >= 0 else ""
+        return head.rstrip("\n") + "\n\n" + new.rstrip("\n") + ("\n\n" + rest if rest else "\n")
+    return old.rstrip("\n") + "\n\n" + new
+
+
 # --------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -552,16 +651,20 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--latency-rate", type=float, default=20000.0, help="light-load requests/s (0: skip)")
     ap.add_argument("--latency-duration", type=float, default=2.0)
-    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,c-ref",
+    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,c-ref,"
+                                         "coturn-v6,ours-cpython-v6,ours-pypy-v6",
                     help="comma list of coturn, ours-cpython, ours-pypy, c-ref; -metrics: with --metrics, "
-                         "scraped during the runs")  # fmt: skip
+                         "scraped during the runs; -v6 (coturn, ours-*): on ::1")  # fmt: skip
     ap.add_argument("--cpython-venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--pypy-venv", type=Path,
                     default=Path(os.environ.get("NATSALON_PYPY_VENV", ROOT / ".venv-pypy")))  # fmt: skip
     ap.add_argument("--no-pypy-setup", action="store_true", help="do not create/update the PyPy venv")
     ap.add_argument("--ours", default=OURS_DEFAULT,
-                    help="command template for our server ({venv}, {port}, {alt_port})")  # fmt: skip
+                    help="command template for our server ({venv}, {port}, {alt_port}, {host})")  # fmt: skip
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--section", default=None, metavar="TITLE",
+                    help="write this run as the section '## TITLE' of --output (replacing one of that title), "
+                         "keeping the rest of the file")
     args = ap.parse_args()
 
     if args.rounds < 1 or args.duration <= 0 or args.window < 1:
@@ -574,43 +677,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     build_stunload()
-    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
-    notes: list[str] = []
-    kinds: list[ServerKind] = []
-    venvs: dict[str, Path] = {}
-    for name in wanted:
-        if name == "coturn":
-            if shutil.which("turnserver"):
-                kinds.append(ServerKind("coturn", "coturn `turnserver --stun-only -m 1`", "C", coturn_argv, 15))
-            else:
-                notes.append("coturn row skipped: `turnserver` not installed")
-        elif name in ("ours-cpython", "ours-cpython-metrics"):
-            venv = args.cpython_venv
-            venvs["CPython venv"] = venv
-            metrics = name.endswith("-metrics")
-            kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "CPython",
-                                    ours_argv_fn(args.ours, venv), 30, metrics))
-        elif name in ("ours-pypy", "ours-pypy-metrics"):
-            venv = args.pypy_venv
-            why = None if args.no_pypy_setup else ensure_pypy_venv(venv)
-            if why is None and not (venv / "bin" / "python").exists():
-                why = f"{venv} does not exist"
-            if why:
-                notes.append(f"PyPy row skipped: {why}")
-                log(f"PyPy row skipped: {why}")
-            else:
-                venvs["PyPy venv"] = venv
-                metrics = name.endswith("-metrics")
-                kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "PyPy",
-                                        ours_argv_fn(args.ours, venv), 60, metrics))
-        elif name == "c-ref":
-            kinds.append(ServerKind(
-                "c-ref", "reference: `stunload --serve` (C, recvmmsg/sendmmsg)",
-                "C", cref_argv, 10))  # fmt: skip
-        else:
-            ap.error(f"unknown server kind {name!r}")
-    if args.ours != OURS_DEFAULT:
-        notes.append(f"our server command template: `{args.ours}`")
+    kinds, venvs, notes = server_kinds(args, ap)
 
     results: dict[str, list] = {k.name: [] for k in kinds}
     strikes: dict[str, int] = {}
@@ -653,6 +720,8 @@ def main() -> int:
     results = {k: v for k, v in results.items() if v}
     text, bad = report(kinds, results, args, notes, venvs)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.section:
+        text = as_section(text, args.section, args.output)
     tmp_out = args.output.with_suffix(args.output.suffix + ".tmp")
     tmp_out.write_text(text)
     os.replace(tmp_out, args.output)

@@ -33,7 +33,11 @@
  * with a window, or open loop at --rate, as in client mode; the same JSON
  * line ("answered" counts the datagrams relayed).  Both fds at 127.0.0.1.
  *
- * Only 127.0.0.0/8 targets are accepted.  Both modes stop by themselves.
+ * --ipv6 (client mode): the socket is bound to ::1 and connected to
+ * [::1]:PORT instead, and the XOR-MAPPED-ADDRESS must be of family 0x02
+ * (16 bytes XOR-ed with the magic cookie and the transaction id, RFC 8489).
+ *
+ * Only 127.0.0.0/8 (or ::1) targets are accepted.  Both modes stop by themselves.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -101,7 +105,7 @@ static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get3
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: stunload --port P [--duration S] [--warmup S] [--window N]\n"
+            "usage: stunload --port P [--ipv6] [--duration S] [--warmup S] [--window N]\n"
             "                [--batch N] [--rate R] [--reorder N] [--timeout-ms MS]\n"
             "                [--drain-ms MS]\n"
             "       stunload --serve P [--serve-seconds S]\n"
@@ -419,13 +423,17 @@ int main(int argc, char **argv)
     double timeout_ms = 200.0, drain_ms = 200.0;
     int reorder = 256;
     double rate = 0; /* 0: closed loop (window only); else open loop, requests/s */
-    int relay = 0;
+    int relay = 0, ipv6 = 0;
     struct relay_args ra = {.send_fd = -1, .recv_fd = -1, .payload = 100};
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--relay")) {
             relay = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ipv6")) {
+            ipv6 = 1;
             continue;
         }
         if (i + 1 >= argc)
@@ -474,26 +482,45 @@ int main(int argc, char **argv)
         batch > MAX_BATCH || reorder < 1 || rate < 0 || rate > 1e7 || timeout_ms <= 0 || drain_ms < 0 || drain_ms > 10000)
         usage();
 
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int fd = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) { perror("socket"); return 1; }
     int big = 8 << 20;
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big) < 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-    struct sockaddr_in srv = {.sin_family = AF_INET, .sin_port = htons(port)};
-    srv.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* loopback only, by construction */
-    struct sockaddr_in me = {.sin_family = AF_INET};
-    me.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0 ||
-        connect(fd, (struct sockaddr *)&srv, sizeof srv) < 0) {
-        perror("bind/connect");
-        return 1;
+    uint16_t my_port;
+    uint32_t my_addr = 0;
+    uint8_t my_addr6[16] = {0};
+    if (ipv6) {
+        struct sockaddr_in6 srv6 = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+        srv6.sin6_addr = in6addr_loopback; /* loopback only, by construction */
+        struct sockaddr_in6 me6 = {.sin6_family = AF_INET6};
+        me6.sin6_addr = in6addr_loopback;
+        if (bind(fd, (struct sockaddr *)&me6, sizeof me6) < 0 ||
+            connect(fd, (struct sockaddr *)&srv6, sizeof srv6) < 0) {
+            perror("bind/connect");
+            return 1;
+        }
+        socklen_t mel = sizeof me6;
+        getsockname(fd, (struct sockaddr *)&me6, &mel);
+        my_port = ntohs(me6.sin6_port);
+        memcpy(my_addr6, &me6.sin6_addr, 16);
+    } else {
+        struct sockaddr_in srv = {.sin_family = AF_INET, .sin_port = htons(port)};
+        srv.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* loopback only, by construction */
+        struct sockaddr_in me = {.sin_family = AF_INET};
+        me.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0 ||
+            connect(fd, (struct sockaddr *)&srv, sizeof srv) < 0) {
+            perror("bind/connect");
+            return 1;
+        }
+        socklen_t mel = sizeof me;
+        getsockname(fd, (struct sockaddr *)&me, &mel);
+        my_port = ntohs(me.sin_port);
+        my_addr = ntohl(me.sin_addr.s_addr);
     }
-    socklen_t mel = sizeof me;
-    getsockname(fd, (struct sockaddr *)&me, &mel);
-    const uint16_t my_port = ntohs(me.sin_port);
-    const uint32_t my_addr = ntohl(me.sin_addr.s_addr);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 
     uint64_t key;
@@ -603,10 +630,21 @@ int main(int argc, char **argv)
                         if (off + 4 + padded > len) { bad = R_ATTR; break; }
                         if (t == 0x0020 && !xma) {
                             xma = 1;
-                            if (l != 8 || p[off + 5] != 0x01) { bad = R_XMA_FAMILY; break; }
+                            if (l != (ipv6 ? 20u : 8u) || p[off + 5] != (ipv6 ? 0x02 : 0x01)) {
+                                bad = R_XMA_FAMILY;
+                                break;
+                            }
                             uint16_t xp = get16(p + off + 6) ^ (uint16_t)(COOKIE >> 16);
-                            uint32_t xa = get32(p + off + 8) ^ COOKIE;
-                            if (xp != my_port || xa != my_addr) { bad = R_XMA_ADDR; break; }
+                            if (xp != my_port) { bad = R_XMA_ADDR; break; }
+                            if (ipv6) {
+                                /* XOR with the cookie and transaction id: bytes 4..20 of the header */
+                                for (int k = 0; k < 16; k++)
+                                    if ((p[off + 8 + k] ^ p[4 + k]) != my_addr6[k]) { bad = R_XMA_ADDR; break; }
+                                if (bad >= 0) break;
+                            } else if ((get32(p + off + 8) ^ COOKIE) != my_addr) {
+                                bad = R_XMA_ADDR;
+                                break;
+                            }
                         }
                         off += 4 + padded;
                     }

@@ -11,8 +11,8 @@ path between the router's WAN port and the emulated internet.
 
 veth hands packet sockets frames whose TCP/UDP checksum is still "partial"
 (checksum offload); such frames would be dropped by the receiver, so the
-checksum of IPv4 UDP/TCP frames flagged TP_STATUS_CSUMNOTREADY is completed
-here.  This file is standalone (no imports from natlab) so it can be run by
+checksum of IPv4 and IPv6 UDP/TCP frames flagged TP_STATUS_CSUMNOTREADY is
+completed here.  This file is standalone (no imports from natlab) so it can be run by
 path with any Python >= 3.9.
 """
 from __future__ import annotations
@@ -43,8 +43,36 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def _fill(frame: bytes, l4: int, end: int, proto: int, pseudo_addrs: bytes, wide: bool) -> bytes:
+    """``frame`` with the UDP/TCP checksum of ``frame[l4:end]`` computed over the pseudo-header."""
+    seg = bytearray(frame[l4:end])
+    off = 6 if proto == 17 else 16
+    if len(seg) < off + 2:
+        return frame
+    seg[off:off + 2] = b"\0\0"
+    if wide:  # IPv6: 32-bit length, three zero bytes, next header
+        pseudo = pseudo_addrs + struct.pack("!IxxxB", len(seg), proto)
+    else:
+        pseudo = pseudo_addrs + struct.pack("!BBH", 0, proto, len(seg))
+    c = _csum(pseudo + bytes(seg))
+    if proto == 17 and c == 0:
+        c = 0xFFFF
+    seg[off:off + 2] = struct.pack("=H", c)
+    return frame[:l4] + bytes(seg) + frame[end:]
+
+
+def fix_checksum6(frame: bytes) -> bytes:
+    """Complete the L4 checksum of an IPv6 UDP/TCP frame (no extension headers)."""
+    if len(frame) < 54 or frame[12:14] != b"\x86\xdd" or frame[20] not in (6, 17):
+        return frame
+    length = struct.unpack("!H", frame[18:20])[0]
+    return _fill(frame, 54, 54 + length, frame[20], frame[22:54], True)
+
+
 def fix_checksum(frame: bytes) -> bytes:
-    """Complete the L4 checksum of an IPv4 UDP/TCP frame (native-order trick)."""
+    """Complete the L4 checksum of an IPv4 (or IPv6) UDP/TCP frame (native-order trick)."""
+    if frame[12:14] == b"\x86\xdd":
+        return fix_checksum6(frame)
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return frame
     ihl = (frame[14] & 0x0F) * 4
@@ -53,19 +81,7 @@ def fix_checksum(frame: bytes) -> bytes:
     proto = frame[23]
     if frag & 0x3FFF or proto not in (6, 17):
         return frame
-    l4 = 14 + ihl
-    end = 14 + total
-    seg = bytearray(frame[l4:end])
-    off = 6 if proto == 17 else 16
-    if len(seg) < off + 2:
-        return frame
-    seg[off:off + 2] = b"\0\0"
-    pseudo = frame[26:34] + struct.pack("!BBH", 0, proto, len(seg))
-    c = _csum(pseudo + bytes(seg))
-    if proto == 17 and c == 0:
-        c = 0xFFFF
-    seg[off:off + 2] = struct.pack("=H", c)
-    return frame[:l4] + bytes(seg) + frame[end:]
+    return _fill(frame, 14 + ihl, 14 + total, proto, frame[26:34], False)
 
 
 def open_if(name: str) -> socket.socket:

@@ -46,6 +46,31 @@ egress), independently in each direction.  Delay: the WAN link runs through a
 "wire" namespace where delayer.py relays frames between two veths after
 ``delay_ms`` (each direction, so the RTT grows by 2*delay_ms).  Lab veths use
 gso_max_segs 1 so the relay never sees frames bigger than the MTU.
+
+IPv6 (optional: ``add_site(..., v6=V6.FIREWALL)``; the lab stays IPv4-only until
+the first such site).  Addresses come from 2001:db8::/32 only: the internet
+segment is 2001:db8::/64 (server 2001:db8::10 + ::11, third 2001:db8::20, site
+routers' WAN 2001:db8::1:N), site N's LAN 2001:db8:N::/64 (router ::1, hosts
+::2, ::3).  The internet hosts and every router get a route to each public
+site LAN via its router (no default routes, as in IPv4).  Addresses are added
+``nodad`` and DAD is off, so they are usable at once.
+
+=======================  =====================================================  ==========================
+V6                       how                                                    external address
+=======================  =====================================================  ==========================
+OPEN                     global address, router forwards, no filter             the host's own
+FIREWALL                 global address, stateful forward filter (conntrack):   the host's own
+                         endpoint-independent mapping, address-and-port-
+                         dependent filtering (a home router's IPv6)
+NAT66                    masquerade to the router's WAN address (ports kept     the router's WAN address
+                         when free), conntrack filters
+=======================  =====================================================  ==========================
+
+A site is dual-stack (``nat`` for IPv4, ``v6`` for IPv6) or IPv6-only
+(``nat=None``).  On a site with IPv6 the IPv4 ruleset is ``table ip`` (not
+``inet``) and IPv6 has its own ``table ip6``; ICMPv6 reaches the router (neighbour
+discovery).  Loss drops IPv6 UDP too (not ICMPv6, so neighbour discovery stands);
+the delay line carries IPv6.  No IPv6 hairpin.
 """
 from __future__ import annotations
 
@@ -70,6 +95,10 @@ _STALE_RE = re.compile(r"^%s(\d+)-" % PREFIX)
 DOC_NETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 SERVER_IPS = ("203.0.113.10", "203.0.113.11")
 THIRD_IP = "198.51.100.20"
+DOC_NET6 = "2001:db8::/32"
+INET6 = "2001:db8::/64"  # the internet segment (br0)
+SERVER_IPS6 = ("2001:db8::10", "2001:db8::11")
+THIRD_IP6 = "2001:db8::20"
 SEQ_BASE = 20000  # first port of SYMMETRIC_SEQUENTIAL allocation
 SEQ_SPAN = 1000   # ports SEQ_BASE .. SEQ_BASE+SEQ_SPAN-1, then wrap
 DEFAULT_BINDING_TIMEOUT = 120  # s, lifetime of full/restricted cone inbound mappings (== conntrack stream timeout)
@@ -98,6 +127,18 @@ class Nat(enum.Enum):
     @property
     def translates(self) -> bool:
         return self not in (Nat.OPEN, Nat.SYMMETRIC_UDP_FIREWALL)
+
+
+class V6(enum.Enum):
+    """A site's IPv6 behaviour; the table in the natlab.lab docstring says how each is built."""
+
+    OPEN = "open"          # global address, no filter
+    FIREWALL = "firewall"  # global address, stateful filter (EIM, address-and-port-dependent filtering)
+    NAT66 = "nat66"        # masquerade to the router's WAN address
+
+    @property
+    def translates(self) -> bool:
+        return self is V6.NAT66
 
 
 def _run(argv: Sequence[str], check: bool = True, input: Optional[str] = None,
@@ -186,10 +227,17 @@ class Host:
         self.name = name
         self.ns = ns
         self.ips: Tuple[str, ...] = tuple(ips)
+        #: IPv6 addresses (empty on an IPv4-only host)
+        self.ips6: Tuple[str, ...] = ()
 
     @property
     def ip(self) -> str:
         return self.ips[0]
+
+    @property
+    def ip6(self) -> Optional[str]:
+        """The main IPv6 address, or None."""
+        return self.ips6[0] if self.ips6 else None
 
     def __repr__(self) -> str:
         return "Host(%s, ns=%s, ips=%s)" % (self.name, self.ns, self.ips)
@@ -241,19 +289,45 @@ class Site:
         self.delay_ms = delay_ms
         self.udp_timeout = udp_timeout
         self.ruleset = ""
+        #: IPv6 behaviour (None: IPv4 only), the router's WAN address, the LAN prefix
+        self.v6: Optional[V6] = None
+        self.public_ip6: Optional[str] = None
+        self.lan6: Optional[str] = None
 
     def __repr__(self) -> str:
-        return "Site(%s, %s, public_ip=%s, hosts=%s)" % (self.name, self.nat.name, self.public_ip,
-                                                          [h.ip for h in self.hosts])
+        return "Site(%s, %s, public_ip=%s, hosts=%s%s)" % (
+            self.name, self.nat.name if self.nat else None, self.public_ip, [h.ip for h in self.hosts],
+            ", v6=%s" % self.v6.name if self.v6 else "")
 
     def conntrack(self) -> str:
         """The router's conntrack table (needs conntrack-tools), for debugging."""
         return self.router.run(["conntrack", "-L"]).stdout
 
+    def set_nat(self, nat: Nat) -> None:
+        """Change the router's behaviour to ``nat`` while hosts are using it
+        (between NATs that translate, UDP_BLOCKED excepted): one nft
+        transaction swaps the rulesets.  Conntrack stays, so every live
+        mapping keeps its external port and flows go on; new flows are
+        mapped, and inbound packets filtered, the new way."""
+        usable = {n for n in Nat if n.translates} - {Nat.UDP_BLOCKED}
+        if nat not in usable or self.nat not in usable:
+            raise ValueError("set_nat swaps between translating NATs only (%s -> %s)" % (self.nat.name, nat.name))
+        drop = ["delete table inet natlab", "delete table ip natlab_nat"]
+        if self.loss > 0:
+            drop.append("delete table netdev natlab_loss")
+        ruleset = nft_ruleset(nat, self.public_ip, self.hairpin, self.loss,
+                              self.udp_timeout or DEFAULT_BINDING_TIMEOUT)
+        r = self.router.run(["nft", "-f", "-"], input="\n".join(drop) + "\n" + ruleset)
+        if r.returncode != 0:
+            raise LabError("site %s: nft refused the new ruleset: %s" % (self.name, r.stderr))
+        self.nat = nat
+        self.ruleset = ruleset
+
 
 def nft_ruleset(nat: Nat, wan_ip: str, hairpin: bool, loss: float,
-                binding_timeout: int) -> str:
-    """The nftables ruleset of a site router (WAN port ``wan0``, LAN bridge ``lan0``)."""
+                binding_timeout: int, family: str = "inet") -> str:
+    """The nftables ruleset of a site router (WAN port ``wan0``, LAN bridge ``lan0``);
+    ``family`` "ip" on a site with IPv6, whose own rules are :func:`nft_ruleset6`'s."""
     bt = "%ds" % binding_timeout
     fwd_policy = "accept" if nat is Nat.OPEN else "drop"
     fwd = []
@@ -263,7 +337,7 @@ def nft_ruleset(nat: Nat, wan_ip: str, hairpin: bool, loss: float,
     if nat in (Nat.FULL_CONE, Nat.RESTRICTED_CONE):
         fwd.append("ct status dnat accept")
     out = [
-        "table inet natlab {",
+        "table %s natlab {" % family,
         # A home router: nothing unsolicited from the WAN reaches the router itself,
         # so an early punch packet can't create a conntrack entry on the router.
         "  chain input { type filter hook input priority 0; policy drop;",
@@ -323,6 +397,42 @@ def nft_ruleset(nat: Nat, wan_ip: str, hairpin: bool, loss: float,
     return "\n".join(out) + "\n"
 
 
+def nft_ruleset6(v6: V6, loss: float) -> str:
+    """The IPv6 nftables ruleset of a site router (WAN port ``wan0``, LAN bridge ``lan0``)."""
+    out = [
+        "table ip6 natlab6 {",
+        "  chain input { type filter hook input priority 0; policy drop;",
+        '    iif "lo" accept',
+        "    ct state established,related accept",
+        '    iifname "lan0" accept',
+        "    meta l4proto ipv6-icmp accept",  # neighbour discovery
+        "  }",
+        "  chain forward { type filter hook forward priority 0; policy %s;" % ("accept" if v6 is V6.OPEN else "drop"),
+        "    ct state established,related accept",
+        '    iifname "lan0" accept',
+        "  }",
+        "}",
+    ]
+    if v6 is V6.NAT66:
+        out += [
+            "table ip6 natlab6_nat {",
+            "  chain post { type nat hook postrouting priority srcnat; policy accept;",
+            '    oifname "wan0" masquerade',
+            "  }",
+            "}",
+        ]
+    if loss > 0:
+        n = int(round(loss * 10000))
+        rule = "meta protocol ip6 ip6 nexthdr udp numgen random mod 10000 < %d drop" % n
+        out += [
+            "table netdev natlab_loss6 {",
+            '  chain in { type filter hook ingress device "wan0" priority 0; %s; }' % rule,
+            '  chain out { type filter hook egress device "wan0" priority 0; %s; }' % rule,
+            "}",
+        ]
+    return "\n".join(out) + "\n"
+
+
 class Lab:
     """A lab of namespaces; use as a context manager (or call close())."""
 
@@ -341,6 +451,9 @@ class Lab:
         self._closed = False
         self._wan_next = 10
         self._pub_next = 100
+        self.ipv6 = False  # the core has IPv6 (enable_ipv6)
+        self._routes6: List[Tuple[str, str]] = []  # (public site LAN prefix, its router's WAN address)
+        self._v6_namespaces: List[str] = []  # where those routes go: server, third, IPv6 routers
         _live_labs.add(self)
         try:
             cleanup_stale()
@@ -411,11 +524,54 @@ class Lab:
         self.server = self._public_host("server", SERVER_IPS)
         self.third = self._public_host("third", (THIRD_IP,))
 
+    # -- IPv6 -------------------------------------------------------------
+    def _v6_sysctls(self, ns: str, forwarding: bool = False) -> None:
+        """IPv6 on in ``ns`` (the lab turns it off everywhere), with no DAD (addresses usable
+        at once) and no router advertisements taken; a router forwards."""
+        settings = ["net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_ra=0", "net.ipv6.conf.all.accept_ra=0",
+                    "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.all.disable_ipv6=0"]
+        if forwarding:
+            settings.append("net.ipv6.conf.all.forwarding=1")
+        self._run_sysctl(ns, *settings)
+
+    def enable_ipv6(self) -> None:
+        """Give the core IPv6 (the server's two addresses, the third host's); idempotent,
+        and called by the first ``add_site(..., v6=...)``."""
+        if self.ipv6:
+            return
+        self._ip(self.inet_ns, "link set dev br0 type bridge mcast_snooping 0")
+        for host, ips in ((self.server, SERVER_IPS6), (self.third, (THIRD_IP6,))):
+            self._run_sysctl(host.ns, "net.ipv6.conf.eth0.accept_dad=0")
+            self._v6_sysctls(host.ns)
+            self._ip(host.ns, *["addr add %s/64 dev eth0 nodad" % ip for ip in ips])
+            host.ips6 = tuple(ips)
+            self._v6_namespaces.append(host.ns)
+        self.ipv6 = True
+
+    def _site_v6(self, rns: str, idx: int, wan_n: int, v6: V6) -> Tuple[str, str]:
+        """A site router's IPv6: addresses, routes to the public site LANs, and (open,
+        firewall) its own LAN made reachable.  Returns (WAN address, LAN prefix)."""
+        wan6, lan6 = "2001:db8::1:%d" % wan_n, "2001:db8:%x::" % idx
+        cmds = ["addr add %s/64 dev wan0 nodad" % wan6, "addr add %s1/64 dev lan0 nodad" % lan6]
+        cmds += ["route add %s via %s dev wan0" % (net, via) for net, via in self._routes6]
+        self._ip(rns, *cmds)
+        if not v6.translates:
+            route = ("%s/64" % lan6, wan6)
+            for ns in self._v6_namespaces:
+                self._ip(ns, "route add %s via %s" % route)
+            self._routes6.append(route)
+        self._v6_namespaces.append(rns)
+        return wan6, lan6
+
     # -- sites ------------------------------------------------------------
     def add_site(self, name: str, nat: Nat = Nat.PORT_RESTRICTED_CONE, hosts: int = 1,
                  hairpin: bool = False, loss: float = 0.0, delay_ms: float = 0,
-                 udp_timeout: Optional[int] = None) -> Site:
+                 udp_timeout: Optional[int] = None, v6: Optional[V6] = None) -> Site:
         """A router doing ``nat`` with ``hosts`` hosts behind it.
+
+        v6: the site's IPv6 behaviour (default None: IPv4 only); with ``nat=None`` the
+        site is IPv6-only.
 
         loss: probability (0..1) that a packet crossing the router's WAN port is
         dropped, applied independently in each direction.  delay_ms: one-way
@@ -431,16 +587,25 @@ class Lab:
             raise ValueError("a site has one or two hosts")
         if not 0 <= loss < 1:
             raise ValueError("loss is a probability in [0, 1)")
-        if not isinstance(nat, Nat):
+        if nat is None and v6 is None:
+            raise ValueError("a site needs IPv4 (nat) or IPv6 (v6)")
+        if nat is not None and not isinstance(nat, Nat):
             nat = Nat(nat)
+        if v6 is not None and not isinstance(v6, V6):
+            v6 = V6(v6)
+        if v6 is not None:
+            self.enable_ipv6()
         idx = len(self.sites) + 1
         lan = "10.%d.0" % idx
         wan_ip = "192.0.2.%d" % self._wan_next
         self._wan_next += 1
         if self._wan_next > 250:
             raise LabError("too many sites")
+        wan_n = self._wan_next - 1
         rns = self._ns(name)
         self._run_sysctl(rns, "net.ipv4.ip_forward=1")
+        if v6 is not None:
+            self._v6_sysctls(rns, forwarding=True)
         # WAN link, optionally through a delay line in its own namespace
         if delay_ms and delay_ms > 0:
             wns = self._ns(name + "w")
@@ -460,14 +625,23 @@ class Lab:
         cmds = ["addr add %s/24 dev wan0" % wan_ip, "link set dev wan0 up",
                 "link add lan0 type bridge", "addr add %s.1/24 dev lan0" % lan, "link set dev lan0 up"]
         cmds += ["route add %s dev wan0" % net for net in DOC_NETS if net != self._net_of(wan_ip)]
+        if nat is None:  # IPv6-only: no IPv4 on the router
+            cmds = [c for c in cmds if not c.startswith(("addr", "route"))]
         self._ip(rns, *cmds)
+        wan6 = lan6 = None
+        if v6 is not None:
+            wan6, lan6 = self._site_v6(rns, idx, wan_n, v6)
         host_objs = []
         for j in range(1, hosts + 1):
             hns = self._ns("%s%d" % (name, j))
+            if v6 is not None:
+                self._v6_sysctls(hns)
             self._ip(rns, "link add h%d type veth peer name eth0 netns %s" % (j, hns),
                      "link set dev h%d master lan0 up" % j, "link set dev h%d gso_max_segs 1" % j)
             self._no_gso(hns, "eth0")
-            if nat.translates:
+            if nat is None:
+                hip, hcmds = None, ["link set dev eth0 up"]
+            elif nat.translates:
                 hip = "%s.%d" % (lan, j + 1)
                 hcmds = ["addr add %s/24 dev eth0" % hip, "link set dev eth0 up"]
                 hcmds += ["route add %s via %s.1" % (net, lan) for net in DOC_NETS]
@@ -478,19 +652,34 @@ class Lab:
                          "route add %s.1/32 dev eth0" % lan]
                 hcmds += ["route add %s via %s.1 dev eth0" % (net, lan) for net in DOC_NETS]
                 self._ip(rns, "route add %s/32 dev lan0" % hip)
+            hip6 = None
+            if v6 is not None:
+                hip6 = "%s%d" % (lan6, j + 1)
+                hcmds += ["addr add %s/64 dev eth0 nodad" % hip6, "route add %s via %s1" % (DOC_NET6, lan6)]
             self._ip(hns, *hcmds)
-            host_objs.append(Host(self, "%s%d" % (name, j), hns, (hip,)))
-        if not nat.translates:
+            host = Host(self, "%s%d" % (name, j), hns, (hip or hip6,))
+            host.ips6 = (hip6,) if hip6 else ()
+            host_objs.append(host)
+        if nat is not None and not nat.translates:
             self._run_sysctl(rns, "net.ipv4.conf.wan0.proxy_arp=1", "net.ipv4.neigh.wan0.proxy_delay=0")
         self._run_sysctl(rns, "net.ipv4.conf.lan0.send_redirects=0", "net.ipv4.conf.wan0.send_redirects=0")
-        ruleset = nft_ruleset(nat, wan_ip, hairpin, loss, udp_timeout or DEFAULT_BINDING_TIMEOUT)
+        ruleset = ""
+        if nat is not None:
+            ruleset = nft_ruleset(nat, wan_ip, hairpin, loss, udp_timeout or DEFAULT_BINDING_TIMEOUT,
+                                  family="inet" if v6 is None else "ip")
+        if v6 is not None:
+            ruleset += nft_ruleset6(v6, loss)
         _run(["ip", "netns", "exec", rns, "nft", "-f", "-"], input=ruleset)
         if udp_timeout:
             self._run_sysctl(rns, "net.netfilter.nf_conntrack_udp_timeout=%d" % udp_timeout,
                              "net.netfilter.nf_conntrack_udp_timeout_stream=%d" % udp_timeout)
-        site = Site(name, nat, Host(self, name, rns, (wan_ip, lan + ".1")), host_objs, wan_ip,
+        router_ips = (wan_ip, lan + ".1") if nat is not None else (wan6, lan6 + "1")
+        site = Site(name, nat, Host(self, name, rns, router_ips), host_objs, wan_ip if nat is not None else None,
                     lan + ".0/24", hairpin, loss, delay_ms, udp_timeout)
         site.ruleset = ruleset
+        if v6 is not None:
+            site.v6, site.public_ip6, site.lan6 = v6, wan6, lan6 + "/64"
+            site.router.ips6 = (wan6, lan6 + "1")
         self.sites[name] = site
         log.debug("site %r built: %s", name, site)
         return site

@@ -20,9 +20,9 @@ from .lab import Lab, LabError
 
 _READY_CHECK = r"""
 import os, socket, struct, sys
-addrs = [(a.split(":")[0], int(a.split(":")[1])) for a in sys.argv[1:]]
+addrs = [(a.rsplit(":", 1)[0].strip("[]"), int(a.rsplit(":", 1)[1])) for a in sys.argv[1:]]
 for host, port in addrs:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(0.2)
     txid = os.urandom(12)
     s.sendto(struct.pack("!HHI", 1, 0, 0x2112A442) + txid, (host, port))
@@ -36,16 +36,24 @@ for host, port in addrs:
 
 
 def start_salon(lab: Lab, extra_args: Sequence[str] = (), port: int = 3478, alt_port: int = 3479,
-                two_ips: bool = True, timeout: float = 20.0) -> subprocess.Popen:
+                two_ips: bool = True, timeout: float = 20.0, ipv6: bool = False) -> subprocess.Popen:
+    """``ipv6``: serve IPv6 too, on the server's IPv6 addresses (an RFC 5780
+    grid per family; the lab gets IPv6 if it has none yet)."""
     ip1, ip2 = lab.server.ips[0], lab.server.ips[1]
     argv = [Lab.bin("twistd"), "-n", "--pidfile=", "natsalon", "--interface", ip1,
             "--port", str(port), "--alt-port", str(alt_port)]
     if two_ips:
         argv += ["--alt-ip", ip2]
+    grids = [(ip1, ip2)]
+    if ipv6:
+        lab.enable_ipv6()
+        v6_1, v6_2 = lab.server.ips6[0], lab.server.ips6[1]
+        argv += ["--interface", v6_1] + (["--alt-ip", v6_2] if two_ips else [])
+        grids.append(("[%s]" % v6_1, "[%s]" % v6_2))
     argv += list(extra_args)
     log = tempfile.TemporaryFile()
     proc = lab.server.spawn(argv, stdout=log, stderr=subprocess.STDOUT)
-    sockets = ["%s:%d" % (ip, p) for ip in ((ip1, ip2) if two_ips else (ip1,)) for p in (port, alt_port)]
+    sockets = ["%s:%d" % (ip, p) for ips in grids for ip in (ips if two_ips else ips[:1]) for p in (port, alt_port)]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytest
 
@@ -30,31 +30,39 @@ def free_port() -> int:
 
 class RedisServer:
     """``start()``/``stop()`` as often as a test likes: a restarted server
-    is empty, like a Redis that lost its memory."""
+    is empty, like a Redis that lost its memory.  ``tcp``: on a loopback
+    port (else a unix socket); ``unix``: on a unix socket too (with
+    ``tcp``); ``password``: clients must AUTH (``requirepass``)."""
 
-    def __init__(self, tcp: bool = False) -> None:
+    def __init__(self, tcp: bool = False, unix: Optional[bool] = None, password: Optional[str] = None,
+                 extra: Sequence[str] = ()) -> None:
         if not Path(REDIS_SERVER).exists():
             pytest.skip("redis-server is not installed (Debian package redis-server; make test installs it)")
         self.dir = Path(tempfile.mkdtemp(prefix="natsalon-redis-"))
         self.port = free_port() if tcp else 0
-        self.path = None if tcp else str(self.dir / "redis.sock")
+        self.path = str(self.dir / "redis.sock") if (unix if unix is not None else not tcp) else None
+        self.password = password
+        self.extra = list(extra)  #: more redis-server arguments (``--replicaof H P``)
         self.proc: Optional[subprocess.Popen] = None
 
     @property
     def address(self) -> RedisAddress:
-        if self.path is not None:
+        if self.path is not None and not self.port:
             return RedisAddress(path=self.path)
         return RedisAddress(host="127.0.0.1", port=self.port)
 
     @property
     def url(self) -> str:
-        return "unix:" + self.path if self.path else "redis://127.0.0.1:%d" % self.port
+        return "unix:" + self.path if self.path and not self.port else "redis://127.0.0.1:%d" % self.port
 
     def start(self) -> "RedisServer":
         args = [REDIS_SERVER, "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                 "--port", str(self.port), "--bind", "127.0.0.1"]
         if self.path is not None:
             args += ["--unixsocket", self.path, "--unixsocketperm", "700"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -67,12 +75,18 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            return self.command("PING") == b"+PONG\r\n"
-        except OSError:
+            link = BlockingLink(self)
+        except (OSError, RuntimeError):
             return False
+        try:
+            return link.call("PING") == b"PONG"
+        except (OSError, RuntimeError):
+            return False
+        finally:
+            link.close()
 
     def connect(self) -> socket.socket:
-        if self.path is not None:
+        if self.path is not None and not self.port:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(5)
             s.connect(self.path)
@@ -81,7 +95,8 @@ class RedisServer:
         return s
 
     def command(self, *words: str) -> bytes:
-        """One command, its raw answer (a tiny client for checks)."""
+        """One command, its raw answer (a tiny client for checks; no AUTH:
+        use :class:`BlockingLink` with a password)."""
         s = self.connect()
         try:
             s.sendall(("*%d\r\n" % len(words) + "".join("$%d\r\n%s\r\n" % (len(w), w) for w in words)).encode())
@@ -106,9 +121,13 @@ class BlockingLink:
     fired Deferred: the registry's scripts and parsing run against a real
     Redis inside a synchronous test (the contract suite's)."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, db: int = 0) -> None:
         self.sock = server.connect()
         self.buf = b""
+        if server.password is not None:
+            self.call("AUTH", server.password)
+        if db:
+            self.call("SELECT", db)
 
     def close(self) -> None:
         self.sock.close()
@@ -130,9 +149,15 @@ class BlockingLink:
 
     def _line(self) -> bytes:
         while b"\r\n" not in self.buf:
-            self.buf += self.sock.recv(65536)
+            self._more()
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise OSError("redis-server closed the connection")
+        self.buf += chunk
 
     def _reply(self):
         line = self._line()
@@ -148,7 +173,7 @@ class BlockingLink:
             if n < 0:
                 return None
             while len(self.buf) < n + 2:
-                self.buf += self.sock.recv(65536)
+                self._more()
             data, self.buf = self.buf[:n], self.buf[n + 2:]
             return data
         if kind == b"*":

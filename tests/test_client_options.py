@@ -8,6 +8,7 @@ import sys
 import pytest
 from twisted.python import usage
 
+import natsalon
 from natsalon.client.options import DEFAULTS, OptionError, check
 from natsalon.client.tap import Options
 
@@ -27,6 +28,12 @@ BAD = [
     ({"interface": "not-an-ip"}, "--interface: 'not-an-ip' is not an IP address"),
     ({"forward": "abc"}, "--forward: no port in 'abc'"),
     ({"dead-after": "x"}, "--dead-after: 'x' is not a whole number"),
+    ({"salon-tls": "h:70000"}, "--salon-tls: port 70000 out of range"),
+    ({"salon-ca": "ca.pem"}, "--salon-ca: only with --salon-tls"),
+    ({"salon-tls": "203.0.113.10", "salon-ca": "/nonexistent/ca.pem"},
+     "--salon-ca: cannot read /nonexistent/ca.pem: No such file or directory"),
+    ({"salon-tls": "203.0.113.10", "salon-ca": natsalon.__file__},
+     "--salon-ca: %s holds no PEM certificate" % natsalon.__file__),
 ]
 
 
@@ -52,6 +59,20 @@ def test_good_values():
     o = check(dict(DEFAULTS, **BASE, forward="7000", deliver="127.0.0.1:51820", keepalive="5"), environ={})
     assert o.server == ("127.0.0.1", 9) and o.forward == ("127.0.0.1", 7000) and o.keepalive == 5.0
     assert o.deliver == ("127.0.0.1", 51820) and o.encrypt and o.lan and o.secret == b"s"
+
+
+def test_salon_tls_values(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n")
+    o = check(dict(DEFAULTS, **BASE, **{"salon-tls": "salon.example.org", "salon-ca": str(ca)}), environ={})
+    assert o.salon_tls == ("salon.example.org", 5349) and o.salon_ca == str(ca)
+    o = check(dict(DEFAULTS, **BASE, **{"salon-tls": "203.0.113.10:443"}), environ={})
+    assert o.salon_tls == ("203.0.113.10", 443) and o.salon_ca is None
+    assert check(dict(DEFAULTS, **BASE), environ={}).salon_tls is None
+    o = Options()
+    o.parseOptions(["--server", "192.0.2.1", "--room", "r", "--secret", "s", "--salon-tls", "salon.example.org:443",
+                    "--salon-ca", str(ca)])
+    assert o.checked.salon_tls == ("salon.example.org", 443) and o.checked.salon_ca == str(ca)
 
 
 @pytest.mark.parametrize("change, message", BAD[:4] + BAD[7:9])

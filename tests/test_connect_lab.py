@@ -98,17 +98,18 @@ def _pair_jobs(lab: Lab, pairs, tag: str, label: str = "", **site_kw) -> List[tu
     return jobs
 
 
-def _run_pairs(lab, jobs, timeout):
-    """jobs: [(label, host_a, host_b)] -> {label: ((rc, events, err), (rc, events, err), seconds)}"""
+def _run_pairs(lab, jobs, timeout, extra=()):
+    """jobs: [(label, host_a, host_b)] -> {label: ((rc, events, err), (rc, events, err), seconds)};
+    ``extra``: more arguments for every client"""
     procs: List[Tuple[str, subprocess.Popen]] = []
     t0 = time.monotonic()
     for i, (label, ha, hb) in enumerate(jobs):
         room = "room-%d-%s" % (i, label)
-        procs.append((label, _client(ha, room, timeout)))
+        procs.append((label, _client(ha, room, timeout, extra)))
     time.sleep(0.5)
     for i, (label, ha, hb) in enumerate(jobs):
         room = "room-%d-%s" % (i, label)
-        procs.append((label, _client(hb, room, timeout)))
+        procs.append((label, _client(hb, room, timeout, extra)))
     results: Dict[str, list] = {}
     out: List[object] = [None] * len(procs)
 

@@ -477,3 +477,30 @@ def test_a_copied_nonce_does_not_take_the_members_place():
     clock.advance(0.5)
     _, _, ans = join(intro, keys, nb, B)
     assert genuine(ans, keys, nb) == (na, A)
+
+
+def test_the_waiting_answer_is_the_codecs_byte_for_byte():
+    """The introducer puts its most frequent answer together from cached
+    parts (natsalon.server.introducer.handler.waiting_answer): the same
+    bytes as natsalon.wire.waiting_response, IPv4 and IPv6, cached or not,
+    and the cache stays bounded."""
+    import os
+    import random
+
+    from natsalon.server.introducer import handler
+
+    tails = {}
+    rng = random.Random(3)
+    sources = [Address("%d.%d.%d.%d" % tuple(rng.randrange(256) for _ in range(4)), rng.randrange(65536))
+               for _ in range(200)] + [Address("0.0.0.0", 0), Address("255.255.255.255", 65535),
+                                       Address("2001:db8::7", 3478)]
+    for _ in range(2):  # the second time from the cache
+        for src in sources:
+            txid = os.urandom(12)
+            assert handler.waiting_answer(txid, src, tails) == wire.waiting_response(txid, src)
+    assert len(tails) == 202  # IPv6 is not cached
+    small = {}
+    for src in sources[:25]:
+        txid = os.urandom(12)
+        assert handler.waiting_answer(txid, src, small, limit=10) == wire.waiting_response(txid, src)
+        assert len(small) <= 10

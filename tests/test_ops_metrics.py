@@ -155,7 +155,7 @@ def fake_client(phase=Phase.CONNECTED, path=True):
 def test_client_collector():
     svc, clock = fake_client()
     events = metrics.EventCounts()
-    for e in ("joined", "waiting", "joined", "path-lost", "joined"):
+    for e in ("joined", "waiting", "joined", "path-lost", "joined", "upgraded"):
         events({"event": e, "peer": "198.51.100.7:4000"})
     text = exposition(metrics.ClientCollector(svc, events, clock))
     s = samples(text)
@@ -170,6 +170,7 @@ def test_client_collector():
     assert value(s, "natclient_forwarded_datagrams_total", direction="to_peer") == 5
     assert value(s, "natclient_repunches_total") == 2
     assert value(s, "natclient_rejoins_total") == 2
+    assert value(s, "natclient_upgrades_total") == 1
     assert value(s, "natclient_events_total", event="path-lost") == 1
     assert "198.51.100.7" not in text  # no peer address in any label
     promtool_check(text)

@@ -1,7 +1,7 @@
 """The shared-rooms options of ``twistd natsalon`` (--rooms,
 --redis-password-file, --instance-id, --cookie-secret-file), cookie
 secret rotation, the notices' format, and a registry outage that is
-counted but not logged per request.  No Redis needed."""
+answered 503 but not logged per request.  No Redis needed."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_records_and_notices_round_trip():
             unpack_notice(bad)
 
 
-def test_a_registry_outage_is_counted_not_logged_per_request():
+def test_a_registry_outage_is_answered_503_and_not_logged_per_request():
     clock = UDPClock()
     clock.advance(1000)
     rooms = LaterRooms()
@@ -123,11 +123,38 @@ def test_a_registry_outage_is_counted_not_logged_per_request():
             d = intro.handle(decode(raw), src, (0, 0))
             assert isinstance(d, Deferred)
             rooms.fail(RedisUnavailable("not connected"))
-            assert d.result is None
+            reply = d.result
+            assert reply.to == ("192.0.2.1", 4000) and reply.via == (0, 0)
+            answer = decode(reply.data)
+            assert answer.transaction_id == msg.transaction_id
+            ans = wire.parse_join_answer(answer)
+            assert ans.kind is wire.Answer.REFUSED and ans.error.code == 503 and ans.retry_later
+            assert len(reply.data) < len(raw)  # no amplification
+        # a LEAVE during the outage goes unanswered
+        token = wire.new_leave_token()
+        d = intro.handle_leave(decode(wire.leave_request(b"r" * 16, new_nonce(), token)), src, (0, 0))
+        rooms.fail(RedisUnavailable("not connected"))
+        assert d.result is None
         d = intro.prune()
         rooms.fail(RedisUnavailable("not connected"))
-    assert intro.stats["join_registry_failed"] == 5
+    assert intro.stats["join_registry_failed"] == 5 and intro.stats["join_retry_later"] == 5
+    assert intro.stats["leave_registry_failed"] == 1
     assert not [e for e in events if e["log_level"] >= LogLevel.warn]
+
+
+def test_any_other_registry_failure_is_logged_and_not_answered():
+    clock = UDPClock()
+    clock.advance(1000)
+    rooms = LaterRooms()
+    intro = Introducer(clock, rooms)
+    src = Address("192.0.2.1", 4000)
+    _, raw = wire.join_request(b"r" * 16, new_nonce(), (), b"k" * 32,
+                               cookie=intro.cookies.issue(src, b"r" * 16, clock.seconds()))
+    with capturedLogs() as events:
+        d = intro.handle(decode(raw), src, (0, 0))
+        rooms.fail(RuntimeError("a script bug"))
+    assert d.result is None and intro.stats["join_retry_later"] == 0
+    assert [e for e in events if e["log_level"] >= LogLevel.critical]
 
 
 def test_salon_with_shared_rooms_builds_without_connecting():

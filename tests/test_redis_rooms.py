@@ -145,3 +145,35 @@ def _until(condition, timeout: float = 10.0):
             raise AssertionError("condition not met within %s s" % timeout)
         yield deferLater(reactor, 0.02, lambda: None)
         waited += 0.02
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_redis_that_stops_answering_is_dropped_by_the_watchdog_and_rejoined():
+    """redis-server frozen (SIGSTOP): a pending call fails with
+    RedisUnavailable once no reply came for ``reply_timeout`` (one
+    watchdog, no timer per command), the link reconnects when it thaws."""
+    import os
+    import signal
+
+    server = RedisServer().start()
+    link = RedisLink(reactor, server.address.endpoint(reactor), name=server.url, reply_timeout=0.5,
+                     retry=lambda attempt: 0.05)
+    link.startService()
+    try:
+        (yield link.whenReady())
+        rooms = RedisRooms(link, "salon-a")
+        assert (yield rooms.join(ROOM, member(b"a", A), 0)).outcome is Outcome.WAITING
+        first = link.protocol
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = reactor.seconds()
+            with pytest.raises(RedisUnavailable):
+                yield rooms.join(ROOM, member(b"b", B), 1)
+            assert reactor.seconds() - started >= 0.5  # not before reply_timeout
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        (yield _until(lambda: link.protocol is not None and link.protocol is not first))
+        assert (yield rooms.join(ROOM, member(b"b", B), 2)).outcome is Outcome.INTRODUCED
+    finally:
+        (yield defer.maybeDeferred(link.stopService))
+        server.cleanup()

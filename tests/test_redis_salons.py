@@ -25,7 +25,7 @@ from natsalon.server.service import SalonConfig, SalonService
 from natsalon.stun import Address, Attr, Class, Message, Method, decode
 from natsalon.stun.client import RetransmitPolicy
 
-from redis_server import RedisServer
+from redis_server import BlockingLink, RedisServer
 
 SECRET = b"cookie-secret-shared-by-the-salons"
 
@@ -228,6 +228,15 @@ def test_a_member_whose_salon_dies_rejoins_the_other_and_meets_its_peer(redis):
         yield stopped(one, two)
 
 
+@defer.inlineCallbacks
+def join_answer(stun, salon, cookie=None):
+    """One JOIN for a fresh member of room "r" from ``stun``'s socket, parsed."""
+    keys = derive("r", "s3cret")
+    msg, _ = wire.join_request(keys.room_id, new_nonce(), (), keys.k_join, cookie)
+    resp = yield stun.request(msg, server_of(salon), sha256_key=keys.k_join)
+    return wire.parse_join_answer(resp.message)
+
+
 @pytest_twisted.inlineCallbacks
 def test_redis_stopped_while_members_wait_then_started(redis):
     one, two = make_salon(redis, "one"), make_salon(redis, "two")
@@ -247,13 +256,19 @@ def test_redis_stopped_while_members_wait_then_started(redis):
         yield a.waiting
         redis.stop()
         yield until(lambda: one.shared.link.protocol is None and two.shared.link.protocol is None)
-        db = b.join(two)  # unanswered while Redis is down; retransmitted
+        db = b.join(two)  # answered 503 while Redis is down: b joins again later
         for _ in range(10):  # the reflector answers throughout
             for salon in (one, two):
                 resp = yield stun.request(Message(Method.BINDING, Class.REQUEST, os.urandom(12)), server_of(salon))
                 assert resp.message.get(Attr.XOR_MAPPED_ADDRESS).port == stun_port.getHost().port
             yield deferLater(reactor, 0.1, lambda: None)
-        assert one.state.stats["join_registry_failed"] + two.state.stats["join_registry_failed"] >= 2
+        for salon in (one, two):  # a JOIN with a valid cookie: 503, retry later
+            ans = yield join_answer(stun, salon)
+            assert ans.kind is wire.Answer.COOKIE
+            ans = yield join_answer(stun, salon, ans.cookie)
+            assert ans.kind is wire.Answer.REFUSED and ans.error.code == 503 and ans.retry_later
+        assert not db.called and b.joiner.salons.current == server_of(two)
+        assert one.state.stats["join_retry_later"] >= 2 and two.state.stats["join_retry_later"] >= 2
         redis.start()  # an empty Redis: the members' next JOINs register them again
         ia, ib = yield defer.gatherResults([da, db])
         assert ia.peer.nonce == b.nonce and ib.peer.nonce == a.nonce
@@ -265,3 +280,79 @@ def test_redis_stopped_while_members_wait_then_started(redis):
         yield a.close()
         yield b.close()
         yield stopped(one, two)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_password_protected_redis_in_database_3_over_a_unix_socket_and_tcp(tmp_path):
+    """requirepass with the password from a file, database 3: one salon on
+    the unix socket (``unix:PATH?db=3``), one over TCP
+    (``redis://HOST:PORT/3``), configured as twistd's options do."""
+    from natsalon.server.tap import Options
+
+    server = RedisServer(tcp=True, unix=True, password="a redis password").start()
+    (tmp_path / "redis-password").write_text("a redis password\n")
+    (tmp_path / "cookie").write_text(SECRET.decode() + "\n")
+    salons = []
+    for name, rooms in (("one", "unix:%s?db=3" % server.path), ("two", "redis://127.0.0.1:%d/3" % server.port)):
+        o = Options()
+        o.parseOptions(["--interface", "127.0.0.1", "--port", "0", "--alt-port", "0", "--rooms", rooms,
+                        "--redis-password-file", str(tmp_path / "redis-password"), "--instance-id", name,
+                        "--cookie-secret-file", str(tmp_path / "cookie")])
+        salons.append(SalonService(reactor, o.config))
+    one, two = salons
+    a, b = Peer(), Peer()
+    try:
+        assert one.shared.address.path == server.path and two.shared.address.port == server.port
+        assert one.shared.address.db == two.shared.address.db == 3
+        yield started(one, two)
+        da = a.join(one)
+        yield a.waiting
+        ia, ib = yield defer.gatherResults([da, b.join(two)])
+        assert ia.peer.nonce == b.nonce and ib.peer.nonce == a.nonce
+        assert two.state.stats["notices_sent"] == 1 and one.state.stats["notices_received"] == 1
+        # the rooms are in database 3, none in database 0
+        db3, db0 = BlockingLink(server, db=3), BlockingLink(server)
+        try:
+            assert db3.call("EXISTS", "natsalon:room:" + a.keys.room_id.hex()) == 1
+            assert db0.call("KEYS", "natsalon:*") == []
+        finally:
+            db3.close()
+            db0.close()
+    finally:
+        yield a.close()
+        yield b.close()
+        yield stopped(one, two)
+        server.cleanup()
+
+
+@pytest_twisted.inlineCallbacks
+def test_without_the_password_the_salon_answers_503_and_stun():
+    """A salon without the password is never admitted (NOAUTH, logged
+    once): JOINs are answered 503 and the reflector still answers."""
+    server = RedisServer(password="a redis password").start()
+    salon = make_salon(server, "nopass")
+    errors = []
+
+    def observe(event):
+        if event.get("log_level") == LogLevel.error and "redislink" in event.get("log_namespace", ""):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    salon.startService()
+    stun = StunClientProtocol(reactor, RetransmitPolicy(rto=0.1, sends=3, last_wait=4))
+    stun_port = reactor.listenUDP(0, stun, interface="127.0.0.1")
+    try:
+        yield until(lambda: len(errors) >= 2)  # the registry's link and the subscriber's
+        yield deferLater(reactor, 1.0, lambda: None)  # retried meanwhile, not said again
+        assert len(errors) == 2 and "NOAUTH" in str(errors[0].get("reason"))
+        assert salon.shared.link.protocol is None
+        resp = yield stun.request(Message(Method.BINDING, Class.REQUEST, os.urandom(12)), server_of(salon))
+        assert resp.message.get(Attr.XOR_MAPPED_ADDRESS).port == stun_port.getHost().port
+        ans = yield join_answer(stun, salon)
+        ans = yield join_answer(stun, salon, ans.cookie)
+        assert ans.retry_later
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        yield stun_port.stopListening()
+        yield stopped(salon)
+        server.cleanup()

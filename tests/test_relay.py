@@ -297,3 +297,133 @@ def test_another_turn_server_than_the_salon():
     b.stop()
     net.run(1.0)
     assert len(service.core) == 0
+
+
+def _restart_salon(net: RelayNet, down: float) -> None:
+    """The salon's process dies (its allocations, relayed sockets and rooms
+    with it) and a new one starts ``down`` seconds later."""
+    for addr in [n for n in net.nodes if n[0] == net.relay_host and n != SALON]:
+        del net.nodes[addr]
+    net.salon_down = True
+    net.run(down)
+    net.salon_down = False
+    net.salon()
+
+
+def test_a_lost_relay_is_allocated_again_and_the_session_goes_on():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == cb.connection.path.kind == RELAY
+    conn_a, conn_b = ca.connection, cb.connection
+    got = {"a": [], "b": []}
+    conn_a.set_receiver(got["a"].append)
+    conn_b.set_receiver(got["b"].append)
+    joined = [e["event"] for e in ea + eb].count("joined")
+    _restart_salon(net, 1.0)
+    net.run(6.0)
+    for core, events in ((ca, ea), (cb, eb)):
+        names = [e["event"] for e in events]
+        assert "relay-lost" in names and "relay-recovered" in names, events
+        lost = [e for e in events if e["event"] == "relay-lost"][0]
+        assert "437" in lost["reason"] or "ICMP" in lost["reason"] or "refresh" in lost["reason"], lost
+        recovered = [e for e in events if e["event"] == "relay-recovered"][0]
+        assert recovered["server"] == "%s:%d" % SALON and recovered["recover_ms"] < 5000, recovered
+        assert "path-lost" not in names  # no re-join: the same session, the same Connection
+        assert core.phase is Phase.CONNECTED and core.connection.path.kind == RELAY
+    assert [e["event"] for e in ea + eb].count("joined") == joined
+    assert conn_a is ca.connection and conn_b is cb.connection
+    assert len(net.turn.core) == 2  # the new salon's allocations
+    for i in range(30):
+        assert conn_a.send(b"a%d" % i)
+        assert conn_b.send(b"b%d" % i)
+    net.run(0.5)
+    assert got["b"] == [b"a%d" % i for i in range(30)]
+    assert got["a"] == [b"b%d" % i for i in range(30)]
+    assert conn_a.rejected == conn_b.rejected == 0
+    a.stop()
+    b.stop()
+    net.run(1.0)
+    assert len(net.turn.core) == 0  # the new allocations released on stop
+
+
+def test_a_silent_peer_is_no_lost_relay():
+    """The peer goes quiet but the allocation is fine (the check's Refresh
+    succeeds): nothing is re-allocated, and the keepalive ends the path."""
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == RELAY
+    refreshes = len(ea)
+    net.cut.add(B)
+    net.run(8.0)
+    names = [e["event"] for e in ea[refreshes:]]
+    assert "relay-lost" not in names and "relay-allocated" not in names, ea[refreshes:]
+    net.run(8.0)
+    assert "path-lost" in [e["event"] for e in ea[refreshes:]]
+    a.stop()
+    b.stop()
+
+
+def test_connected_event_names_the_server_and_no_strategy_for_a_relayed_path():
+    from types import SimpleNamespace
+
+    from natsalon.cli.connect import connected_event
+    from natsalon.client.punch import Path
+
+    info = {"elapsed": 0.5, "punch": 0.25}
+    relayed = SimpleNamespace(path=Path(Address(*SALON), RELAY, 0.01), info=info)
+    ev = connected_event(relayed, "203.0.113.10:3478")
+    assert ev["path"] == "relay" and ev["server"] == "203.0.113.10:3478" and ev["strategy"] == "relay"
+    assert connected_event(relayed, "203.0.113.10:3478", "198.51.100.20:3478")["server"] == "198.51.100.20:3478"
+    direct = SimpleNamespace(path=Path(Address(*B), "direct", 0.01, strategy="birthday"), info=info)
+    ev = connected_event(direct, "203.0.113.10:3478", "198.51.100.20:3478")
+    assert ev["server"] == "203.0.113.10:3478" and ev["strategy"] == "birthday"
+
+
+def test_a_repunched_relayed_path_says_its_server():
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, keepalive=1.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    net.cut.add(B)  # the peer vanishes for a while: both re-join, relayed again
+    net.run(4.0)
+    net.cut.clear()
+    net.run(8.0)
+    again = [e for e in ea if e["event"] == "connected" and e.get("repunched")]
+    assert again and again[-1]["path"] == RELAY, ea
+    assert again[-1]["server"] == "%s:%d" % SALON and again[-1]["strategy"] == "relay"
+    a.stop()
+    b.stop()
+
+
+def test_a_relay_that_cannot_be_allocated_again_is_left_to_the_keepalive():
+    """The restarted salon runs no TURN: three Allocates fail, the watch
+    says relay-failed and stops; the keepalive ends the path and the
+    machine re-joins (no relay now: the punch fails and it backs off)."""
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, punch_timeout=2.0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == RELAY
+    for addr in [n for n in net.nodes if n[0] == net.relay_host and n != SALON]:
+        del net.nodes[addr]
+    net.salon(turn=False)
+    net.run(60.0)
+    names = [e["event"] for e in ea]
+    assert "relay-lost" in names and "relay-recovered" not in names, ea
+    failed = [e for e in ea if e["event"] == "relay-failed"]
+    assert failed and failed[0]["reason"].startswith("allocating again"), ea
+    assert names.index("relay-failed") < names.index("path-lost")
+    a.stop()
+    b.stop()

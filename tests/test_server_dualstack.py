@@ -109,3 +109,38 @@ def test_an_ipv4_and_an_ipv6_member_are_introduced_by_their_own_addresses(salon,
         answers[host] = (ans, me)
     ans, _ = answers["::1"]
     assert ans.kind is wire.Answer.INTRODUCED and ans.peer_address == answers["127.0.0.1"][1]
+
+
+class _TakenClock(UDPClock):
+    """The IPv4 twin of the first ephemeral port drawn is taken (another
+    process holds 0.0.0.0 on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = {("0.0.0.0", 40000)}
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        from twisted.internet.error import CannotListenError
+
+        if (interface, port) in self.taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenUDP(port, protocol, interface, maxPacketSize)
+
+
+def test_ephemeral_ports_whose_twin_is_taken_are_drawn_again():
+    clock = _TakenClock()
+    svc = SalonService(clock, SalonConfig(interface="::", port=0, alt_port=0, rate_limit=0, rcvbuf=0))
+    svc.startService()
+    ports = svc.layout.ports
+    assert 40000 not in ports
+    bound = {(s.interface, s.bound_port) for s in svc.sockets.values()}
+    assert bound == {(i, p) for i in ("::", "0.0.0.0") for p in ports}
+    # the first draw's socket was let go
+    assert clock.udp[("::", 40000)].closed
+
+
+def test_a_fixed_port_whose_twin_is_taken_is_an_error_not_a_retry():
+    clock = _TakenClock()
+    svc = SalonService(clock, SalonConfig(interface="::", port=40000, alt_port=40001, rate_limit=0, rcvbuf=0))
+    with pytest.raises(SystemExit, match="cannot listen on 0.0.0.0:40000"):
+        svc.privilegedStartService()

@@ -18,7 +18,8 @@ from natsalon.stun import CHANGE_PORT, Address, Attr, Class, Message, Method, de
 from natsalon.testing import FakeDatagramTransport
 
 V4 = [("198.51.100.7", 40000), ("198.51.100.8", 40001)]
-V6 = [("2001:db8::7", 40000), ("2001:db8::8", 40001)]
+# two IPv6 sources in two /64s (the rate limit counts IPv6 by /64)
+V6 = [("2001:db8::7", 40000), ("2001:db8:1::8", 40001)]
 
 
 class FakeSocket:

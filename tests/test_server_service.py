@@ -122,3 +122,18 @@ def test_without_alt_ip_one_line_says_nat_classification_needs_it():
 def test_start_up_line_names_the_ipv4_sockets_of_a_wildcard_ipv6_salon():
     svc, clock, (event,) = started(SalonConfig(interface="::", port=0, alt_port=0, rcvbuf=0))
     assert "serving STUN on [::]:40000, [::]:40001, 0.0.0.0:40000, 0.0.0.0:40001;" in formatEvent(event)
+
+
+def test_a_real_socket_let_go_at_once_can_be_bound_again_with_its_protocol():
+    from twisted.internet import reactor as real_reactor
+
+    proto = DatagramProtocol()
+    svc = DatagramService(real_reactor, 0, proto, "127.0.0.1")
+    first = svc.bind()
+    svc.unbind(at_once=True)
+    assert proto.transport is None and not first.connected
+    again = svc.bind()
+    try:
+        assert proto.transport is again and again.getHost().port > 0
+    finally:
+        svc.unbind(at_once=True)

@@ -1,7 +1,8 @@
 """``natsalon connect``: meet a peer in a room, punch, optionally forward.
 
 Prints one line per event (JSON with ``--json``): ``connected`` with the
-path, peer, elapsed and RTT; ``failed`` with a reason (exit status 1).
+path, peer, server, elapsed and RTT (:func:`connected_event`); ``failed``
+with a reason (exit status 1).
 Without ``--forward`` it exits 0 once the path is verified (after giving
 the peer up to 3 s to verify its side too).
 """
@@ -18,10 +19,12 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from natsalon.client.options import DEFAULTS, OptionError, check
+from natsalon.client.punch import RELAY
 from natsalon.client.secretfile import ENV_SECRET
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default)")
+    p.add_argument("--server", help="the salon, HOST[:PORT] (port 3478 by default); several salons sharing "
+                   "their rooms: HOST[:PORT],HOST[:PORT] (tried in turn)")
     p.add_argument("--room", help="room name, agreed with the peer")
     p.add_argument("--secret-file", help="file holding the shared secret")
     p.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file or $%s)" % ENV_SECRET)
@@ -40,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lan", action="store_true", help="do not offer LAN candidates")
     p.add_argument("--turn", metavar="turn:USER:PASS@HOST[:PORT]",
                    help="relay through this TURN server (e.g. coturn) instead of the salon's")
+    p.add_argument("--salon-tls", metavar="HOST[:PORT]",
+                   help="when UDP does not reach the salon, use its TURN over TLS here (port 5349 by default; "
+                        "the certificate must name HOST) instead of TCP")
+    p.add_argument("--salon-ca", metavar="FILE", help="trust this CA (PEM) for --salon-tls instead of the system's")
 
 
 def raw_options(args: argparse.Namespace) -> dict:
@@ -89,17 +96,25 @@ class Printer:
         stream.flush()
 
 
-def connected_event(conn) -> dict:
+def connected_event(conn, salon: str = "", turn: str = "") -> dict:
+    """The ``connected`` event.  ``server``: the TURN server that relays
+    (``turn``, else the salon's TURN) when the path is relayed, the
+    ``salon`` that introduced the peer otherwise.  ``strategy``: how a
+    direct or LAN path was punched (plain, predicted, birthday); "relay"
+    for a relayed path."""
+    relayed = conn.path.kind == RELAY
     return {
         "event": "connected",
         "path": conn.path.kind,
         "peer": str(conn.path.address),
+        "server": (turn or salon) if relayed else salon,
         "elapsed_ms": round(conn.info["elapsed"] * 1000, 1),
         "punch_ms": round(conn.info["punch"] * 1000, 1),
         "rtt_ms": round(conn.path.rtt * 1000, 1),
-        "strategy": conn.path.strategy,
+        "strategy": RELAY if relayed else conn.path.strategy,
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
+        "transport": conn.info.get("transport", "udp"),
     }
 
 
@@ -128,10 +143,10 @@ def _main(reactor, o, emit: Printer):
         fwd = _Forward(reactor, o.forward, o.deliver) if o.forward else None
     except CannotListenError as e:
         raise UsageFailure("--forward: cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError))
-    connecting = connect(reactor, o.server, o.room, o.secret, port=o.port, interface=o.interface,
+    connecting = connect(reactor, o.servers, o.room, o.secret, port=o.port, interface=o.interface,
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
-                         on_event=emit, turn=o.turn)
+                         on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca)
     # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
     trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:
@@ -149,7 +164,7 @@ def _main(reactor, o, emit: Printer):
             reactor.removeSystemEventTrigger(trigger)
         except (ValueError, KeyError):
             pass  # it is running: we are shutting down
-    emit(connected_event(conn))
+    emit(connected_event(conn, "%s:%d" % tuple(o.server), "%s:%d" % (o.turn.host, o.turn.port) if o.turn else ""))
     if fwd is None:
         yield conn.peer_confirmed(3.0)
         conn.close()

@@ -20,9 +20,13 @@ keeps the path and re-joins after any fault.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from twisted.internet import defer, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
 
 from natsalon import wire
 from natsalon.client.connection import Connection
@@ -32,11 +36,13 @@ from natsalon.client.probe.measure import probe
 from natsalon.client.probecache import DEFAULT_TTL, ProbeCache, cache_key
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
+from natsalon.client.salons import Salons
 from natsalon.client.options import parse_turn
 from natsalon.client.errors import (
     ConnectFailed, ConnectTimeout, IntroductionRefused, PeerNotVerified, PunchFailed, SalonUnreachable,
 )
 from natsalon.client.session import DESCRIPTIONS, ClientInputs, ClientMachine, Core, Settings
+from natsalon.client.streamlink import SalonLink, StreamTarget, stream_connector
 from natsalon.crypto.secret import derive
 from natsalon.net.hostport import parse_server
 from natsalon.net.interfaces import lan_addresses
@@ -76,11 +82,67 @@ def resolve_server(reactor, server):
     return host, port
 
 
+def server_list(server) -> List[Tuple[str, int]]:
+    """The salons named by ``server``: ``"HOST[:PORT][,HOST[:PORT]...]"``,
+    one ``(host, port)``, or a sequence of either; ValueError if none."""
+    if isinstance(server, str):
+        out = [parse_server(part) for part in server.split(",") if part.strip()]
+    elif len(server) == 2 and isinstance(server[0], str) and isinstance(server[1], int):
+        out = [(server[0], server[1])]
+    else:
+        out = [one for item in server for one in server_list(item)]
+    if not out:
+        raise ValueError("no salon in %r" % (server,))
+    return out
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects a name's IPv4 addresses (``reactor.nameResolver``)."""
+
+    def __init__(self) -> None:
+        self.addresses: List[str] = []
+        self.done = defer.Deferred()
+
+    def resolutionBegan(self, resolution) -> None:
+        pass
+
+    def addressResolved(self, address) -> None:
+        self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+@defer.inlineCallbacks
+def resolve_servers(reactor, server):
+    """Every ``(ip, port)`` of the salons ``server`` names (see
+    :func:`server_list`), in order, a name giving each of its IPv4
+    addresses; fails with DNSLookupError for a name without any."""
+    out = []
+    for host, port in server_list(server):
+        try:
+            ipaddress.ip_address(host)
+            out.append((host, port))
+            continue
+        except ValueError:
+            pass
+        receiver = _Addresses()
+        reactor.nameResolver.resolveHostName(receiver, host, port, addressTypes=[IPv4Address],
+                                             transportSemantics="UDP")
+        ips = yield receiver.done
+        if not ips:
+            raise DNSLookupError("no IPv4 address for the salon %r" % host)
+        out.extend((ip, port) for ip in ips)
+    return list(dict.fromkeys(out))
+
+
 @defer.inlineCallbacks
 def open_client(reactor, server, room, secret, *, port: int = 0, interface: str = "", lan: bool = True,
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-                strategy: StrategySettings = StrategySettings(), turn=None, probe_cache: Optional[str] = None):
+                strategy: StrategySettings = StrategySettings(), turn=None, salon_tls=None, salon_ca=None,
+                probe_cache: Optional[str] = None):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
@@ -89,11 +151,19 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     ``strategy``); False: plain punching only, as an old client.
     ``turn``: another TURN server than the salon's for the relay fallback,
     a :class:`~natsalon.client.options.TurnServer` or its
-    ``turn:USER:PASS@HOST[:PORT]`` URI.  ``probe_cache``: a file that keeps
-    the join-time probe's result for the next process
+    ``turn:USER:PASS@HOST[:PORT]`` URI.  ``server`` may name several
+    salons sharing their rooms (``"a,b"``, a list, or a name with several
+    addresses): the client moves to the next when one fails
+    (:mod:`natsalon.client.salons`).  When UDP does not reach the (first)
+    salon, the join and the relay go over TCP to the salon's port, or over
+    TLS to ``salon_tls`` (``(host, port)``; the certificate must name
+    ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
+    system's): :mod:`natsalon.client.streamlink`.  ``probe_cache``: a file
+    that keeps the join-time probe's result for the next process
     (:mod:`natsalon.client.probecache`; its ``default_path()`` is the usual
     place); None: none."""
-    server_addr = yield resolve_server(reactor, server)
+    salons = Salons((yield resolve_servers(reactor, server)))
+    server_addr = salons.current
     if isinstance(turn, str):
         turn = parse_turn(turn)
     if turn is not None:
@@ -109,38 +179,59 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     if on_event is not None:
         conn.on_event = on_event
     sock.on_frame = conn.frame_received
+    link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
     core = Core(reactor, sock, server_addr, keys, [Address(ip, local_port) for ip in ips], conn, settings,
                 emit=lambda event: conn.on_event(event),
-                check_salon=lambda: check_salon(reactor, server_addr, interface),
-                hardnat=_hard_nat(reactor, sock, server_addr, interface, ips, strategy, probe_cache)
+                hardnat=_hard_nat(reactor, sock, salons, interface, ips, strategy, probe_cache)
                 if hard_nat else None,
-                turn=turn)
+                turn=turn, salons=salons, link=link)
+
+    def check():
+        # the first salon's silence or refusal may open a stream to it (the
+        # link); another salon's refusal moves the Joiner on
+        probe = check_salon(reactor, core.server, interface)
+        return link.checked(probe) if tuple(core.server) == link.server else probe
+
+    core.check_salon = check
     machine = ClientMachine(core)
 
     def closed() -> None:
         machine.stop()
+        link.close()
         listening.stopListening()
 
     conn.on_close = closed
     return Client(machine, conn, core)
 
 
-def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, strategy: StrategySettings,
-              cache_path: Optional[str] = None) -> HardNat:
-    """The join-time probe against the salon and the extra-socket pools,
-    on the client socket's interface."""
+@defer.inlineCallbacks
+def _salon_link(reactor, sock: ClientSocket, server_addr, interface: str, salon_tls, salon_ca):
+    """The salon over UDP, over a stream when UDP does not get there: TCP
+    to its port, or TLS to ``salon_tls``."""
+    if salon_tls is None:
+        target = StreamTarget("tcp", server_addr[0], server_addr[1])
+    else:
+        ip, port = yield resolve_server(reactor, salon_tls)
+        target = StreamTarget("tls", ip, port, name=salon_tls[0], ca=salon_ca)
+    return SalonLink(reactor, sock, server_addr, stream_connector(reactor, target, interface), kind=target.kind)
+
+
+def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
+              strategy: StrategySettings, cache_path: Optional[str] = None) -> HardNat:
+    """The join-time probe against the salon in use and the extra-socket
+    pools, on the client socket's interface."""
     bind = interface or "0.0.0.0"
 
     def listen(proto):
         return reactor.listenUDP(0, proto, interface=bind)
 
     def run_probe(on_early):
-        return probe(reactor, server_addr, ProbeConfig(), local_ips=list(ips) + ([interface] if interface else []),
-                     listen=listen, on_early=on_early)
+        local_ips = list(ips) + ([interface] if interface else [])
+        return probe(reactor, salons.current, ProbeConfig(), local_ips=local_ips, listen=listen, on_early=on_early)
 
     knowledge = NatKnowledge(reactor, run_probe)
-    if cache_path:  # kept for the next process too, as long
-        key = cache_key(tuple(server_addr), list(ips) + ([interface] if interface else []))
+    if cache_path:  # kept for the next process too, as long (keyed by the first salon)
+        key = cache_key(tuple(salons.current), list(ips) + ([interface] if interface else []))
         knowledge = NatKnowledge(reactor, run_probe, ttl=DEFAULT_TTL, cache=ProbeCache(cache_path), key=key)
     return HardNat(knowledge, lambda: SocketPool(sock, listen), strategy)
 
@@ -149,9 +240,11 @@ def _hard_nat(reactor, sock: ClientSocket, server_addr, interface: str, ips, str
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-            turn=None, probe_cache: Optional[str] = None):
-    """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]" or
-    a (host, port) tuple) with the shared ``secret``; fires with a
+            turn=None, salon_tls=None, salon_ca=None, probe_cache: Optional[str] = None):
+    """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]", a
+    (host, port) tuple, or several salons sharing their rooms:
+    "HOST[:PORT],HOST[:PORT]", a list, a name with several addresses) with
+    the shared ``secret``; fires with a
     :class:`~natsalon.client.connection.Connection` whose path is verified
     both ways, or fails with a :class:`~natsalon.client.errors.ConnectFailed`
     subclass (:class:`SalonUnreachable`, :class:`IntroductionRefused`,
@@ -165,7 +258,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
                                encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
-                               turn=turn, probe_cache=probe_cache)
+                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca, probe_cache=probe_cache)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)
@@ -186,6 +279,7 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
         "strategy": conn.path.strategy,
         "probes": conn.path.probes,
         "sockets": conn.path.sockets,
+        "transport": client.core.salon_transport,  #: how the salon was reached: udp, tcp or tls
     }
     return conn
 

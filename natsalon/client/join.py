@@ -1,22 +1,41 @@
 """Joining a room: :class:`Joiner` fetches the salon's cookie, joins,
 polls while it waits, and finishes on the introduction (the answer to a
 poll, or an indication the salon pushes), verified end to end with the
-room's k_join."""
+room's k_join.
+
+With several salons sharing their rooms (:class:`~natsalon.client.salons.Salons`),
+the Joiner moves to the next one when its salon does not answer (the JOIN
+times out, or :meth:`Joiner.unreachable` reports an ICMP port unreachable)
+or answers 503 (retry later), and joins again there with the same nonce:
+the shared registry refreshes the member, now held by the new salon.  A
+503 with no other salon to try is retried later, never fatal."""
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from natsalon import wire
 from natsalon.wire import Answer
 from natsalon.client.demux import JOIN_POLICY, ClientSocket
 from natsalon.client.strategy.timing import SalonRtt, first_try
 from natsalon.client.errors import ConnectFailed, IntroductionRefused, ModeMismatch, SalonUnreachable
+from natsalon.client.salons import Salons
 from natsalon.crypto.secret import RoomKeys
 from natsalon.stun import Address
 from natsalon.stun.client import RetransmitPolicy, StunTimeout
+
+#: the JOIN's schedule when another salon could be tried: a salon silent
+#: for 3.75 s is left for the next (a lone salon keeps JOIN_POLICY, 9.75 s)
+FAILOVER_POLICY = RetransmitPolicy(rto=0.25, sends=5, last_wait=4, max_rto=1.0)
+
+
+def retry_later_delay(busy: int) -> float:
+    """Seconds before joining a salon again after its ``busy``-th 503 in a
+    row (1, 2, 4, then every 8 s)."""
+    return min(2.0 ** (busy - 1), 8.0)
 
 
 class Introduction(NamedTuple):
@@ -47,16 +66,30 @@ class Joiner:
     tell the genuine peer from someone who copied the room id): the first
     whose JOIN verifies with our k_join is the peer; the others are counted
     in ``impostors`` and ignored, and without a genuine one we keep
-    polling."""
+    polling.
+
+    ``salons``: the salons that may be tried (their ``current`` one is
+    joined first; by default ``server`` alone); ``on_switch(server)`` is
+    called each time the Joiner moves to another one.  ``retry_later``
+    maps the count of 503s in a row to the seconds before joining again."""
+
+    log = Logger()
 
     def __init__(self, clock, sock: ClientSocket, server: Tuple[str, int], keys: RoomKeys, nonce: bytes,
                  candidates: Sequence[Address], poll: float = 1.0, policy: RetransmitPolicy = JOIN_POLICY,
                  on_waiting: Callable[[], None] = lambda: None, leave_hash: Optional[bytes] = None,
-                 plain: bool = False, nat: Optional[wire.NatSummary] = None,
-                 rtt: Optional[SalonRtt] = None) -> None:
+                 plain: bool = False, nat: Optional[wire.NatSummary] = None, salons: Optional[Salons] = None,
+                 on_switch: Callable[[Tuple[str, int]], None] = lambda server: None,
+                 failover_policy: RetransmitPolicy = FAILOVER_POLICY,
+                 retry_later: Callable[[int], float] = retry_later_delay, rtt: Optional[SalonRtt] = None) -> None:
         self.clock = clock
         self.sock = sock
-        self.server = server
+        self.salons = salons if salons is not None else Salons([server])
+        self.server = self.salons.current
+        self.on_switch = on_switch
+        self.failover_policy = failover_policy
+        self.retry_later = retry_later
+        self._busy = 0  #: 503s in a row
         self.keys = keys
         self.nonce = nonce
         self.candidates = tuple(candidates)
@@ -89,8 +122,48 @@ class Joiner:
         return self._d
 
     def abort(self, error: Exception) -> None:
-        """End the join with ``error`` (e.g. the salon is unreachable); no-op once finished."""
+        """End the join with ``error``; no-op once finished."""
         self._finish(error)
+
+    def unreachable(self, error: Exception, server: Tuple[str, int]) -> None:
+        """Nothing listens at ``server`` (an ICMP port unreachable): if it
+        is still our salon, move to the next one, or end with ``error``
+        when there is none."""
+        if self._d is not None and tuple(server) == self.server:
+            self._failover(error)
+
+    def _failover(self, error: Exception) -> None:
+        nxt = self.salons.failed(self.clock.seconds())
+        if nxt is None:
+            self._finish(error)
+            return
+        self.log.info("{error}; trying the salon at {host}:{port}", error=error, host=nxt[0], port=nxt[1])
+        self._switch(nxt)
+        self._attempt()
+
+    def _switch(self, server: Tuple[str, int]) -> None:
+        """Leave the current salon for ``server``: its cookie is of no use there."""
+        self._stop()
+        self.server = server
+        self.cookie = None
+        self._cookies = 0
+        self.on_switch(server)
+
+    def _later(self, error) -> None:
+        """A 503 (retry later): the next salon at once, or this one after a while."""
+        self._busy += 1
+        nxt = self.salons.failed(self.clock.seconds())
+        if nxt is not None:
+            self.log.info("salon busy (503); trying the salon at {host}:{port}", host=nxt[0], port=nxt[1])
+            self._switch(nxt)
+            self._attempt()
+            return
+        if self.salons.current != self.server:
+            self._switch(self.salons.current)
+        delay = self.retry_later(self._busy)
+        self.log.info("salon busy ({code} {reason}); joining again in {delay:.1f}s", code=error.code,
+                      reason=error.reason, delay=delay)
+        self._poll_call = self.clock.callLater(delay, self._attempt)
 
     def _stop(self) -> None:
         if self._poll_call is not None and self._poll_call.active():
@@ -122,14 +195,18 @@ class Joiner:
                                    leave_hash=self.leave_hash, flags=self.flags | update, nat=self.nat,
                                    salon_rtt=self.sent_rtt)
         self._sent_at = self.clock.seconds()
-        req = self._req = self.sock.stun.request(msg, self.server, policy=self.policy, sha256_key=self.keys.k_join)
+        policy = self.failover_policy if len(self.salons) > 1 else self.policy
+        req = self._req = self.sock.stun.request(msg, self.server, policy=policy, sha256_key=self.keys.k_join)
         req.addCallbacks(self._answer, self._no_answer)
 
     def _no_answer(self, f) -> None:
         if f.check(defer.CancelledError):
             return
+        self._req = None
         if f.check(StunTimeout):
-            self._finish(SalonUnreachable("no answer from the salon at %s:%d" % self.server))
+            self._failover(SalonUnreachable("no answer from the salon at %s:%d" % self.server))
+        elif f.check(SalonUnreachable):  # said by the link to the salon (UDP, nor TCP/TLS)
+            self._failover(f.value)
         else:
             self._finish(ConnectFailed(str(f.value)))
 
@@ -144,6 +221,12 @@ class Joiner:
         except wire.WireError as e:
             self._finish(ConnectFailed("bad answer from the salon: %s" % e))
             return
+        self.salons.answered()
+        if ans.retry_later:
+            self._later(ans.error)
+            return
+        if ans.kind is not Answer.COOKIE:
+            self._busy = 0
         if ans.kind is Answer.COOKIE:
             self._cookie(ans.cookie)
         elif ans.kind is Answer.WAITING:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Optional, Tuple
 
 from natsalon.client.secretfile import SecretError, load_secret
-from natsalon.net.hostport import parse_local, parse_server
+from natsalon.net.hostport import parse_hostport, parse_local, parse_server
 
 
 class OptionError(ValueError):
@@ -64,7 +64,9 @@ def parse_turn(text: str) -> TurnServer:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    server: Tuple[str, int]
+    #: every salon of ``--server a,b`` (sharing their rooms), in order;
+    #: ``server`` is the first
+    servers: Tuple[Tuple[str, int], ...]
     room: str
     secret: bytes
     forward: Optional[Tuple[str, int]] = None
@@ -79,6 +81,15 @@ class ClientOptions:
     encrypt: bool = True
     lan: bool = True
     turn: Optional[TurnServer] = None  #: --turn: another TURN server than the salon's
+    #: --salon-tls: (host, port) of the salon's TURN over TLS, used instead
+    #: of TCP when UDP does not reach the salon (host: the certificate's name)
+    salon_tls: Optional[Tuple[str, int]] = None
+    salon_ca: Optional[str] = None  #: --salon-ca: PEM file of the CA trusted for --salon-tls
+
+    @property
+    def server(self) -> Tuple[str, int]:
+        """The first salon of ``--server``."""
+        return self.servers[0]
 
 
 #: option -> (lowest, highest): every timing is a finite number of seconds
@@ -137,6 +148,16 @@ def _server(text: Optional[str]) -> Tuple[str, int]:
     return host, port
 
 
+def _servers(text: Optional[str]) -> Tuple[Tuple[str, int], ...]:
+    """``HOST[:PORT][,HOST[:PORT]...]``: salons sharing their rooms, tried in order."""
+    if text and "," in text:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise OptionError("--server: an empty salon in %r (HOST[:PORT],HOST[:PORT])" % text)
+        return tuple(dict.fromkeys(_server(part) for part in parts))
+    return (_server(text),)
+
+
 def _interface(text: Optional[str]) -> str:
     if not text:
         return ""
@@ -147,6 +168,38 @@ def _interface(text: Optional[str]) -> str:
     if address.version != 4:
         raise OptionError("--interface: IPv6 is not supported yet: %r" % text)
     return str(address)
+
+
+#: the port of TURN over TLS (RFC 8656)
+TLS_PORT = 5349
+
+
+def _salon_tls(text: Optional[str]) -> Optional[Tuple[str, int]]:
+    if not text:
+        return None
+    try:
+        host, port = parse_hostport(text, TLS_PORT)
+    except ValueError as e:
+        raise OptionError("--salon-tls: %s" % e) from None
+    if ":" in host:
+        raise OptionError("--salon-tls: IPv6 salons are not supported yet: %r" % text)
+    return host, port
+
+
+def _salon_ca(text: Optional[str], tls) -> Optional[str]:
+    """A readable PEM certificate file (only with --salon-tls)."""
+    if not text:
+        return None
+    if tls is None:
+        raise OptionError("--salon-ca: only with --salon-tls")
+    try:
+        with open(text, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise OptionError("--salon-ca: cannot read %s: %s" % (text, e.strerror or e)) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise OptionError("--salon-ca: %s holds no PEM certificate" % text)
+    return text
 
 
 def check(raw: Mapping, environ=None) -> ClientOptions:
@@ -161,13 +214,14 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
     except (SecretError, OSError) as e:
         raise OptionError(str(e)) from None
     return ClientOptions(
-        server=_server(raw.get("server")), room=room, secret=secret,
+        servers=_servers(raw.get("server")), room=room, secret=secret,
         forward=_endpoint(raw, "forward", parse_local), deliver=_endpoint(raw, "deliver", parse_local),
         timeout=_seconds(raw, "timeout"), punch_timeout=_seconds(raw, "punch-timeout"),
         keepalive=_seconds(raw, "keepalive"), dead_after=_whole(raw, "dead-after", 1, 100),
         retry=_seconds(raw, "retry"), port=_whole(raw, "port", 0, 65535),
         interface=_interface(raw.get("interface")), encrypt=not raw.get("no-encrypt"), lan=not raw.get("no-lan"),
-        turn=_endpoint(raw, "turn", parse_turn),
+        turn=_endpoint(raw, "turn", parse_turn), salon_tls=_salon_tls(raw.get("salon-tls")),
+        salon_ca=_salon_ca(raw.get("salon-ca"), raw.get("salon-tls")),
     )
 
 

@@ -59,6 +59,7 @@ class Relay:
         self.clock = clock
         self.sock = sock
         self.server = (server[0], server[1])
+        self.credentials = (credentials[0], credentials[1])
         self.turn = TurnClient(clock, sock.write, self.server, credentials[0], credentials[1], lifetime=lifetime)
         self.local = LocalSocket(self.send, "relay", relayed=self.server)
         self.allocation: Optional[Allocation] = None
@@ -68,6 +69,11 @@ class Relay:
         #: called with a reason when the allocation is lost (a refresh failed)
         self.on_lost: Callable[[str], None] = lambda reason: None
         self.turn.on_lost = lambda reason: self.on_lost(reason)
+        #: ``(payload, addr)`` of every relayed punch probe before the
+        #: puncher sees it (a recovery learns the peer's new source there,
+        #: :mod:`natsalon.client.recovery`)
+        self.learn: Optional[Callable[[bytes, tuple], None]] = None
+        self.peer_host: Optional[str] = None
 
     @property
     def relayed(self) -> Optional[Address]:
@@ -81,6 +87,7 @@ class Relay:
         server, before the peer can learn the address (through the salon,
         one round trip at least) and probe it."""
         self.sock.relays[self.server] = self.datagram
+        self.peer_host = peer_host
         d = self._allocating = self.turn.allocate()
 
         def allocated(allocation: Allocation):
@@ -94,6 +101,14 @@ class Relay:
     def _permit_failed(self, f) -> None:
         if not f.check(defer.CancelledError):
             self.log.warn("TURN permission for the peer refused: {e}", e=f.getErrorMessage())
+
+    def check(self) -> defer.Deferred:
+        """Refresh the allocation now (is it still there?): a refusal (437
+        allocation mismatch after a server restart) or no answer ends in
+        :attr:`on_lost`; fires when the refresh is over either way."""
+        if self.closed or self.allocation is None:
+            return defer.succeed(None)
+        return self.turn.refresh()
 
     def close(self) -> defer.Deferred:
         """Release the allocation (idempotent); fires True once the server
@@ -159,7 +174,52 @@ class Relay:
         if is_frame(payload):
             self.sock.on_frame(payload, addr)
         else:
+            if self.learn is not None:
+                self.learn(payload, addr)
             self.sock.on_punch(payload, addr, self.local)
+
+
+def relay_server(core) -> Tuple[str, int]:
+    """The TURN server the client relays through: ``--turn``'s, else the salon's."""
+    turn = core.turn
+    return (turn.host, turn.port) if turn is not None else tuple(core.server)
+
+
+def signal_relay(core, intro, cookie: Optional[bytes], relayed: Address) -> defer.Deferred:
+    """JOIN the room again as the same member (``core.member``) with our
+    relayed address (NS-RELAY): the salon updates our JOIN for the peer and
+    answers with the peer's.  Fires with the salon's response
+    (:func:`peer_relay` reads it).  ``core`` is the client machine's
+    :class:`~natsalon.client.session.Core`, ``intro`` the introduction."""
+    nonce, token = core.member
+    msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, cookie,
+                               leave_hash=wire.leave_hash(token),
+                               flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
+                               nat=intro.nat if intro.nat.known else None, relay=relayed)
+    return core.salon.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
+
+
+def peer_relay(core, intro, response) -> Tuple[Optional[bytes], Optional[Address]]:
+    """The salon's answer to :func:`signal_relay`: ``(cookie, None)`` when
+    it asks for a new cookie (its secret rolled over, or it restarted),
+    ``(None, address)`` once the peer's JOIN (verified with k_join) lists
+    its relayed address, ``(None, None)`` otherwise (ask again later)."""
+    try:
+        ans = wire.parse_join_answer(response.message)
+    except wire.WireError:
+        return None, None
+    if ans.kind is wire.Answer.COOKIE:
+        return ans.cookie, None
+    if ans.kind is not wire.Answer.INTRODUCED:
+        return None, None
+    for raw, _address in ans.peers:
+        try:
+            peer = wire.verify_peer_join(raw, core.keys.k_join, core.keys.room_id)
+        except wire.WireError:
+            continue
+        if peer.nonce == intro.peer.nonce and peer.relay is not None:
+            return None, peer.relay
+    return None, None
 
 
 class RelayRace:
@@ -186,8 +246,7 @@ class RelayRace:
 
     @property
     def server(self) -> Tuple[str, int]:
-        turn = self.core.turn
-        return (turn.host, turn.port) if turn is not None else tuple(self.core.server)
+        return relay_server(self.core)
 
     @property
     def server_text(self) -> str:
@@ -205,7 +264,7 @@ class RelayRace:
             return  # direct punching won the head start: no allocation
         core = self.core
         credentials = core.turn.credentials if core.turn is not None else self.intro.turn
-        self.relay = Relay(core.clock, core.socket, self.server, credentials)
+        self.relay = Relay(core.clock, core.salon, self.server, credentials)
         core.log.info("relay: allocating at {server}", server="the salon's TURN" if core.turn is None else "--turn")
         core.emit({"event": "relay-allocating", "server": self.server_text, "after_ms": self._ms()})
         self.relay.start(self.intro.peer_address.host).addCallbacks(self._allocated, self._failed)
@@ -233,37 +292,27 @@ class RelayRace:
         core, relay = self.core, self.relay
         if relay is None or relay.relayed is None or self.puncher.selected is not None or core.member is None:
             return
-        nonce, token = core.member
-        msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self._cookie,
-                                   leave_hash=wire.leave_hash(token),
-                                   flags=0 if core.connection.encrypt else wire.JOIN_FLAG_PLAIN,
-                                   nat=self.intro.nat if self.intro.nat.known else None, relay=relay.relayed)
-        self._req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
+        self._req = signal_relay(core, self.intro, self._cookie, relay.relayed)
         self._req.addCallbacks(self._signalled, self._signal_failed)
 
     def _signalled(self, response) -> None:
         self._req = None
-        try:
-            ans = wire.parse_join_answer(response.message)
-        except wire.WireError:
-            ans = None
-        if ans is not None and ans.kind is wire.Answer.COOKIE:
-            self._cookie = ans.cookie  # the salon's secret rolled over: at once with the new one
+        cookie, relay = peer_relay(self.core, self.intro, response)
+        if cookie is not None:
+            self._cookie = cookie  # the salon's secret rolled over: at once with the new one
             self._signal()
             return
-        if ans is not None and ans.kind is wire.Answer.INTRODUCED:
-            for raw, _address in ans.peers:
-                try:
-                    peer = wire.verify_peer_join(raw, self.core.keys.k_join, self.core.keys.room_id)
-                except wire.WireError:
-                    continue
-                if peer.nonce == self.intro.peer.nonce and peer.relay is not None:
-                    self.core.log.debug("the peer's relayed address {relay}", relay=peer.relay)
-                    self.puncher.add_candidate(peer.relay, CandidateKind.RELAY)
-                    # probed at once, not at the schedule's next round (up to
-                    # one punch interval later): the race is on
-                    self.puncher.probe(peer.relay)
-                    return
+        if relay is not None:
+            self.core.log.debug("the peer's relayed address {relay}", relay=relay)
+            self.puncher.add_candidate(relay, CandidateKind.RELAY)
+            # probed at once, not at the schedule's next round (up to
+            # one punch interval later): the race is on
+            self.puncher.probe(relay)
+            if self.core.salon_transport != "udp" and self.relay is not None:
+                # our UDP reaches nobody: relay to relay (its channel permits it)
+                self.puncher.add_candidate(relay, CandidateKind.RELAY, self.relay.local)
+                self.puncher.probe(relay, self.relay.local)
+            return
         self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._signal)
 
     def _signal_failed(self, f: Failure) -> None:

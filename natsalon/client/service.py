@@ -50,8 +50,9 @@ class ClientService(service.Service):
         self._retry_call = None
         c = self.o.checked
         d = self._opening = self._open_client(
-            self.reactor, c.server, c.room, c.secret, port=c.port, interface=c.interface, lan=c.lan,
-            encrypt=c.encrypt, settings=self.settings(), on_event=self._event, turn=c.turn)
+            self.reactor, c.servers, c.room, c.secret, port=c.port, interface=c.interface, lan=c.lan,
+            encrypt=c.encrypt, settings=self.settings(), on_event=self._event, turn=c.turn,
+            salon_tls=c.salon_tls, salon_ca=c.salon_ca)
         d.addCallback(self._opened)
         d.addErrback(self._open_failed)
 

@@ -11,7 +11,8 @@ States (the data each one owns, cancelled on every way out)::
                    Relay racing it (a TURN allocation at the salon, when the
                    introduction carried credentials)]
     Connected     [Live: the verified session and its Keepalive, and the
-                   Relay and its Upgrade while the path is relayed]
+                   Relay, its Upgrade and its RelayWatch while the path
+                   is relayed]
     BackingOff    [IDelayedCall: the retry, after backoff with jitter]
     Stopped
 
@@ -39,7 +40,11 @@ Inputs and transitions::
 An upgrade from a relayed path to a direct one is no transition: the
 ``Connected`` state's Live moves the Connection to the direct pair
 (:meth:`Connection.move`: same keys and counters), emits ``upgraded`` and
-releases the allocation shortly after.
+releases the allocation shortly after.  Nor is a lost relay (the TURN
+server restarted): the Live's :class:`~natsalon.client.recovery.RelayWatch`
+allocates again, re-signals the new relayed address through the salon
+and moves the Connection to the new relayed pair (``relay-lost``, then
+``relay-recovered``); only if that fails too does the keepalive end the path.
 
 "Path lost" and "re-joining" are the ``Connected -> Joining`` transition:
 the :class:`~natsalon.client.connection.Connection` object stays, only
@@ -67,7 +72,9 @@ from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
 from natsalon.client.options import TurnServer
-from natsalon.client.relay import Relay, RelayRace
+from natsalon.client.recovery import RelayWatch
+from natsalon.client.relay import Relay, RelayRace, relay_server
+from natsalon.client.salons import Salons
 from natsalon.client.upgrade import Upgrade
 from natsalon.client.strategy import HardNat, Role, Runner, SalonRtt, Strategy, coordinated_wait, decide
 from natsalon.client.strategy.exchange import OwnSummary, SummaryExchange
@@ -127,6 +134,11 @@ class Settings:
     #: seconds the allocation outlives an upgrade (the peer may still send
     #: through it until its own direct pair verifies, about one RTT later)
     release_after: float = 2.0
+    #: while relayed through our allocation: seconds between probes of the
+    #: path, and seconds of silence after which the allocation is checked
+    #: (relay lost: :mod:`natsalon.client.recovery`)
+    relay_check: float = 1.0
+    relay_silence: float = 2.0
     #: seconds to wait after the n-th failed attempt in a row
     retry: Callable[[int], float] = field(default_factory=lambda: backoffPolicy(1.0, 30.0, 1.5))
 
@@ -138,6 +150,7 @@ class Session(NamedTuple):
     keys: SessionKeys
     path: Path
     relay: Optional[Relay] = None  #: our allocation, kept while the path is relayed
+    intro: Optional[Introduction] = None  #: the introduction (a lost relay is re-signalled with it)
 
 
 class ClientInputs(Protocol):
@@ -199,11 +212,28 @@ class Core:
     #: IP, port, credentials); None: the salon's, with the credentials its
     #: introduction carries
     turn: Optional[TurnServer] = None
+    #: the way to the salon when UDP may not get there
+    #: (:class:`natsalon.client.streamlink.SalonLink`); None: the socket, over UDP
+    link: Optional[object] = None
+    #: the salons sharing the room (``--server a,b``): each attempt joins
+    #: their current one, and the Joiner moves on when it fails; ``server``
+    #: follows; None: ``server`` alone
+    salons: Optional[Salons] = None
     #: our smoothed round trip to the salon (first tries of our JOINs), sent in them
     salon_rtt: SalonRtt = field(default_factory=SalonRtt)
     #: our NAT summary for the current membership, once the join-time probe gives it
     own_nat: OwnSummary = field(default_factory=OwnSummary)
     log: Logger = field(default_factory=Logger)
+
+    @property
+    def salon(self):
+        """What the join, the relay and the LEAVE talk to the salon through."""
+        return self.link if self.link is not None else self.socket
+
+    @property
+    def salon_transport(self) -> str:
+        """``"udp"``, or ``"tcp"``/``"tls"`` once the salon is reached over a stream."""
+        return self.link.transport if self.link is not None else "udp"
 
     def leave_salon(self) -> None:
         """Tell the salon our latest membership is over (one datagram; if
@@ -213,7 +243,7 @@ class Core:
         nonce, token = self.member
         self.member = None
         try:
-            self.socket.write(wire.leave_request(self.keys.room_id, nonce, token), self.server)
+            self.salon.write(wire.leave_request(self.keys.room_id, nonce, token), self.server)
         except OSError:
             pass
 
@@ -249,10 +279,14 @@ class Attempt:
         self.nonce = new_nonce()
         self.token = wire.new_leave_token()
         core.member = (self.nonce, self.token)
+        self.core = core
+        if core.salons is not None:
+            core.server = core.salons.current
         hard = core.hardnat is not None
-        self.joiner = Joiner(core.clock, core.socket, core.server, core.keys, self.nonce, core.candidates,
+        self.joiner = Joiner(core.clock, core.salon, core.server, core.keys, self.nonce, core.candidates,
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
                              leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt,
+                             salons=core.salons, on_switch=self._switched,
                              nat=PENDING_NAT if hard else None, rtt=core.salon_rtt if hard else None)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
         self.own = core.own_nat = OwnSummary()
@@ -262,18 +296,33 @@ class Attempt:
             self.knowing.addCallbacks(self._know, lambda f: f.trap(defer.CancelledError))
         self.deferred = self.joiner.start()
         self.deferred.addCallbacks(machine._introduced, _unless_cancelled(machine._failed))
-        self.check = core.check_salon() if core.check_salon is not None else None
-        if self.check is not None:
-            self.check.addErrback(self._unreachable)
+        self.check = None
+        self._check(core.server)
 
     def _know(self, nat: wire.NatSummary) -> None:
         self.knowing = None
         self.joiner.update(nat)
         self.own.set(nat)
 
-    def _unreachable(self, f: Failure) -> None:
+    def _check(self, server) -> None:
+        """Listen for an ICMP port unreachable from ``server`` (core.check_salon)."""
+        if self.core.check_salon is None:
+            return
+        self.check = self.core.check_salon()
+        self.check.addErrback(self._unreachable, server)
+
+    def _unreachable(self, f: Failure, server) -> None:
         if f.check(SalonUnreachable):
-            self.joiner.abort(f.value)
+            self.joiner.unreachable(f.value, server)
+
+    def _switched(self, server) -> None:
+        """The Joiner moved to another salon: the machine talks to it now."""
+        core = self.core
+        core.server = server
+        core.emit({"event": "salon", "server": "%s:%d" % server})
+        if self.check is not None:
+            self.check.cancel()
+        self._check(server)
 
     def cancel(self) -> None:
         self.deferred.cancel()
@@ -319,7 +368,7 @@ class Punch:
             self.exchange.start()
         self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
-                                                                          self._keep_relay(path))),
+                                                                          self._keep_relay(path), intro)),
                                    _unless_cancelled(machine._failed))
 
     def _timeout(self, plan) -> float:
@@ -366,7 +415,9 @@ class Punch:
         self.kickoff.at(wait)
         if self.relaying:  # direct punching gets its relay_after from its start, held or not
             self.race = RelayRace(core, self.puncher, intro, self.started)
-            self.race.start(0.0 if plan.strategy is Strategy.NONE else core.settings.relay_after)
+            # no UDP to the salon: no direct path either, the relay at once
+            direct = plan.strategy is not Strategy.NONE and core.salon_transport == "udp"
+            self.race.start(core.settings.relay_after if direct else 0.0)
 
     def _announce(self, plan, wait: float) -> None:
         if plan.strategy is Strategy.PLAIN:
@@ -435,15 +486,30 @@ class Live:
         core.connection.attach(session.puncher, session.keys, session.path)
         self.keepalive.start()
         self.upgrade: Optional[Upgrade] = None
+        self.watch: Optional[RelayWatch] = None
         self._release = None
         if session.path.kind == RELAY and s.upgrade_budget > 0:
-            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded)
+            self.upgrade = Upgrade(core.clock, session.puncher, s.upgrade_interval, s.upgrade_budget, self._upgraded,
+                                   socket=core.socket)
             self.upgrade.start()
+        if session.path.kind == RELAY and session.relay is not None and session.intro is not None:
+            self.watch = RelayWatch(core, session.puncher, session.intro, session.relay, self._relay_recovered,
+                                    check=s.relay_check, silence=s.relay_silence)
+            self.watch.start()
+
+    def _relay_recovered(self, pair, relay: Relay) -> None:
+        """The relay was lost and a new allocation carries the path now."""
+        path = self.session.puncher.move(pair)
+        self.session = self.session._replace(path=path, relay=relay)
+        self.core.connection.move(path)
+        self.keepalive.address = path.address
 
     def _upgraded(self, pair) -> None:
         """A direct pair verified while relayed: traffic moves to it now,
         the allocation goes a little later."""
         core = self.core
+        if self.watch is not None:
+            self.watch.stop()  # a new allocation not yet carrying the path goes too
         path = self.session.puncher.move(pair)
         relay = self.session.relay
         self.session = self.session._replace(path=path, relay=None)
@@ -472,6 +538,8 @@ class Live:
         connection.detach()
         if self.upgrade is not None:
             self.upgrade.stop()
+        if self.watch is not None:
+            self.watch.stop()
         relay = self.session.relay
         if relay is not None:
             relay.close()
@@ -564,10 +632,14 @@ def _connected(m: ClientInputs, c: Core, session: Session) -> Live:
     c.failures = 0
     live = Live(m, c, session)
     path = session.path
-    c.log.info("connected: path {path}, rtt {rtt:.1f} ms", path=path.kind, rtt=path.rtt * 1000)
+    c.log.info("connected: path {path}, rtt {rtt:.1f} ms; the salon over {transport}", path=path.kind,
+               rtt=path.rtt * 1000, transport=c.salon_transport)
     if c.connects:
+        relayed = path.kind == RELAY
         c.emit({"event": "connected", "path": path.kind, "peer": str(path.address),
-                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True})
+                "server": "%s:%d" % (relay_server(c) if relayed else tuple(c.server)),
+                "strategy": RELAY if relayed else path.strategy,
+                "rtt_ms": round(path.rtt * 1000, 1), "repunched": True, "transport": c.salon_transport})
     c.connects += 1
     c.settle(c.connection)
     return live

@@ -22,7 +22,7 @@ class Options(OpsOptionsMixin, usage.Options):
     synopsis = "--server HOST[:PORT] --room ROOM (--secret-file F | --secret S | $NATSALON_SECRET) [options]"
     longdesc = "Meet a peer in a natsalon room, punch a direct UDP path, keep it, and forward a local UDP port."
     optParameters = [
-        ["server", None, None, "The salon, HOST[:PORT]."],
+        ["server", None, None, "The salon, HOST[:PORT]; several sharing their rooms: HOST[:PORT],HOST[:PORT]."],
         ["room", None, None, "Room name, agreed with the peer."],
         ["secret-file", None, None, "File holding the shared secret."],
         ["secret", None, None, "The shared secret (prefer --secret-file)."],
@@ -36,6 +36,8 @@ class Options(OpsOptionsMixin, usage.Options):
         ["port", None, DEFAULTS["port"], "Local UDP port of the punched path."],
         ["interface", None, "", "Local address to bind."],
         ["turn", None, None, "turn:USER:PASS@HOST[:PORT]: relay through this TURN server instead of the salon's."],
+        ["salon-tls", None, None, "HOST[:PORT]: when UDP does not reach the salon, its TURN over TLS (port 5349 by default) instead of TCP."],
+        ["salon-ca", None, None, "PEM file of the CA trusted for --salon-tls instead of the system's."],
     ]
     optFlags = [
         ["json", None, "Accepted for symmetry with natsalon connect (events are logged)."],

@@ -27,8 +27,8 @@ def _port(text: str, original: str, allow_zero: bool) -> int:
 def _split(text: str) -> Tuple[str, str]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError("bad address %r" % text)
+        if not sep or (rest and not rest.startswith(":")) or ":" not in host:
+            raise ValueError("bad address %r (brackets hold an IPv6 address)" % text)
         return host, rest[1:]
     if text.count(":") == 1:
         host, port = text.split(":")

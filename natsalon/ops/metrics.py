@@ -370,6 +370,8 @@ class ClientCollector(_Base):
                        max(0, connects - 1))
         yield _counter("natclient_rejoins", "Joins after the first (re-joins after a failure or a lost path).",
                        max(0, self.events.counts.get("joined", 0) - 1))
+        yield _counter("natclient_upgrades", "Relayed paths moved to a direct path (upgraded events).",
+                       self.events.counts.get("upgraded", 0))
         yield GaugeMetricFamily("natclient_failures_in_a_row", "Failed attempts since the last connect.",
                                 value=core.failures if core is not None else 0)
         yield _labelled(CounterMetricFamily, "natclient_events", "The client's events, by name.", "event",

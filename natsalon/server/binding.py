@@ -1,9 +1,10 @@
 """Answers to Binding requests: sans-IO, bytes and addresses in, a reply out.
 
 :func:`fast_response` serves the common case (a 20-byte RFC 5389 Binding
-request with no attributes from an IPv4 client) with a precomputed header
-and nothing but XOR-MAPPED-ADDRESS: a 32-byte answer to a 20-byte request,
-a 1.6 byte ratio.  :func:`answer` serves every other request: RFC 5780
+request with no attributes) with a precomputed header and nothing but
+XOR-MAPPED-ADDRESS: from an IPv4 client a 32-byte answer to a 20-byte
+request, a 1.6 byte ratio; from an IPv6 client (:func:`fast_response6`, the
+address XOR-ed with the transaction id too) 44 bytes, 2.2.  :func:`answer` serves every other request: RFC 5780
 CHANGE-REQUEST, RESPONSE-PORT and PADDING, RESPONSE-ORIGIN and OTHER-ADDRESS,
 RFC 3489 classic requests, and the error answers.
 """
@@ -33,6 +34,9 @@ PLAIN_REQUEST_PREFIX = b"\x00\x01\x00\x00" + MAGIC_COOKIE_BYTES
 #: the first 8 bytes of its success response (length 12: one attribute)
 RESPONSE_HEAD = b"\x01\x01\x00\x0c" + MAGIC_COOKIE_BYTES
 _XMA_HEAD = b"\x00\x20\x00\x08\x00\x01"
+#: the same for an IPv6 source (length 24: one 20-byte attribute)
+RESPONSE_HEAD6 = b"\x01\x01\x00\x18" + MAGIC_COOKIE_BYTES
+_XMA6_HEAD = b"\x00\x20\x00\x14\x00\x02"
 
 
 class Reply(NamedTuple):
@@ -43,7 +47,12 @@ class Reply(NamedTuple):
 
 def xor_mapped_tail(host: str, port: int) -> bytes:
     """The 12-byte XOR-MAPPED-ADDRESS attribute for an IPv4 source; it does
-    not depend on the transaction id, so it can be cached per source."""
+    not depend on the transaction id, so it can be cached per source.  For
+    an IPv6 source, the 24 bytes :func:`fast_response6` completes with the
+    transaction id (the attribute with the address not yet XOR-ed)."""
+    if ":" in host:
+        raw = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+        return _XMA6_HEAD + struct.pack("!H", port ^ 0x2112) + raw
     xhost = (int.from_bytes(socket.inet_aton(host), "big") ^ MAGIC_COOKIE).to_bytes(4, "big")
     return _XMA_HEAD + struct.pack("!H", port ^ 0x2112) + xhost
 
@@ -51,7 +60,16 @@ def xor_mapped_tail(host: str, port: int) -> bytes:
 def fast_response(request: bytes, tail: bytes) -> bytes:
     """The success response to a plain 20-byte Binding ``request`` from the
     source whose :func:`xor_mapped_tail` is ``tail``."""
+    if len(tail) != 12:
+        return fast_response6(request, tail)
     return RESPONSE_HEAD + request[8:20] + tail
+
+
+def fast_response6(request: bytes, tail: bytes) -> bytes:
+    """:func:`fast_response` for an IPv6 source: the address XOR-ed with
+    the magic cookie and the transaction id (RFC 8489 section 14.2)."""
+    xaddr = (int.from_bytes(tail[8:24], "big") ^ int.from_bytes(request[4:20], "big")).to_bytes(16, "big")
+    return RESPONSE_HEAD6 + request[8:20] + tail[:8] + xaddr
 
 
 #: an error answer is at most this many times the size of its request: the
@@ -111,11 +129,11 @@ def answer(msg: Message, source: Address, received_on: Key, layout: Layout) -> O
     flags = msg.get(Attr.CHANGE_REQUEST, 0)
     change_ip = bool(flags & CHANGE_IP)
     change_port = bool(flags & CHANGE_PORT)
-    if change_ip and not layout.has_alt_ip:
+    if change_ip and not layout.has_alt(received_on):
         # RFC 5780 section 6.1: no alternate address, so CHANGE-REQUEST with
         # change-IP cannot be honoured.
         return _error_reply(msg, received_on, src, 420, (Attr.CHANGE_REQUEST,))
-    # (a third element, the IPv4 twin of a '::' salon's socket, stays: same family)
+    # (a third element, the second family's socket, stays: same family)
     via = (received_on[0] ^ change_ip, received_on[1] ^ change_port) + tuple(received_on[2:])
     response_port = msg.get(Attr.RESPONSE_PORT)
     to = (source.host, response_port if response_port else source.port)

@@ -7,9 +7,10 @@ handful of attribute look-ups per packet.  At 150k+ requests/s that
 overhead is most of the cost, so :class:`ReflectorPort` runs the same loop
 with everything in locals.  It rate-limits each datagram once, as
 ``datagramReceived`` would, and answers the common case (a 20-byte RFC
-5389 Binding request with no attributes from an IPv4 source, with the
-answer tail the protocol computes and caches: ``fast_tail``) without
-leaving the loop.  Everything else goes to the protocol's ``answer`` (the
+5389 Binding request with no attributes, with the answer tail the
+protocol computes and caches: ``fast_tail``; an IPv6 source's answer is
+completed with the transaction id, ``fast_response6``) without leaving the
+loop.  Everything else goes to the protocol's ``answer`` (the
 path after rate limiting), so behaviour is identical: the unit tests drive
 both and compare, and the loopback tests drive this port.
 
@@ -42,7 +43,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD
+from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD, fast_response6
 from natsalon.server.reflector import CHANNEL_FIRST
 
 _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
@@ -114,7 +115,7 @@ class ReflectorPort(udp.Port):
                         tail = tail_for(addr)
                     if tail:
                         try:
-                            sendto(head + data[8:20] + tail, addr)
+                            sendto(fast_response6(data, tail) if v6 else head + data[8:20] + tail, addr)
                             answered += 1
                         except OSError:
                             failed += 1  # e.g. ENOBUFS: the client retransmits

@@ -6,9 +6,33 @@ protocol), which forgets every count.  At most ``max_sources`` sources are
 tracked in a window; sources beyond that share one overflow budget of
 ``overflow_limit`` requests, so a flood from many (spoofed) addresses costs
 bounded memory and cannot exhaust the answers for sources already seen.
+
+An IPv6 source is counted by its /64 (:func:`source_key`): one host
+usually holds a whole /64 and may pick any address in it (privacy
+addresses), so a per-address limit would not limit it.
 """
 
 from __future__ import annotations
+
+import socket
+
+#: the first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def source_key(host: str):
+    """What the limit counts for source ``host``: an IPv4 address itself,
+    an IPv6 address's /64 (its first 8 bytes; an IPv4-mapped one: the IPv4
+    address)."""
+    if ":" not in host:
+        return host
+    try:
+        raw = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    except OSError:
+        return host
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return raw[:8]
 
 
 class SourceLimiter:
@@ -22,6 +46,10 @@ class SourceLimiter:
         self._overflow = 0
 
     def allow(self, source: str) -> bool:
+        """Whether a request from ``source`` (an IP address) is answered
+        in this window; counts it."""
+        if ":" in source:
+            source = source_key(source)
         counts = self._counts
         n = counts.get(source)
         if n is None:

@@ -2,9 +2,9 @@
 
 ``datagramReceived`` rate-limits a datagram, then ``answer`` answers it (on
 the salon's sockets, :class:`natsalon.server.fastport.ReflectorPort`'s read
-loop rate-limits and calls ``answer``).  A plain Binding request from an
-IPv4 source is answered with :func:`natsalon.server.binding.fast_response`
-and a cached XOR-ed address; everything else goes through the full decoder
+loop rate-limits and calls ``answer``).  A plain Binding request is
+answered with :func:`natsalon.server.binding.fast_response` and a cached
+XOR-ed address (IPv6: completed with the transaction id); everything else goes through the full decoder
 and the method handlers (Binding, and the introducer's methods when the salon has
 one).  A handler may answer later, with a Deferred (the introducer over a
 room registry across the network): the reply is sent when it fires, and a
@@ -83,7 +83,7 @@ class ReflectorProtocol(DatagramProtocol):
     :meth:`datagramReceived`, then answered by :meth:`answer`: the one path
     every datagram takes after rate limiting.  ``ReflectorPort``'s read
     loop does the rate limiting itself and answers a plain Binding request
-    from an IPv4 source with this protocol's :meth:`fast_tail` without
+    with this protocol's :meth:`fast_tail` without
     calling out (the bytes :meth:`answer` would send); it hands every
     other datagram to :meth:`answer`."""
 
@@ -95,8 +95,8 @@ class ReflectorProtocol(DatagramProtocol):
         self.state = state
         self.rcvbuf = rcvbuf
         self.fast_answers = 0  # folded into state.stats by flush_stats()
-        #: source address -> its cached XOR-MAPPED-ADDRESS attribute, b""
-        #: for an IPv6 source (see :meth:`fast_tail`); filled here, read by
+        #: source address -> its cached XOR-MAPPED-ADDRESS attribute (IPv6:
+        #: before the XOR with the transaction id, see :meth:`fast_tail`); filled here, read by
         #: ReflectorPort's loop too
         self.tails: Dict[tuple, bytes] = {}
         self._registered = None  # the transport this put in state.transports
@@ -157,11 +157,11 @@ class ReflectorProtocol(DatagramProtocol):
         self._full(data, addr)
 
     def fast_tail(self, addr) -> bytes:
-        """The cached XOR-MAPPED-ADDRESS attribute for an IPv4 source, or
-        b"" for IPv6 (whose XOR depends on the transaction id: full path).
+        """The cached XOR-MAPPED-ADDRESS attribute for a source (for IPv6,
+        before the XOR with the transaction id: :func:`binding.xor_mapped_tail`).
         The cache is bounded."""
         host, port = addr[0], addr[1]
-        tail = b"" if ":" in host else binding.xor_mapped_tail(host, port)
+        tail = binding.xor_mapped_tail(host, port)
         if len(self.tails) >= _TAIL_CACHE_SIZE:
             self.tails.clear()
         self.tails[(host, port)] = tail

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from natsalon.server.introducer.cookies import CookieJar
 from natsalon.server.introducer.handler import Introducer
 from natsalon.server.introducer.redisrooms import RemoteVia
-from natsalon.server.layout import PRIMARY, Layout, hostport, ipv4_twin
+from natsalon.server.layout import PRIMARY, Family, Layout, hostport, twin_key
 from natsalon.server.ratelimit import SourceLimiter
 from natsalon.server.reflector import ReflectorProtocol, ServerState
 from natsalon.server.introducer.rooms import MAX_MEMBERS, MEMBER_TIMEOUT, MemoryRooms
@@ -63,10 +63,17 @@ class SalonConfig:
     #: cookie secrets, the first issues and all verify (shared by the
     #: salons sharing rooms); empty: a random one per process
     cookie_secrets: Tuple[bytes, ...] = ()
+    #: the other IP family's sockets (``--interface`` given once per
+    #: family); None: one family (and IPv4 on ``0.0.0.0`` beside ``::``)
+    second: Optional[Family] = None
 
-
-def _is_wildcard(ip: str) -> bool:
-    return ipaddress.ip_address(ip).is_unspecified
+    def families(self) -> Tuple[Family, ...]:
+        """The families served, the first one's (``interface``...) first."""
+        first = Family(self.interface, self.alt_ip, self.advertise, self.advertise_alt)
+        second = self.second
+        if second is None and ipaddress.ip_address(self.interface) == ipaddress.IPv6Address("::"):
+            second = Family("0.0.0.0")
+        return (first,) if second is None else (first, second)
 
 
 class _IPv6OnlyPort(ReflectorPort):
@@ -89,18 +96,21 @@ def listen_ipv6_only(reactor, port: int, protocol, interface: str = "::"):
 
 
 def _sockets(config: SalonConfig):
-    """``(key, interface, port, listen)`` of each socket: the RFC 5780 grid
-    (two ports, times two IPs with --alt-ip) and, on ``::``, an IPv4
-    socket beside each IPv6-only one (:func:`natsalon.server.layout.ipv4_twin`)."""
-    ips = (config.interface, config.alt_ip)
+    """``(key, interface, port, listen)`` of each socket: per family, the
+    RFC 5780 grid (two ports, times two IPs with an alternate IP); the
+    second family's keys have its IP version as a third element
+    (:func:`natsalon.server.layout.twin_key`).  With two families, IPv6
+    sockets take IPv6 only."""
+    families = config.families()
     ports = (config.port, config.alt_port)
-    dual = ipaddress.ip_address(config.interface) == ipaddress.IPv6Address("::")
     out = []
-    for i in (0, 1) if config.alt_ip else (0,):
-        for p in (0, 1):
-            out.append(((i, p), ips[i], ports[p], listen_ipv6_only if dual else listen_reflector))
-    if dual:
-        out += [(ipv4_twin((0, p)), "0.0.0.0", ports[p], listen_reflector) for p in (0, 1)]
+    for n, fam in enumerate(families):
+        ips = (fam.interface, fam.alt_ip)
+        listen = listen_ipv6_only if len(families) > 1 and fam.version == 6 else listen_reflector
+        for i in (0, 1) if fam.alt_ip else (0,):
+            for p in (0, 1):
+                key = twin_key((i, p), fam.version) if n else (i, p)
+                out.append((key, ips[i], ports[p], listen))
     return out
 
 
@@ -172,20 +182,38 @@ class SalonService(service.MultiService):
 
             self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
 
+    #: how many sets of ephemeral ports to try when the others' twins are taken
+    EPHEMERAL_TRIES = 8
+
     def _bind(self) -> None:
-        """Bind every socket not bound yet, then set the layout."""
-        # The primary sockets first: when asked for port 0, the others (the
-        # alternate IP's, the IPv4 twins of a '::' salon) must use the same
-        # two ports (the RFC 5780 grid).
+        """Bind every socket not bound yet, then set the layout.  The
+        primary sockets first: the others (the alternate IP's, the other
+        family's) use the same two ports (the RFC 5780 grid).  When those
+        were ephemeral (port 0) and a twin's port is taken on its address,
+        all are let go and another pair is drawn."""
+        ephemeral = 0 in (self.config.port, self.config.alt_port)
+        for tries_left in range(self.EPHEMERAL_TRIES - 1 if ephemeral else 0, -1, -1):
+            try:
+                ports = self._bind_grid()
+                break
+            except CannotListenError:
+                if not tries_left:
+                    raise
+                for key, svc in self.sockets.items():
+                    svc.unbind(at_once=True)
+                    svc.port = self.config.port if key[1] == 0 else self.config.alt_port
+        families = self.config.families()
+        second = families[1] if len(families) > 1 else None
+        self.state.layout = Layout(families[0].advertised(), ports,
+                                   second.advertised() if second else (None, None), second.version if second else 0)
+
+    def _bind_grid(self) -> Tuple[int, int]:
         ports = tuple(self.sockets[(0, p)].bind().getHost().port for p in (0, 1))
         for key, svc in self.sockets.items():
             if key not in ((0, 0), (0, 1)):
                 svc.port = ports[key[1]]
                 svc.bind()
-        cfg = self.config
-        ip0 = cfg.advertise or (None if _is_wildcard(cfg.interface) else cfg.interface)
-        ip1 = (cfg.advertise_alt or cfg.alt_ip) if cfg.alt_ip else None
-        self.state.layout = Layout((ip0, ip1), ports)
+        return ports
 
     def privilegedStartService(self) -> None:
         """Under twistd: bind every socket before privileges are dropped; a
@@ -208,9 +236,12 @@ class SalonService(service.MultiService):
             rate="%d/s per source" % self.config.rate_limit if self.config.rate_limit else "off",
             introducer=self._describe_introducer(),
         )
-        if not self.config.alt_ip:
-            log.info("no --alt-ip: clients can learn their public address but not classify their NAT "
-                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2")
+        missing = [f for f in self.config.families() if not f.alt_ip]
+        if missing:
+            log.info("no --alt-ip{of}: clients can learn their public address but not classify their NAT "
+                     "(RFC 5780 needs a second IP address); give one with --interface IP1 --alt-ip IP2",
+                     of="" if len(missing) == len(self.config.families()) else
+                     " for IPv%d" % missing[0].version)
 
     def _describe_introducer(self) -> str:
         if self.introducer is None:
@@ -229,8 +260,13 @@ class SalonService(service.MultiService):
             if self.shared is not None:
                 self.shared.send(reply)
             return
-        # the socket it joined on, or the primary one of the same family
         via = reply.via
+        if via and via[0] == "tcp":  # joined over a TURN stream (UDP blocked): down that connection, if open
+            write = self.turn.relays.writers.get(via) if self.turn is not None else None
+            if write is not None:
+                write(reply.data, reply.to)
+            return
+        # the socket it joined on, or the primary one of the same family
         transport = self.state.transports.get(via) or self.state.transports.get(PRIMARY + tuple(via[2:]))
         if transport is not None:
             self.state.write(transport, reply.data, reply.to)

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from natsalon import __version__
 from natsalon.server.optcheck import ip, secret_lines, whole
+from natsalon.server.layout import Family
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.server.turn.options import TurnOptionsMixin
 from natsalon.ops.options import OpsOptionsMixin
@@ -74,6 +75,54 @@ def _shared_rooms(o) -> dict:
     return out
 
 
+def _by_version(values, name: str) -> dict:
+    """IP version -> address, for an option given at most once per family."""
+    out = {}
+    for value in values:
+        addr = ip(value, name)
+        version = ipaddress.ip_address(addr).version
+        if version in out:
+            raise usage.UsageError("%s: given twice for IPv%d (%s and %s): give it once per IP family"
+                                   % (name, version, out[version], addr))
+        out[version] = addr
+    return out
+
+
+def _family(version: int, interface: str, alt: dict, adv: dict, adv_alt: dict) -> Family:
+    """One family's sockets, checked: an --alt-ip needs a specific
+    --interface of its family, and differs from it."""
+    alt_ip = alt.get(version)
+    if alt_ip is not None:
+        if ipaddress.ip_address(interface).is_unspecified:
+            raise usage.UsageError("--alt-ip %s needs --interface set to a specific IPv%d address, not %s"
+                                   % (alt_ip, version, interface))
+        if alt_ip == interface:
+            raise usage.UsageError("--alt-ip must differ from --interface (both are %s)" % alt_ip)
+    if adv_alt.get(version) and alt_ip is None:
+        raise usage.UsageError("--advertise-alt %s needs --alt-ip of IPv%d" % (adv_alt[version], version))
+    return Family(interface, alt_ip, adv.get(version), adv_alt.get(version))
+
+
+def _families(o) -> tuple:
+    """The families the salon serves, the first --interface's first: each
+    --interface is of its own family (``::`` alone brings IPv4 on
+    ``0.0.0.0``); --alt-ip, --advertise, --advertise-alt go to the
+    family of their address, which must have an --interface."""
+    interfaces = _by_version(o.get("interface") or ["0.0.0.0"], "--interface")
+    if list(interfaces.values()) == ["::"]:
+        interfaces[4] = "0.0.0.0"
+    tables = {name: _by_version(o.get(key, []), name) for name, key in (
+        ("--alt-ip", "alt-ip"), ("--advertise", "advertise"), ("--advertise-alt", "advertise-alt"))}
+    for name, table in tables.items():
+        for version, addr in table.items():
+            if version not in interfaces:
+                given = " and ".join(interfaces.values())
+                raise usage.UsageError("%s %s and --interface %s are of different IP versions (no IPv%d "
+                                       "--interface)" % (name, addr, given, version))
+    return tuple(_family(v, interfaces[v], tables["--alt-ip"], tables["--advertise"], tables["--advertise-alt"])
+                 for v in interfaces)
+
+
 class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
     command = "twistd natsalon"
     synopsis = "[options]"
@@ -83,13 +132,8 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
         "server's host and --port."
     )
     optParameters = [
-        ["interface", "i", "0.0.0.0", "IP address to listen on (the primary address; '::' for IPv6)."],
         ["port", "p", "3478", "Primary STUN port (0 picks a free one)."],
         ["alt-port", None, "3479", "Alternate port for RFC 5780 change-port answers."],
-        ["alt-ip", None, None, "Second local IP address: enables the four RFC 5780 sockets, "
-                               "change-IP answers and OTHER-ADDRESS. Needs a specific --interface."],
-        ["advertise", None, None, "Public IP to report for --interface (servers behind 1:1 NAT)."],
-        ["advertise-alt", None, None, "Public IP to report for --alt-ip (servers behind 1:1 NAT)."],
         ["rate-limit", None, "200", "Requests per second answered per source IP (0 disables)."],
         ["max-sources", None, "65536", "Source IPs tracked by the rate limiter at once (bounds memory)."],
         ["rcvbuf", None, str(4 << 20), "Socket receive buffer in bytes."],
@@ -115,6 +159,26 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
                                      "(reply/request byte ratio 2.8 instead of 1.6)."],
     ] + TurnOptionsMixin.turnFlags
 
+    def opt_interface(self, value: str) -> None:
+        """IP address to listen on (default 0.0.0.0; '::' serves IPv6 and IPv4 beside it). Once per IP
+        family: --interface 192.0.2.1 --interface 2001:db8::1 serves both."""
+        self.setdefault("interface", []).append(value)
+
+    opt_i = opt_interface
+
+    def opt_alt_ip(self, value: str) -> None:
+        """Second local IP address of an --interface's family: enables that family's four RFC 5780
+        sockets, change-IP answers and OTHER-ADDRESS. Needs a specific --interface. Once per family."""
+        self.setdefault("alt-ip", []).append(value)
+
+    def opt_advertise(self, value: str) -> None:
+        """Public IP to report for the --interface of its family (servers behind 1:1 NAT)."""
+        self.setdefault("advertise", []).append(value)
+
+    def opt_advertise_alt(self, value: str) -> None:
+        """Public IP to report for the --alt-ip of its family (servers behind 1:1 NAT)."""
+        self.setdefault("advertise-alt", []).append(value)
+
     def opt_version(self) -> None:
         """Print natsalon's version and exit."""
         sys.stdout.write("natsalon %s\n" % __version__)
@@ -122,30 +186,20 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
 
     def postOptions(self) -> None:
         o = self
-        interface = ip(o["interface"], "--interface")
         port = whole(o["port"], "--port", 0, 65535)
         alt_port = whole(o["alt-port"], "--alt-port", 0, 65535)
         if port and port == alt_port:
             raise usage.UsageError("--alt-port must differ from --port (both are %d)" % port)
-        alt_ip = ip(o["alt-ip"], "--alt-ip") if o["alt-ip"] else None
-        if alt_ip is not None:
-            if ipaddress.ip_address(interface).is_unspecified:
-                raise usage.UsageError("--alt-ip needs --interface set to a specific address, not %s" % interface)
-            if ipaddress.ip_address(alt_ip).version != ipaddress.ip_address(interface).version:
-                raise usage.UsageError("--alt-ip %s and --interface %s are of different IP versions" % (alt_ip, interface))
-            if alt_ip == interface:
-                raise usage.UsageError("--alt-ip must differ from --interface")
-        advertise = ip(o["advertise"], "--advertise") if o["advertise"] else None
-        advertise_alt = ip(o["advertise-alt"], "--advertise-alt") if o["advertise-alt"] else None
-        if advertise_alt and not alt_ip:
-            raise usage.UsageError("--advertise-alt needs --alt-ip")
+        families = _families(o)
+        first = families[0]
         self.config = SalonConfig(
-            interface=interface,
+            interface=first.interface,
             port=port,
             alt_port=alt_port,
-            alt_ip=alt_ip,
-            advertise=advertise,
-            advertise_alt=advertise_alt,
+            alt_ip=first.alt_ip,
+            advertise=first.advertise,
+            advertise_alt=first.advertise_alt,
+            second=families[1] if len(families) > 1 else None,
             rate_limit=whole(o["rate-limit"], "--rate-limit", 0, 10 ** 9),
             max_sources=whole(o["max-sources"], "--max-sources", 1, 10 ** 8),
             rcvbuf=whole(o["rcvbuf"], "--rcvbuf", 0, 1 << 30),
@@ -156,7 +210,7 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
             member_timeout=_member_timeout(o),
             max_members=whole(o["max-members"], "--max-members", 2, 64),
             max_waiting_per_ip=whole(o["max-waiting-per-ip"], "--max-waiting-per-ip", 1, 10 ** 6),
-            turn=self.turn_config(advertise or interface),
+            turn=self.turn_config(first.advertise or first.interface),
             **_shared_rooms(o),
         )
 

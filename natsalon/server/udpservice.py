@@ -33,13 +33,18 @@ class DatagramService(service.Service):
                 self._listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.interface)
         return self._listening
 
-    def unbind(self):
+    def unbind(self, at_once: bool = False):
         """Close the socket if it is open; return what ``stopListening``
-        returns (a Deferred, or None)."""
+        returns (a Deferred, or None).  ``at_once``: close it now, not at
+        the reactor's next turn, so that its protocol can be bound again
+        right away (a real UDP port lets its protocol go one turn later)."""
         listening, self._listening = self._listening, None
-        if listening is not None:
-            return listening.stopListening()
-        return None
+        if listening is None:
+            return None
+        if at_once and getattr(listening, "connected", False) and hasattr(listening, "connectionLost"):
+            listening.connectionLost()  # what stopListening schedules for the next turn
+            return None
+        return listening.stopListening()
 
     @property
     def bound_port(self) -> Optional[int]:

@@ -16,7 +16,9 @@ Salon answers::
     success, NS_STATUS=INTRODUCED + NS_PEER (the peer's JOIN request, verbatim)
         + NS_PEER_ADDRESS (its public endpoint) + XOR-MAPPED-ADDRESS (ours)
         [+ NS_TURN: TURN credentials for the salon's relay, scoped to the room]
-    409 room full, 429 too many waiting from this IP, 503 salon full, 400 bad join
+    409 room full, 429 too many waiting from this IP, 400 bad join
+    503 retry later: the salon is full, or its room registry (Redis) is
+        unreachable; the client tries another salon or joins again later
     JOIN indication with the INTRODUCED attributes and NS_NONCE = the recipient's
         nonce: pushed to the waiting member when its peer arrives.
 """
@@ -176,6 +178,18 @@ def join_error(txid: bytes, code: int) -> bytes:
     return _error(Method.JOIN, txid, code)
 
 
+#: the error code of "retry later" (RFC 8489's 503 Server Busy): a client
+#: tries another salon, or the same one again after a while; never fatal
+RETRY_LATER = 503
+
+
+def retry_later(txid: bytes) -> bytes:
+    """503: the salon cannot place members now (its rooms are full, or its
+    room registry is unreachable); 48 bytes, less than any JOIN that
+    reaches the registry (it carries a cookie)."""
+    return _error(Method.JOIN, txid, RETRY_LATER)
+
+
 def waiting_response(txid: bytes, observed: Address) -> bytes:
     return encode(Message(Method.JOIN, Class.SUCCESS, txid, (
         (Attr.XOR_MAPPED_ADDRESS, observed), (Attr.NS_STATUS, Status.WAITING))))
@@ -227,6 +241,11 @@ class JoinAnswer(NamedTuple):
     error: Optional[ErrorCode] = None
     #: (username, password) for the salon's TURN relay, when it runs one
     turn: Optional[Tuple[str, str]] = None
+
+    @property
+    def retry_later(self) -> bool:
+        """A 503: try another salon, or this one again later."""
+        return self.kind is Answer.REFUSED and self.error is not None and self.error.code == RETRY_LATER
 
     @property
     def peer_raw(self) -> Optional[bytes]:

@@ -41,6 +41,7 @@ The classic (RFC 3489) type: :data:`CLASSIC_TABLE`, first matching row wins.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from natsalon.stun import Address
@@ -113,8 +114,17 @@ def classic_type(answered: bool, nat: Optional[bool], mapping: Behaviour,
 
 def is_nat(mapped: Address, local_port: int, local_ips: Sequence[str]) -> bool:
     """True when the mapped address is not this socket's own address: its IP
-    is none of this host's interface addresses, or the port was changed."""
-    return mapped.host not in set(local_ips) or mapped.port != local_port
+    is none of this host's interface addresses, or the port was changed
+    (IPv6 too: NAT66, or NPTv6's prefix translation)."""
+    return _ip(mapped.host) not in {_ip(ip) for ip in local_ips} or mapped.port != local_port
+
+
+def _ip(text: str):
+    """An address in a comparable form (IPv6 text has many spellings)."""
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
 
 
 class Verdict(NamedTuple):

@@ -35,14 +35,15 @@ in :mod:`natsalon.client.probe.classify` (:mod:`natsalon.client.probe.report`).
 from __future__ import annotations
 
 import socket
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Mapping, Optional, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from natsalon.client.probe.config import ProbeConfig
 from natsalon.client.probe.errors import ProbeError, ServerUnreachable, ServerUnusable
 from natsalon.client.probe.findings import Bound
+from natsalon.client.probe.privacy import address_flags_in_thread
 from natsalon.client.probe.report import ProbeReport
 from natsalon.client.probe.run import ProbeRun, binding_request, change_request
 from natsalon.client.probe.sockets import default_listen
@@ -59,42 +60,68 @@ log = Logger()
 @defer.inlineCallbacks
 def probe(reactor, server: Tuple[str, int], config: ProbeConfig = ProbeConfig(),
           local_ips: Optional[Iterable[str]] = None, listen: Optional[Callable] = None,
-          on_early: Optional[Callable[[NatSummary], None]] = None):
-    """Probe the NAT in front of this host against ``server`` ``(host, port)``.
+          on_early: Optional[Callable[[NatSummary], None]] = None, family: Optional[int] = None,
+          address_flags: Optional[Mapping[str, int]] = None):
+    """Probe the NAT (or firewall) in front of this host against ``server``
+    ``(host, port)``, over the server's IP family.
 
     Fires with a :class:`ProbeReport` (also for ``udp-blocked``), or fails
     with :class:`ServerUnreachable` / :class:`ServerUnusable`.  ``reactor``
     provides the clock (and ``listenUDP`` / ``resolve`` unless ``listen``
-    is given and ``server`` is an IPv4 literal); ``local_ips`` are this
-    host's interface addresses (default: :mod:`natsalon.net.interfaces`, scanned
-    in a thread).  ``on_early`` is called once with the NAT summary
-    (:mod:`.summary`) as soon as the mapping and port-allocation tests are
-    over (about two round trips), before the filtering tests may have to
-    wait out their schedule.
+    is given and ``server`` is an IP literal); a host name is resolved to
+    an address of IP version ``family`` (4 by default; 6 in the reactor's
+    thread pool).  ``local_ips`` are this host's interface addresses and
+    ``address_flags`` its IPv6 addresses' flags (:mod:`.privacy`; default:
+    both scanned in a thread).  ``on_early`` is called once with the NAT
+    summary (:mod:`.summary`) as soon as the mapping and port-allocation
+    tests are over (about two round trips), before the filtering tests may
+    have to wait out their schedule.
     """
-    host, port = server
-    if not _is_ipv4(host):
-        try:
-            host = yield reactor.resolve(host)
-        except Exception as e:
-            raise ServerUnreachable("cannot resolve %s: %s" % (server[0], e.__class__.__name__)) from None
+    host = yield _resolve(reactor, server[0], family)
+    v6 = ":" in host
     if local_ips is None:
         from natsalon.net.interfaces import local_addresses_in_thread
         local_ips = yield local_addresses_in_thread(reactor)
-    run = ProbeRun(reactor, listen or default_listen(reactor), Address(host, int(port)), config,
-                   frozenset(local_ips))
+    if address_flags is None and v6:
+        address_flags = yield address_flags_in_thread(reactor)
+    run = ProbeRun(reactor, listen or default_listen(reactor, 6 if v6 else 4), Address(host, int(server[1])),
+                   config, frozenset(local_ips), address_flags)
     report = yield measure(run, on_early)
     log.debug("probe of {server}: {classic} in {ms} ms", server=server, classic=report.classic.value,
               ms=report.elapsed_ms)
     return report
 
 
-def _is_ipv4(host: str) -> bool:
+def ip_version(host: str) -> Optional[int]:
+    """4 or 6 for an IP literal, None for a host name."""
+    for af, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            socket.inet_pton(af, host)
+        except OSError:
+            continue
+        return version
+    return None
+
+
+@defer.inlineCallbacks
+def _resolve(reactor, host: str, family: Optional[int]):
+    """``host`` if it is an IP literal, else an address of IP version
+    ``family`` (4 when None) it resolves to; a literal of the other
+    version than ``family`` is :class:`ServerUnusable`."""
+    version = ip_version(host)
+    if version is not None:
+        if family is not None and family != version:
+            raise ServerUnusable("%s is an IPv%d address, not IPv%d" % (host, version, family))
+        return host
     try:
-        socket.inet_pton(socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
+        if family == 6:
+            infos = yield threads.deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo,
+                                                    host, None, socket.AF_INET6, socket.SOCK_DGRAM)
+            return infos[0][4][0]
+        return (yield reactor.resolve(host))
+    except Exception as e:
+        raise ServerUnreachable("cannot resolve %s%s: %s" % (host, " to IPv6" if family == 6 else "",
+                                                             e.__class__.__name__)) from None
 
 
 def measure(run: ProbeRun, on_early: Optional[Callable[[NatSummary], None]] = None) -> defer.Deferred:
@@ -152,7 +179,8 @@ def measure_mapping(run: ProbeRun):
     targets["m4"] = Address(p.host, alt_port)
     names = list(targets)
     answers = yield defer.gatherResults(
-        [run.ask(sock, targets[n], () if run.found.rfc5780_off else (change_request(0),)) for n in names])
+        [run.ask(sock, targets[n], () if run.found.rfc5780_off else (change_request(0),)) for n in names],
+        consumeErrors=True)
     for name, resp in zip(names, answers):
         if resp is None:
             run.found.cannot("mapping", "%s did not answer" % (targets[name],))
@@ -222,7 +250,7 @@ def filtering_outcome(run: ProbeRun, label: str, resp, expect: Optional[Address]
 def measure_hairpinning(run: ProbeRun):
     """H / B: whether either socket receives what the other sends to its mapped address."""
     h, b = run.sock("H"), run.sock("B")
-    hb, bb = yield defer.gatherResults([run.bind(h), run.bind(b)])
+    hb, bb = yield defer.gatherResults([run.bind(h), run.bind(b)], consumeErrors=True)
     if hb is None or bb is None:
         run.found.cannot("hairpinning", "no binding to hairpin through")
         return
@@ -252,7 +280,8 @@ def measure_hairpinning(run: ProbeRun):
 def measure_lifetime(run: ProbeRun):
     """X1..Xn: the longest idle time a binding survives, and the first it did not."""
     intervals = [t for t in run.config.lifetime_intervals if t <= run.config.lifetime_max]
-    binds = yield defer.gatherResults([run.bind(run.sock("X%d" % i)) for i in range(len(intervals))])
+    binds = yield defer.gatherResults([run.bind(run.sock("X%d" % i)) for i in range(len(intervals))],
+                                     consumeErrors=True)  # cancelled together: one failure is enough
     alive_for, dead_after = None, None
     for interval, bound in zip(intervals, binds):
         if bound is None:

@@ -6,11 +6,12 @@ tables of :mod:`natsalon.client.probe.classify`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Mapping, Optional, Tuple
 
 from natsalon.client.probe import classify
 from natsalon.client.probe.classify import Allocation, Behaviour, Classic, PortAllocation
 from natsalon.client.probe.findings import Bound, Findings
+from natsalon.client.probe.privacy import is_temporary
 from natsalon.client.probe.summary import summarize
 from natsalon.stun import Address, Attr, Message
 from natsalon.wire.nat import NatSummary
@@ -58,10 +59,16 @@ class ProbeReport:
     notes: Tuple[str, ...] = ()
     #: what a client's JOIN says of this NAT (:mod:`natsalon.client.probe.summary`)
     summary: Optional[NatSummary] = None
+    #: the IP version probed (the server's)
+    family: int = 4
+    #: IPv6: whether the local address is a temporary (privacy) address
+    #: (RFC 8981); None for IPv4 or when it could not be told
+    temporary: Optional[bool] = None
 
     def to_json(self) -> dict:
         """The object ``natsalon probe --json`` prints (keys in the README)."""
         return {
+            "family": self.family,
             "nat": self.nat,
             "mapped": _s(self.mapped),
             "local": _s(self.local),
@@ -73,6 +80,7 @@ class ProbeReport:
                                 "last_port": self.summary.last_port if self.summary is not None else None},
             "hairpinning": self.hairpinning,
             "lifetime_s": self.lifetime_s,
+            "temporary_address": self.temporary,
             "server": self.server.to_json(),
             "elapsed_ms": self.elapsed_ms,
             "notes": list(self.notes),
@@ -83,9 +91,11 @@ def _s(addr: Optional[Address]) -> Optional[str]:
     return None if addr is None else str(addr)
 
 
-def build_report(found: Findings, timeout: float, local_ips: Iterable[str], elapsed_ms: int) -> ProbeReport:
+def build_report(found: Findings, timeout: float, local_ips: Iterable[str], elapsed_ms: int,
+                 address_flags: Mapping[str, int] = {}) -> ProbeReport:
     """The verdicts on what the run found; ``timeout`` is the wait that
-    bounded "no answer", ``local_ips`` this host's interface addresses."""
+    bounded "no answer", ``local_ips`` this host's interface addresses,
+    ``address_flags`` its IPv6 addresses' flags (:mod:`.privacy`)."""
     r = found.results
     bindings = [v for v in r.values() if isinstance(v, Bound)]
     answered = bool(bindings)
@@ -103,9 +113,11 @@ def build_report(found: Findings, timeout: float, local_ips: Iterable[str], elap
     alloc = classify.port_allocation(found.samples) if answered else PortAllocation(Allocation.UNKNOWN)
     lifetime_s = _lifetime(r["lifetime"], notes) if "lifetime" in r else None
     server = _server_info(found, primary.msg if primary is not None else None, tested)
+    family = 6 if ":" in found.primary.host else 4
+    temporary = is_temporary(local.host, address_flags) if family == 6 and local is not None else None
     return ProbeReport(server, answered, nat, mapped, local, classic, mapping, filtering, alloc,
                        tuple(found.samples), r.get("hairpin"), lifetime_s, elapsed_ms, tuple(notes),
-                       summarize(found, final=True))
+                       summarize(found, final=True), family, temporary)
 
 
 def _behaviours(found: Findings, answered: bool, timeout: float) -> Tuple[Behaviour, Behaviour, List[str]]:
@@ -152,6 +164,10 @@ def _yes(value: Optional[bool], untested: str) -> str:
     return "yes" if value else "no"
 
 
+_TEMPORARY = {True: "temporary (privacy address, RFC 8981)", False: "stable (not a temporary address)",
+              None: "unknown (not a known address of this host)"}
+
+
 def format_table(report: ProbeReport) -> str:
     """The report as the aligned two-column table ``natsalon probe`` prints."""
     j = report.to_json()
@@ -160,6 +176,8 @@ def format_table(report: ProbeReport) -> str:
     if report.summary is not None and report.summary.last_port is not None:
         alloc += ", last mapped port %d" % report.summary.last_port
     nat = _yes(report.nat, "unknown")
+    if report.family == 6 and report.nat:
+        nat += ", NAT66 or NPTv6"
     if report.mapped is not None:
         nat += " (mapped %s, local %s)" % (report.mapped, report.local)
     server = j["server"]
@@ -171,6 +189,7 @@ def format_table(report: ProbeReport) -> str:
     if server["software"]:
         extras.append(server["software"])
     rows = [
+        ("family", "IPv%d" % report.family),
         ("NAT", nat),
         ("classic type", report.classic.value),
         ("mapping", report.mapping.value),
@@ -182,6 +201,8 @@ def format_table(report: ProbeReport) -> str:
          ("%s s" % report.lifetime_s if report.lifetime_s is not None else "unknown")),
         ("server", "%s (%s)" % (srv, ", ".join(extras))),
     ]
+    if report.family == 6:
+        rows.insert(2, ("local address", _TEMPORARY[report.temporary]))
     rows += [("not tested", u) for u in server["untested"]]
     rows += [("inconsistency", i) for i in server["inconsistencies"]]
     rows += [("note", n) for n in report.notes]

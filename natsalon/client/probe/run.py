@@ -12,7 +12,7 @@ socket and timer either way.
 
 from __future__ import annotations
 
-from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Callable, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -40,12 +40,14 @@ class ProbeRun:
     """One run against the server's ``primary`` address: its sockets, timers, findings and outcome."""
 
     def __init__(self, clock, listen: Callable, server: Address, config: ProbeConfig,
-                 local_ips: FrozenSet[str]) -> None:
+                 local_ips: FrozenSet[str], address_flags: Optional[Mapping[str, int]] = None) -> None:
         self.clock = clock
         self.listen = listen
         self.primary = server
         self.config = config
         self.local_ips = local_ips
+        #: IPv6 address -> IFA_F_* flags (:mod:`.privacy`): is the local address temporary
+        self.address_flags = address_flags or {}
         self.started = clock.seconds()
         self.socks: List[ProbeSocket] = []
         self.waits: List[defer.Deferred] = []
@@ -162,7 +164,7 @@ class ProbeRun:
             return
         elapsed = int(round((self.clock.seconds() - self.started) * 1000))
         try:
-            report = build_report(self.found, self.config.timeout, self.local_ips, elapsed)
+            report = build_report(self.found, self.config.timeout, self.local_ips, elapsed, self.address_flags)
         except Exception as e:  # a bug: report it, never leave the caller hanging
             log.failure("building the probe report")
             self.abort(e)

@@ -58,6 +58,8 @@ class ProbeSocket(StunClientProtocol):
         return Address(host.host, host.port)
 
 
-def default_listen(reactor) -> Callable:
-    """``listen(protocol) -> IListeningPort`` on a fresh IPv4 UDP port."""
-    return lambda proto: reactor.listenUDP(0, proto, interface="0.0.0.0")
+def default_listen(reactor, family: int = 4) -> Callable:
+    """``listen(protocol) -> IListeningPort`` on a fresh UDP port of IP
+    version ``family`` (4 or 6)."""
+    interface = "::" if family == 6 else "0.0.0.0"
+    return lambda proto: reactor.listenUDP(0, proto, interface=interface)

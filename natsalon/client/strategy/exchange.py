@@ -95,7 +95,7 @@ class SummaryExchange:
 
     def start(self) -> None:
         clock = self.core.clock
-        self.core.socket.on_salon = self._indication
+        self.core.salon.on_salon = self._indication
         if self.mine.pending:
             self.own.watch(self._own)
         if self.peer.pending:
@@ -111,8 +111,8 @@ class SummaryExchange:
         req, self._req = self._req, None
         if req is not None and not req.called:
             req.cancel()
-        if self.core.socket.on_salon == self._indication:
-            self.core.socket.on_salon = lambda msg, addr: None
+        if self.core.salon.on_salon == self._indication:
+            self.core.salon.on_salon = lambda msg, addr: None
 
     # -- sending ----------------------------------------------------------------
     def _own(self, nat: NatSummary) -> None:
@@ -138,7 +138,7 @@ class SummaryExchange:
         msg, _ = wire.join_request(core.keys.room_id, nonce, core.candidates, core.keys.k_join, self.cookie,
                                    leave_hash=wire.leave_hash(token), flags=flags, nat=nat, salon_rtt=self.my_rtt)
         self.joins += 1
-        req = self._req = core.socket.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
+        req = self._req = core.salon.stun.request(msg, core.server, policy=JOIN_POLICY, sha256_key=core.keys.k_join)
         req.addCallbacks(self._answered, self._failed, callbackArgs=(nat, flags))
 
     # -- receiving --------------------------------------------------------------

@@ -137,6 +137,10 @@ class TurnClient:
         self._every("allocation", max(1.0, granted / 2.0), self._refresh)
         return self.allocation
 
+    def refresh(self) -> defer.Deferred:
+        """Refresh the allocation now; a failure ends it (``on_lost``)."""
+        return self._refresh()
+
     def _refresh(self) -> defer.Deferred:
         d = self._request(Method.REFRESH, ((Attr.LIFETIME, self.lifetime),), "Refresh")
         d.addErrback(self._lost, "the allocation could not be refreshed")

@@ -32,10 +32,11 @@ class CookieJar:
         self.previous = tuple(previous)
 
     def _make(self, bucket: int, source: Address, room_id: bytes, secret: Optional[bytes] = None) -> bytes:
-        host = source.host.split("%", 1)[0]  # a scoped IPv6 address: fe80::1%eth0
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        data = struct.pack("!QH", bucket, source.port) + socket.inet_pton(fam, host) + room_id
-        return hmac.new(secret or self.secret, data, hashlib.sha256).digest()[:COOKIE_SIZE]
+        return self._digest(secret or self.secret, bucket, _bound(source, room_id))
+
+    @staticmethod
+    def _digest(secret: bytes, bucket: int, bound: bytes) -> bytes:
+        return hmac.digest(secret, _BUCKET.pack(bucket) + bound, "sha256")[:COOKIE_SIZE]
 
     def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
         return self._make(int(now // self.lifetime), source, room_id)
@@ -44,5 +45,23 @@ class CookieJar:
         if not cookie or len(cookie) != COOKIE_SIZE:
             return False
         bucket = int(now // self.lifetime)
-        return any(hmac.compare_digest(cookie, self._make(b, source, room_id, secret))
-                   for secret in (self.secret,) + self.previous for b in (bucket, bucket - 1))
+        bound = _bound(source, room_id)
+        for secret in (self.secret,) + self.previous:
+            for b in (bucket, bucket - 1):
+                if hmac.compare_digest(cookie, self._digest(secret, b, bound)):
+                    return True
+        return False
+
+
+_BUCKET = struct.Struct("!Q")
+_PORT = struct.Struct("!H")
+
+
+def _bound(source: Address, room_id: bytes) -> bytes:
+    """What a cookie binds besides its time bucket: the source port and IP, the room."""
+    host = source.host
+    if ":" in host:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])  # a scoped one: fe80::1%eth0
+    else:
+        packed = socket.inet_aton(host)
+    return _PORT.pack(source.port) + packed + room_id

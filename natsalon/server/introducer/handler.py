@@ -14,7 +14,8 @@ with one when the room registry answers later.  For a JOIN it
    salon send more than that small answer to a victim;
 3. passes the member to the room registry and answers WAITING (alone in
    the room), INTRODUCED listing the room's other members most recently
-   seen first, or 409 / 429 / 503;
+   seen first, or 409 / 429 / 503 (503 also while the registry is
+   unreachable: retry later);
 4. when a member is new to a room with others, pushes each of them a JOIN
    indication listing the newcomer first, so nobody waits for its next
    poll; likewise for a member's JOIN flagged ``JOIN_FLAG_UPDATE`` (its NAT
@@ -43,7 +44,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from natsalon import wire
-from natsalon.server.binding import Reply, error_response
+from natsalon.server.binding import Reply, error_response, xor_mapped_tail
 from natsalon.server.introducer.cookies import CookieJar
 from natsalon.server.introducer.errors import RegistryUnavailable
 from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, MemoryRooms, Outcome
@@ -58,8 +59,34 @@ MAX_INTRODUCTION = 1024
 _ERRORS = {
     Outcome.FULL: 409,
     Outcome.TOO_MANY_FROM_SOURCE: 429,
-    Outcome.TOO_MANY_ROOMS: 503,
+    Outcome.TOO_MANY_ROOMS: wire.join.RETRY_LATER,
 }
+#: the stats key counting each outcome
+_COUNTED = {outcome: "join_" + outcome.value for outcome in Outcome}
+
+# The WAITING answer to an IPv4 member, the most frequent answer there is
+# (every poll), put together from bytes: the header without its
+# transaction id, the XOR-MAPPED-ADDRESS (which for IPv4 does not depend on
+# the transaction id) and NS-STATUS, taken once from the codec's own answer.
+_WAITING_SAMPLE = wire.waiting_response(bytes(12), Address("0.0.0.0", 0))
+_WAITING_HEAD, _WAITING_STATUS = _WAITING_SAMPLE[:8], _WAITING_SAMPLE[32:]
+#: cached XOR-MAPPED-ADDRESS attributes at most (then the cache starts over)
+_TAILS = 65536
+
+
+def waiting_answer(txid: bytes, source: Address, tails: Dict[tuple, bytes], limit: int = _TAILS) -> bytes:
+    """:func:`natsalon.wire.waiting_response`, byte for byte; for IPv4
+    sources from cached parts (``tails``: source -> its XOR-MAPPED-ADDRESS,
+    at most ``limit`` of them)."""
+    key = (source.host, source.port)
+    tail = tails.get(key)
+    if tail is None:
+        if ":" in source.host:
+            return wire.waiting_response(txid, source)
+        if len(tails) >= limit:
+            tails.clear()
+        tail = tails[key] = xor_mapped_tail(source.host, source.port)
+    return _WAITING_HEAD + txid + tail + _WAITING_STATUS
 
 
 def _attr_size(n: int) -> int:
@@ -110,9 +137,11 @@ class Introducer:
     registry answers later (a registry may return Deferreds, see
     :class:`IRoomRegistry`): they then return a Deferred that fires with
     the reply, or with None when the registry failed (counted as
-    ``join_registry_failed`` / ``leave_registry_failed`` and logged,
-    except a :class:`RegistryUnavailable` outage, which its registry logs
-    once; the client's retransmission asks again).
+    ``join_registry_failed`` / ``leave_registry_failed`` and logged; the
+    client's retransmission asks again).  A :class:`RegistryUnavailable`
+    outage (Redis down), which its registry logs once, is not logged here:
+    a JOIN is then answered 503, retry later (``join_retry_later``), and
+    a LEAVE not at all.
     """
 
     log = Logger()
@@ -129,6 +158,7 @@ class Introducer:
         #: ``(room_id, now) -> (username, password)`` for the salon's TURN
         #: relay, added to every introduction; None: no relay
         self.turn_credentials: Optional[Callable[[bytes, float], tuple]] = None
+        self._tails: Dict[tuple, bytes] = {}  #: for :func:`waiting_answer`
 
     def handlers(self) -> Dict[int, Callable]:
         """The method handlers to register in ``ServerState.handlers``."""
@@ -196,14 +226,26 @@ class Introducer:
         member = Member(req.nonce, source, msg.raw, received_on, req.leave_hash)
         result = self.rooms.join(req.room_id, member, now)
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._joined, self._registry_failed, callbackArgs=(txid, req, member),
-                                       errbackArgs=("join",))
+            return result.addCallbacks(self._joined, self._join_failed, callbackArgs=(txid, req, member),
+                                       errbackArgs=(txid, to, received_on))
         return self._joined(result, txid, req, member)
 
-    def _registry_failed(self, failure, call: str) -> None:
+    def _join_failed(self, failure, txid: bytes, to: tuple, received_on) -> Optional[Reply]:
+        """The registry could not place a member: while it is unreachable
+        the JOIN is answered 503 (retry later: the client tries another
+        salon, or this one again shortly; no log line, the registry logs
+        the outage once); any other failure is logged and not answered."""
+        if self._registry_failed(failure, "join") is RegistryUnavailable:
+            self.stats["join_retry_later"] += 1
+            return Reply(received_on, to, wire.join.retry_later(txid))
+        return None
+
+    def _registry_failed(self, failure, call: str):
+        """Count a failed registry call; RegistryUnavailable for an outage
+        (which the registry logs once), None for anything else (logged)."""
         self.stats[call + "_registry_failed"] += 1
         if failure.check(RegistryUnavailable):
-            return None  # the registry logs the outage once; the client retransmits
+            return RegistryUnavailable
         self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
@@ -211,10 +253,12 @@ class Introducer:
         """The answer to ``member``'s JOIN once the registry has placed it;
         a newcomer is announced to the room's other members too."""
         outcome = result.outcome
-        self.stats["join_" + outcome.value] += 1
+        self.stats[_COUNTED[outcome]] += 1
         source, received_on = member.address, member.via
         to = (source.host, source.port)
-        if outcome not in (Outcome.WAITING, Outcome.INTRODUCED):
+        if outcome is Outcome.WAITING:
+            return Reply(received_on, to, waiting_answer(txid, source, self._tails))
+        if outcome is not Outcome.INTRODUCED:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
         if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
             # a newcomer, or a member's updated JOIN (its NAT summary, measured
@@ -224,7 +268,7 @@ class Introducer:
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
         if not listed:
-            return Reply(received_on, to, wire.waiting_response(txid, source))
+            return Reply(received_on, to, waiting_answer(txid, source, self._tails))
         first, rest = listed[0], listed[1:]
         return Reply(received_on, to, wire.introduction(
             txid, source, req.nonce, req.room_id, first.blob, first.address,
@@ -268,9 +312,14 @@ class Introducer:
             return self._bad(msg, to, received_on, e)
         result = self.rooms.leave(req.room_id, req.nonce, wire.leave_hash(req.token), self.clock.seconds())
         if isinstance(result, Deferred):
-            return result.addCallbacks(self._left, self._registry_failed,
-                                       callbackArgs=(msg.transaction_id, to, received_on), errbackArgs=("leave",))
+            return result.addCallbacks(self._left, self._leave_failed,
+                                       callbackArgs=(msg.transaction_id, to, received_on))
         return self._left(result, msg.transaction_id, to, received_on)
+
+    def _leave_failed(self, failure) -> None:
+        """A LEAVE the registry could not apply goes unanswered (the member
+        expires after its timeout anyway)."""
+        self._registry_failed(failure, "leave")
 
     def _left(self, left: bool, txid: bytes, to: tuple, received_on) -> Optional[Reply]:
         if not left:

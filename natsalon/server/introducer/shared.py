@@ -29,7 +29,7 @@ class SharedRooms(service.MultiService):
                  password: Optional[bytes] = None, stats: Optional[Stats] = None, prefix: str = "natsalon:",
                  **registry) -> None:
         super().__init__()
-        common = dict(name=str(address), password=password, db=address.db)
+        common = dict(name=str(address), password=password, db=address.db, master_only=bool(address.sentinels))
         self.link = RedisLink(reactor, address.endpoint(reactor), **common)
         self.link.setServiceParent(self)
         self.rooms = RedisRooms(self.link, instance, prefix=prefix, **registry)

@@ -7,6 +7,15 @@ way.  A frame that cannot be parsed ends the connection (the stream has no
 way to resynchronise), as does closing it: its allocation is deleted.
 Replies and relayed data are dropped, not queued, while the client does
 not read (the transport pauses us as a producer).
+
+The introducer's methods (JOIN, LEAVE: whatever ``state.handlers`` holds
+beyond Binding and TURN) are answered on the stream too, for clients whose
+network blocks UDP: the same handler as on UDP, with the connection's peer
+address as the source (the cookie check is unchanged), its answer framed
+back on the stream.  The connection's ``write`` is in ``relays.writers``
+under its ``via``, which is the member's ``via`` too: what the salon pushes
+to a member that joined here goes down this connection while it is open.
+A connection that polls the introducer is not idle.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import itertools
 import struct
 from typing import Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -39,6 +49,7 @@ class TurnStreamProtocol(Protocol):
         self.paused = False
         self._buf = b""
         self._idle = None
+        self._polled = False  #: an introducer request came since the last idle check
 
     # -- IPushProducer: the transport tells us when its buffer is full
     def pauseProducing(self) -> None:
@@ -71,7 +82,8 @@ class TurnStreamProtocol(Protocol):
 
     def _check_idle(self) -> None:
         self._idle = None
-        if self.factory.core.get(self.client, self.via) is None:
+        polled, self._polled = self._polled, False
+        if not polled and self.factory.core.get(self.client, self.via) is None:
             self.transport.loseConnection()
         else:
             self._idle = self.factory.reactor.callLater(self.factory.idle_timeout, self._check_idle)
@@ -124,6 +136,9 @@ class TurnStreamProtocol(Protocol):
             data = reply.data if reply is not None else None
         elif msg.method in f.methods:
             data = f.core.handle(msg, source, self.via, f.reactor.seconds())
+        elif msg.method in f.state.handlers:
+            self._introducer(msg, source)
+            data = None
         elif msg.cls == Class.REQUEST:
             data = binding.error_response(msg.method, msg.transaction_id, msg.classic, 400)
         else:
@@ -131,6 +146,25 @@ class TurnStreamProtocol(Protocol):
         if data is not None:
             self.write(data)
         return True
+
+    def _introducer(self, msg, source: Address) -> None:
+        """A JOIN or LEAVE: the UDP path's handler answers, on this stream
+        (now, or when the room registry answers)."""
+        limiter = self.factory.state.limiter
+        if limiter is not None and not limiter.allow(source.host):
+            self.factory.state.stats["rate_limited"] += 1
+            return
+        self._polled = True
+        reply = self.factory.state.handlers[msg.method](msg, source, self.via)
+        if isinstance(reply, Deferred):
+            reply.addCallback(self._reply)
+            reply.addErrback(lambda f: self.log.failure("introducer failed on a stream", f))
+        else:
+            self._reply(reply)
+
+    def _reply(self, reply) -> None:
+        if reply is not None and self.factory.relays.writers.get(self.via) == self.write:
+            self.write(reply.data)  # still open
 
     def connectionLost(self, reason=None) -> None:
         f = self.factory
