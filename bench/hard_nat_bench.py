@@ -25,6 +25,17 @@ aioice: ``ICE_PEER`` of ``connect_bench.py`` (signalling through a shared
 folder, our salon as STUN server), ``--ice-reps`` times per pair, all pairs
 at once, giving up after 10 s.  ICE has no port prediction: its failures
 are the point of comparison.  Results go to bench/results/hard-nat.md.
+
+Asymmetric delay (``--delay-a 10 --delay-b 80``: one-way ms on the WAN
+link of every A site and every B site; ``--pairs`` picks pairs by label,
+``--ice-reps 0`` leaves aioice out): the table then replaces the section
+named by ``--tag`` ("before" / "after" the salon-coordinated moment, for
+example) under "Asymmetric delay" in the results file instead of
+rewriting the file, and also gives the predicted / birthday sides' wait
+(``wait_ms`` of their ``strategy`` event; A, the near side, is the one
+that waits).  Run the "before" figures against an older tree with
+``PYTHONPATH=<its checkout>``: the salon and clients the lab starts
+inherit it.
 """
 from __future__ import annotations
 
@@ -64,6 +75,7 @@ PAIRS = [
     ("Q-W", "predicted", "symmetric_sequential", "symmetric_udp_firewall", False),
     ("Q-Q", "predicted", "symmetric_sequential", "symmetric_sequential", False),
     ("Q*-P", "predicted", "symmetric_sequential", "port_restricted_cone", True),
+    ("Q*-Q", "predicted", "symmetric_sequential", "symmetric_sequential", True),
     ("S-P", "birthday", "symmetric_random", "port_restricted_cone", False),
     ("S-W", "birthday", "symmetric_random", "symmetric_udp_firewall", False),
     ("S-F", "plain", "symmetric_random", "full_cone", False),
@@ -150,9 +162,10 @@ def run_natsalon(pairs, hosts, rep: int, head_start: float):
         fails = [first(ev, "failed") for _, ev, _ in sides]
         plans = [first(ev, "strategy") for _, ev, _ in sides]
         r = {"strategy": (punched[0] or punched[1] or {}).get("strategy", "plain"),
-             "plan": (plans[0] or plans[1] or {}).get("strategy", "plain")}
+             "plan": (plans[0] or plans[1] or {}).get("strategy", "plain"),
+             "wait_ms": max((p.get("wait_ms", 0.0) for p in plans if p), default=0.0)}
         if all(conns):
-            r.update(ok=True, ms=max(c["punch_ms"] for c in conns),
+            r.update(ok=True, ms=max(c["punch_ms"] for c in conns), b_ms=conns[1].get("elapsed_ms"),
                      probes=sum(p["probes"] for p in punched if p) if any(punched) else 0,
                      sockets=max((p["sockets"] for p in punched if p), default=1))
         elif all(fails) and all(intros):
@@ -262,13 +275,14 @@ def report(results, ice, worst_pps, args, took) -> str:
                                              took),
         "",
         "Q = symmetric sequential, S = symmetric random, P = port-restricted cone, W = symmetric UDP firewall,"
-        " F = full cone, R = restricted cone; Q* = sequential NAT with a busy second host (20 new flows/s).",
+        " F = full cone, R = restricted cone; Q* = sequential NAT with a busy second host (20 new flows/s):"
+        " Q*-Q is two sequential NATs, one of them busy.",
         "",
         "| pair | strategy | natsalon ok | intro → verified ms, median | p90 | extra probes, median | sockets |"
         " 'no direct path' after, s (max) | aioice ok | aioice ms, median |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, strategy, *_ in PAIRS:
+    for label, strategy, *_ in selected(args):
         runs = results[label]
         ok = [r for r in runs if r["ok"]]
         right = [r for r in ok if r["strategy"] == strategy]
@@ -297,19 +311,77 @@ def report(results, ice, worst_pps, args, took) -> str:
         "Failures and odd runs:",
     ]
     odd = ["- %s run %d: %s" % (label, i + 1, r.get("why") or "strategy %s" % r["strategy"])
-           for label, strategy, *_ in PAIRS for i, r in enumerate(results[label])
+           for label, strategy, *_ in selected(args) for i, r in enumerate(results[label])
            if strategy != "none" and not (r["ok"] and r["strategy"] == strategy)]
     lines += odd or ["- none"]
     return "\n".join(lines) + "\n"
 
 
-def build(lab, pairs):
+def asym_section(results, args, took) -> str:
+    """The "Asymmetric delay" table of one run (``--tag``)."""
+    lines = [
+        "### %s" % args.tag,
+        "",
+        "- %s, %s; %d runs per pair; A sites %g ms, B sites %g ms one way; load at start %s; took %.0f s" % (
+            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            cpu_model() or platform.machine(), args.reps, args.delay_a, args.delay_b,
+            " / ".join("%.2f" % x for x in os.getloadavg()), took),
+        "",
+        "| pair | strategy | ok | intro → verified ms, median | p90 | B's connect() → verified ms, median |"
+        " extra probes, median | wait ms (A), median |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, strategy, *_ in selected(args):
+        runs = results[label]
+        ok = [r for r in runs if r["ok"] and r["strategy"] == strategy]
+        waits = [r.get("wait_ms", 0.0) for r in runs]
+        b_ms = [r["b_ms"] for r in ok if r.get("b_ms") is not None]
+        lines.append("| %s | %s | %d/%d | %s | %s | %s | %s | %s |" % (
+            label, strategy, len(ok), len(runs),
+            fmt(statistics.median([r["ms"] for r in ok]) if ok else None, ".1f"),
+            fmt(pct([r["ms"] for r in ok], 0.9), ".1f"),
+            fmt(statistics.median(b_ms) if b_ms else None, ".1f"),
+            fmt(statistics.median([r["probes"] for r in ok]) if ok else None),
+            fmt(statistics.median(waits) if waits else None, ".1f")))
+    odd = ["- %s run %d: %s" % (label, i + 1, r.get("why") or "strategy %s" % r["strategy"])
+           for label, strategy, *_ in selected(args) for i, r in enumerate(results[label])
+           if not (r["ok"] and r["strategy"] == strategy)]
+    return "\n".join(lines + ["", "Failures and odd runs:"] + (odd or ["- none"])) + "\n"
+
+
+ASYM = "## Asymmetric delay"
+
+
+def put_section(text: str, tag: str, section: str) -> str:
+    """``text`` with the ``### tag`` section under :data:`ASYM` replaced by
+    ``section`` (added at the end when missing)."""
+    if ASYM not in text:
+        text = text.rstrip("\n") + "\n\n" + ASYM + "\n\n"
+    head, _, tail = text.partition(ASYM)
+    parts = re.split(r"(?m)^(?=### )", tail)
+    intro, subs = parts[0], parts[1:]
+    mine = [i for i, sub in enumerate(subs) if sub.startswith("### %s\n" % tag)]
+    if mine:
+        subs[mine[0]] = section
+    else:
+        subs.append(section)
+    return head + ASYM + intro + "".join(sub.rstrip("\n") + "\n\n" for sub in subs).rstrip("\n") + "\n"
+
+
+def selected(args):
+    if not args.pairs:
+        return PAIRS
+    wanted = [p.strip() for p in args.pairs.split(",")]
+    return [p for p in PAIRS if p[0] in wanted]
+
+
+def build(lab, pairs, delay_a: float = 0, delay_b: float = 0):
     from natlab import Nat
     from natlab.flows import start_flows
     hosts, routers = {}, []
     for i, (label, strategy, na, nb, busy) in enumerate(pairs):
-        sa = lab.add_site("h%d%sa" % (i, SHORT[na]), Nat(na), hosts=2 if busy else 1)
-        sb = lab.add_site("h%d%sb" % (i, SHORT[nb]), Nat(nb))
+        sa = lab.add_site("h%d%sa" % (i, SHORT[na]), Nat(na), hosts=2 if busy else 1, delay_ms=delay_a)
+        sb = lab.add_site("h%d%sb" % (i, SHORT[nb]), Nat(nb), delay_ms=delay_b)
         if busy:
             start_flows(sa.hosts[1], rate=20)
         hosts[label] = (sa.hosts[0], sb.hosts[0])
@@ -327,7 +399,14 @@ def main() -> int:
     ap.add_argument("--head-start", type=float, default=0.5)
     ap.add_argument("--sample", type=float, default=0.5, help="seconds between packet-counter samples")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--delay-a", type=float, default=0.0, help="one-way ms on every A site's WAN link")
+    ap.add_argument("--delay-b", type=float, default=0.0, help="one-way ms on every B site's WAN link")
+    ap.add_argument("--pairs", default="", help="comma list of pair labels (default: all)")
+    ap.add_argument("--tag", default="", help="with delays: the name of this run's section (e.g. before, after)")
     args = ap.parse_args()
+    asym = bool(args.delay_a or args.delay_b)
+    if asym and not args.tag:
+        ap.error("--delay-a/--delay-b need --tag (the section they write)")
     from natlab import Lab, unavailable_reason
     from natlab.salon import start_salon
     reason = unavailable_reason()
@@ -340,15 +419,16 @@ def main() -> int:
     except ImportError:
         args.ice_reps = 0
     t0 = time.monotonic()
-    results = {label: [] for label, *_ in PAIRS}
-    ice = {label: [] for label, *_ in PAIRS}
+    pairs = selected(args)
+    results = {label: [] for label, *_ in pairs}
+    ice = {label: [] for label, *_ in pairs}
     with Lab() as lab:
-        hosts, routers = build(lab, PAIRS)
+        hosts, routers = build(lab, pairs, args.delay_a, args.delay_b)
         start_salon(lab)
         log("lab built: %d sites in %.1f s" % (len(lab.sites), time.monotonic() - t0))
         with Sampler(routers, args.sample) as sampler:
             for rep in range(args.reps):
-                for label, r in run_natsalon(PAIRS, hosts, rep, args.head_start).items():
+                for label, r in run_natsalon(pairs, hosts, rep, args.head_start).items():
                     results[label].append(r)
                 log("run %d: %s" % (rep + 1, ", ".join(
                     "%s %s" % (label, ("%.0f ms" % r["ms"]) if r["ok"] else
@@ -356,14 +436,22 @@ def main() -> int:
                     for label, r in sorted(results_last(results).items()))))
         worst = sampler.worst
         for rep in range(args.ice_reps):
-            for label, r in run_aioice(PAIRS, hosts, args.head_start).items():
+            for label, r in run_aioice(pairs, hosts, args.head_start).items():
                 ice[label].append(r)
             log("aioice run %d: %s" % (rep + 1, ", ".join("%s %s" % (k, "ok" if v["ok"] else "failed")
                                                            for k, v in sorted(ice_last(ice).items()))))
     took = time.monotonic() - t0
     RAW.parent.mkdir(parents=True, exist_ok=True)
     RAW.write_text(json.dumps({"results": results, "ice": ice, "worst_pps": worst}))
+    if asym:
+        old = args.output.read_text() if args.output.exists() else ""
+        args.output.write_text(put_section(old, args.tag, asym_section(results, args, took)))
+        log("wrote section %r of %s in %.0f s" % (args.tag, os.path.relpath(args.output), took))
+        return 0
     text = report(results, ice, worst, args, took)
+    old = args.output.read_text() if args.output.exists() else ""
+    if ASYM in old:  # the asymmetric-delay runs stay
+        text = text.rstrip("\n") + "\n\n" + ASYM + old.partition(ASYM)[2]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)

@@ -96,7 +96,7 @@ class Side:
 
 class Net:
     def __init__(self, kind_a: str, kind_b: str, summary_a: NatSummary, summary_b: NatSummary, seed: int = 1,
-                 settings: StrategySettings = StrategySettings(), drift_a: int = 0) -> None:
+                 settings: StrategySettings = StrategySettings(), drift_a: int = 0, drift_b: int = 0) -> None:
         self.clock = Clock()
         rng = random.Random(seed)
         self.a = Side(self, "a", SimNat(kind_a, "192.0.2.1", rng), summary_a)
@@ -111,6 +111,7 @@ class Net:
             if side.summary.allocation == SEQUENTIAL:
                 side.summary = side.summary._replace(last_port=side.nat.next_port - 1)
         self.a.nat.drift(drift_a)
+        self.b.nat.drift(drift_b)
         keys = derive("room", "s")
         na, nb = new_nonce(), new_nonce()
         for side, other, mine, theirs in ((self.a, self.b, na, nb), (self.b, self.a, nb, na)):
@@ -204,6 +205,22 @@ def test_ordered_prediction_seq_vs_seq():
         assert side.pool.opened == 0
 
 
+@pytest.mark.parametrize("drift_a,drift_b", [(0, 0), (1, 0), (0, 1), (6, 0), (0, 6), (15, 0), (0, 12), (5, 5),
+                                             (9, 3)])
+def test_ordered_prediction_survives_drift(drift_a, drift_b):
+    """Seq against seq with other flows taking ports on either NAT between
+    its probe and its first shots (a busy second host): one side probes the
+    peer's next ports in order, the other every second one, so some pair of
+    their flows meets (see strategy.table.ordered_ports: any drifts with
+    dA + 2dB < 64 whichever side has the lower nonce)."""
+    seq = NatSummary(True, APD, APD, SEQUENTIAL, 1, None)
+    net = Net("seq", "seq", seq, seq, drift_a=drift_a, drift_b=drift_b)
+    results = net.run()
+    for side in (net.a, net.b):
+        path, when = results[side.name]
+        assert path.strategy == "predicted" and when < 0.5, (side.name, path, when)
+
+
 def test_plain_pairs_send_nothing_extra():
     easy = NatSummary(True, EI, AD, "preserving", None, 40000)
     net = Net("random", "eim", RANDOM_NAT, easy)
@@ -237,11 +254,13 @@ class Report:
 
 
 def test_knowledge_early_summary_then_cache():
+    """Behind a sequential NAT every join probes (its last port must be
+    fresh); the kept result fills in the filtering an early summary lacks."""
     clock, probe = Clock(), FakeProbe()
     k = NatKnowledge(clock, probe, hold=1.0, ttl=60)
     got = []
     k.summary().addCallback(got.append)
-    early = NatSummary(True, EI, UNKNOWN, "preserving", None, 40000)
+    early = NatSummary(True, APD, UNKNOWN, SEQUENTIAL, 1, 20005)
     probe.calls[0][0](early)
     assert got == [early]  # at once, no hold
     clock.advance(0.8)
@@ -253,6 +272,22 @@ def test_knowledge_early_summary_then_cache():
     k.summary().addCallback(got.append)
     probe.calls[2][0](early)
     assert got[2].filtering == UNKNOWN  # too old
+
+
+def test_knowledge_reuses_a_recent_result():
+    """Any other NAT: a recent complete result is reused, no probe."""
+    clock, probe = Clock(), FakeProbe()
+    k = NatKnowledge(clock, probe, hold=1.0, ttl=60)
+    got = []
+    k.summary().addCallback(got.append)
+    probe.calls[0][0](EIM_NAT)
+    probe.calls[0][1].callback(Report(EIM_NAT))
+    clock.advance(59)
+    k.summary().addCallback(got.append)
+    assert got == [EIM_NAT, EIM_NAT] and len(probe.calls) == 1 and k.reused == 1
+    clock.advance(2)
+    k.summary().addCallback(got.append)
+    assert len(probe.calls) == 2  # too old: probed again
 
 
 def test_knowledge_holds_at_most_hold():

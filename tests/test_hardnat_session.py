@@ -1,13 +1,16 @@
 """The client machine with the hard-NAT kit, on a Clock (the in-memory
-network and real salon of test_session): the JOIN waits for the NAT
-summary and carries it, both sides choose the same strategy, and strategy
-none says "no direct path" long before the punch timeout."""
+network and real salon of test_session): the JOIN does not wait for the NAT
+summary, which follows in an updated JOIN; both sides choose the same
+strategy whichever summary comes last, and strategy none says "no direct
+path" long before the punch timeout."""
 
+import pytest
 from twisted.internet import defer
 
 from natsalon.client.errors import PunchFailed
 from natsalon.client.session import Phase
 from natsalon.client.strategy import HardNat, StrategySettings
+from natsalon.stun import Class, Method, StunDecodeError, decode
 from natsalon.wire.nat import APD, EI, RANDOM, NatSummary
 
 from test_session import A, B, SALON, Net
@@ -81,7 +84,7 @@ def test_none_says_no_direct_path_quickly():
     assert net.clock.seconds() - introduced < 3.0
 
 
-def test_join_waits_for_the_summary_and_carries_it():
+def test_join_does_not_wait_for_the_summary_and_updates_it():
     net = Net()
     intro = net.salon()
     a, ca, _ = net.client(A)
@@ -89,11 +92,10 @@ def test_join_waits_for_the_summary_and_carries_it():
     ca.hardnat = kit(knowledge)
     a.start()
     net.run(0.5)
-    assert ca.phase is Phase.JOINING and intro.rooms.members() == 0  # nothing sent yet
+    assert ca.phase is Phase.WAITING and intro.rooms.members() == 1  # registered at once, NAT pending
     summary = NatSummary(True, EI, APD, "preserving", None, 40000)
     knowledge.pending[0].callback(summary)
-    net.run(0.5)
-    assert ca.phase is Phase.WAITING
+    net.run(0.05)  # the update goes at once, not at the next poll
     b, cb, eb = net.client(B)
     cb.hardnat = kit(Knowledge(RANDOM_NAT))
     b.start()
@@ -119,3 +121,108 @@ def test_stop_while_the_summary_is_pending():
     knowledge.pending[0].addErrback(lambda f: None)
     net.run(5)
     assert ca.phase is Phase.STOPPED
+
+
+class Watched(Net):
+    """Records when each host first sends to the other; ``drop_push`` loses
+    the salon's pushed JOIN indications to that host."""
+
+    def __init__(self, drop_push=None):
+        super().__init__()
+        self.first = {}
+        self.drop_push = drop_push
+        self.dropped = 0
+
+    def send(self, src, dst, data):
+        if {src, dst} == {A, B}:
+            self.first.setdefault(src, self.clock.seconds())
+        if src == SALON and dst == self.drop_push and _indication(data):
+            self.dropped += 1
+            return
+        super().send(src, dst, data)
+
+
+def _indication(data):
+    try:
+        msg = decode(data)
+    except StunDecodeError:
+        return False
+    return msg.method == Method.JOIN and msg.cls == Class.INDICATION
+
+
+def _strategy(events):
+    return [e["strategy"] for e in events if e["event"] == "strategy"]
+
+
+def _arrive_while_pending(net, a_nat, b_nat, **settings):
+    """a waits in the room with its summary pending; b (summary known) arrives;
+    then a's probe ends."""
+    net.salon()
+    a, ca, ea = net.client(A)
+    b, cb, eb = net.client(B)
+    ka = Knowledge()
+    ca.hardnat, cb.hardnat = kit(ka, **settings), kit(Knowledge(b_nat), **settings)
+    a.start()
+    net.run(0.5)
+    b.start()
+    net.run(0.2)
+    return (a, ca, ea), (b, cb, eb), ka
+
+
+def test_summary_after_the_introduction_both_choose_together():
+    """b (random symmetric) meets a whose summary is pending: both hold
+    (the strategy may be none); a's probe ends, a's update reaches b in the
+    salon's push as a's answer brings b's: both choose birthday, and b sent
+    nothing to a before."""
+    net = Watched()
+    (a, ca, ea), (b, cb, eb), ka = _arrive_while_pending(net, None, RANDOM_NAT)
+    assert ca.phase is cb.phase is Phase.PUNCHING
+    assert net.first == {} and _strategy(ea) == _strategy(eb) == []
+    decided_at = net.clock.seconds()
+    ka.pending[0].callback(NatSummary(True, EI, APD, "preserving", None, 40000))
+    net.run(0.1)
+    assert _strategy(ea) == _strategy(eb) == ["birthday"]
+    assert min(net.first.values()) >= decided_at
+    a.stop()
+    b.stop()
+
+
+def test_summary_after_the_introduction_plain_meanwhile():
+    """A filtering peer: plain punching at once, which connects; the late
+    summary adds nothing (plain against plain)."""
+    net = Watched()
+    filtering = NatSummary(True, EI, APD, "preserving", None, 40000)
+    (a, ca, ea), (b, cb, eb), ka = _arrive_while_pending(net, None, filtering)
+    assert ca.phase is cb.phase is Phase.CONNECTED  # not held
+    ka.pending[0].callback(filtering)
+    net.run(0.1)
+    assert _strategy(ea) == _strategy(eb) == []
+    a.stop()
+    b.stop()
+
+
+def test_summary_never_comes_plain_after_the_wait():
+    """The peer's summary stays pending (its probe never ends): a held side
+    punches plainly after summary_wait."""
+    net = Watched()
+    (a, ca, ea), (b, cb, eb), ka = _arrive_while_pending(net, None, RANDOM_NAT, summary_wait=1.0)
+    introduced = cb.introduced_at
+    net.run(0.7)
+    assert B not in net.first
+    net.run(0.5)
+    assert net.first[B] - introduced == pytest.approx(1.0, abs=0.02)
+    assert ca.phase is cb.phase is Phase.CONNECTED and _strategy(eb) == []
+    a.stop()
+    b.stop()
+
+
+def test_lost_push_the_poll_brings_the_summary():
+    """The salon's push of a's update to b is lost: b's poll brings it."""
+    net = Watched(drop_push=B)
+    (a, ca, ea), (b, cb, eb), ka = _arrive_while_pending(net, None, RANDOM_NAT)
+    ka.pending[0].callback(NatSummary(True, EI, APD, "preserving", None, 40000))
+    net.run(0.6)
+    assert net.dropped >= 1
+    assert _strategy(ea) == _strategy(eb) == ["birthday"]
+    a.stop()
+    b.stop()

@@ -7,6 +7,7 @@ import pytest
 
 from natsalon import wire
 from natsalon.client.strategy import TABLE, NatClass, Role, Strategy, classify, decide, predicted_ports
+from natsalon.client.strategy.table import ordered_ports
 from natsalon.stun import Address, decode
 from natsalon.wire.nat import AD, ALLOCATIONS, APD, BEHAVIOURS, EI, RANDOM, SEQUENTIAL, UNKNOWN, NatSummary
 
@@ -131,3 +132,24 @@ def test_join_without_summary_is_unknown():
     peer = wire.verify_peer_join(raw, K_JOIN, ROOM)
     assert peer.nat == wire.UNKNOWN_NAT
     assert decide(LAB["symmetric_random"], peer.nat).strategy is Strategy.PLAIN
+
+
+def test_ordered_ports_meet_despite_drift():
+    """Seq against seq: the in-order side's flow i leaves from its base +
+    dA + i towards the peer's i-th port, the other's flow k from its base +
+    dB + k towards the in-order side's (2k - 1)-th; some pair meets both ways
+    whenever dA + 2dB < the window (and without drift, the first flows)."""
+    seq = NatSummary(True, APD, APD, SEQUENTIAL, 1, 20000)
+    window = 32
+    in_order = [p - 20000 for p in predicted_ports(seq, 20000, window)]
+    shifted = [p - 20000 for p in ordered_ports(seq, 20000, window, shifted=True)]
+    assert in_order == list(range(1, 33)) and shifted == list(range(1, 64, 2))
+    for da in range(32):
+        for db in range(16):
+            # flows: (source offset, destination offset) on each side
+            a_flows = {(da + i, dst) for i, dst in enumerate(in_order, 1)}
+            b_flows = {(db + k, dst) for k, dst in enumerate(shifted, 1)}
+            meets = any((dst, src) in b_flows for src, dst in a_flows)
+            assert meets == (da + 2 * db < window), (da, db)
+    assert (1, 1) in {(k, dst) for k, dst in enumerate(shifted, 1)}  # no drift: the first flows meet
+    assert ordered_ports(seq, 20000, 4, shifted=False) == predicted_ports(seq, 20000, 4)

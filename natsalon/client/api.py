@@ -38,6 +38,7 @@ from natsalon.client.families import (
 )
 from natsalon.client.probe import ProbeConfig
 from natsalon.client.probe.measure import probe
+from natsalon.client.probecache import DEFAULT_TTL, ProbeCache, cache_key
 from natsalon.client.strategy import HardNat, NatKnowledge, StrategySettings
 from natsalon.client.salonprobe import check_salon
 from natsalon.client.salons import Salons
@@ -178,7 +179,8 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
                 encrypt: bool = True, settings: Settings = Settings(),
                 on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
                 strategy: StrategySettings = StrategySettings(), turn=None, salon_tls=None, salon_ca=None,
-                server6=None, ipv6: bool = True):
+                server6=None, ipv6: bool = True,
+                probe_cache: Optional[str] = None):
     """Resolve the salon, derive the room keys (scrypt, in a thread), bind
     the client's UDP socket and build the machine; fires with a
     :class:`Client` that has not started yet.  ``hard_nat``: probe our NAT
@@ -195,7 +197,10 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     TLS to ``salon_tls`` (``(host, port)``; the certificate must name
     ``host``; ``salon_ca``: a PEM file of the CA to trust instead of the
     system's): :mod:`natsalon.client.streamlink`.  ``server6``, ``ipv6``:
-    both IP families, see :func:`_families`."""
+    both IP families, see :func:`_families`.  ``probe_cache``: a file
+    that keeps the join-time probe's result for the next process
+    (:mod:`natsalon.client.probecache`; its ``default_path()`` is the usual
+    place); None: none."""
     salons = Salons((yield resolve_servers(reactor, server)))
     server_addr = salons.current
     primary = family(server_addr[0])
@@ -209,17 +214,31 @@ def open_client(reactor, server, room, secret, *, port: int = 0, interface: str 
     listening = reactor.listenUDP(port, sock, interface=interface)
     local_port = listening.getHost().port
     families, v6, hosts6 = yield _families(reactor, sock, server, primary, port, local_port, server6, ipv6)
+    conn = _connection(reactor, sock, encrypt, local_port, on_event)
+    link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
+    candidates = join_candidates([Address(ip, local_port) for ip in ips], v6)
+    core = Core(reactor, sock, server_addr, keys, candidates, conn, settings,
+                emit=lambda event: conn.on_event(event),
+                hardnat=_hard_nat(reactor, sock, salons, interface, ips or hosts6, strategy, probe_cache)
+                if hard_nat else None,
+                turn=turn, salons=salons, link=link, families=families)
+    return _client(reactor, core, interface, listening)
+
+
+def _connection(reactor, sock: ClientSocket, encrypt: bool, local_port: int, on_event) -> Connection:
+    """The connection the user holds, fed the frames the socket receives."""
     conn = Connection(reactor, sock, encrypt=encrypt)
     conn.local_port = local_port
     if on_event is not None:
         conn.on_event = on_event
     sock.on_frame = conn.frame_received
-    link = yield _salon_link(reactor, sock, server_addr, interface, salon_tls, salon_ca)
-    candidates = join_candidates([Address(ip, local_port) for ip in ips], v6)
-    core = Core(reactor, sock, server_addr, keys, candidates, conn, settings,
-                emit=lambda event: conn.on_event(event),
-                hardnat=_hard_nat(reactor, sock, salons, interface, ips or hosts6, strategy) if hard_nat else None,
-                turn=turn, salons=salons, link=link, families=families)
+    return conn
+
+
+def _client(reactor, core: Core, interface: str, listening) -> Client:
+    """The machine over ``core``, with the salon check, and what closing
+    the connection lets go of (the sockets, the link)."""
+    link, families, conn = core.link, core.families, core.connection
 
     def check():
         # the first salon's silence or refusal may open a stream to it (the
@@ -291,7 +310,7 @@ def _salon_link(reactor, sock: ClientSocket, server_addr, interface: str, salon_
 
 
 def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
-              strategy: StrategySettings) -> HardNat:
+              strategy: StrategySettings, cache_path: Optional[str] = None) -> HardNat:
     """The join-time probe against the salon in use and the extra-socket
     pools, on the client socket's interface."""
     bind = interface or "0.0.0.0"  # open_client gives "::" to an IPv6-only client
@@ -303,14 +322,19 @@ def _hard_nat(reactor, sock: ClientSocket, salons: Salons, interface: str, ips,
         local_ips = list(ips) + ([interface] if interface not in ("", "::") else [])
         return probe(reactor, salons.current, ProbeConfig(), local_ips=local_ips, listen=listen, on_early=on_early)
 
-    return HardNat(NatKnowledge(reactor, run_probe), lambda: SocketPool(sock, listen), strategy)
+    knowledge = NatKnowledge(reactor, run_probe)
+    if cache_path:  # kept for the next process too, as long (keyed by the first salon)
+        key = cache_key(tuple(salons.current), list(ips) + ([interface] if interface else []))
+        knowledge = NatKnowledge(reactor, run_probe, ttl=DEFAULT_TTL, cache=ProbeCache(cache_path), key=key)
+    return HardNat(knowledge, lambda: SocketPool(sock, listen), strategy)
 
 
 @defer.inlineCallbacks
 def connect(reactor, server, room, secret, *, port: int = 0, interface: str = "", timeout: float = 30.0,
             punch_timeout: float = 10.0, keepalive: float = 5.0, dead_after: int = 2, encrypt: bool = True,
             lan: bool = True, on_event: Optional[Callable[[dict], None]] = None, hard_nat: bool = True,
-            turn=None, salon_tls=None, salon_ca=None, server6=None, ipv6: bool = True):
+            turn=None, salon_tls=None, salon_ca=None, server6=None, ipv6: bool = True,
+            probe_cache: Optional[str] = None):
     """Meet the peer in ``room`` at the salon ``server`` ("HOST[:PORT]", a
     (host, port) tuple, or several salons sharing their rooms:
     "HOST[:PORT],HOST[:PORT]", a list, a name with several addresses) with
@@ -330,7 +354,8 @@ def connect(reactor, server, room, secret, *, port: int = 0, interface: str = ""
     settings = Settings(punch_timeout=min(punch_timeout, timeout), keepalive=keepalive, dead_after=dead_after)
     client = yield open_client(reactor, server, room, secret, port=port, interface=interface, lan=lan,
                                encrypt=encrypt, settings=settings, on_event=on_event, hard_nat=hard_nat,
-                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca, server6=server6, ipv6=ipv6)
+                               turn=turn, salon_tls=salon_tls, salon_ca=salon_ca, server6=server6, ipv6=ipv6,
+                               probe_cache=probe_cache)
     remaining = max(0.1, timeout - (reactor.seconds() - started))
     client.start()
     d = client.when_connected(fail_after_failures=1)

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from natsalon import wire
 from natsalon.wire import Answer
 from natsalon.client.demux import JOIN_POLICY, ClientSocket
+from natsalon.client.strategy.timing import SalonRtt, first_try
 from natsalon.client.errors import ConnectFailed, IntroductionRefused, ModeMismatch, SalonUnreachable
 from natsalon.client.salons import Salons
 from natsalon.crypto.secret import RoomKeys
@@ -46,6 +47,7 @@ class Introduction(NamedTuple):
     #: (username, password) for the salon's TURN relay, when it runs one
     turn: Optional[Tuple[str, str]] = None
     cookie: Optional[bytes] = None  #: the cookie our JOIN passed with (a later JOIN of this member reuses it)
+    salon_rtt: Optional[float] = None  #: our round trip to the salon in our latest JOIN (the peer was told it)
 
 
 class Joiner:
@@ -79,7 +81,7 @@ class Joiner:
                  plain: bool = False, nat: Optional[wire.NatSummary] = None, salons: Optional[Salons] = None,
                  on_switch: Callable[[Tuple[str, int]], None] = lambda server: None,
                  failover_policy: RetransmitPolicy = FAILOVER_POLICY,
-                 retry_later: Callable[[int], float] = retry_later_delay) -> None:
+                 retry_later: Callable[[int], float] = retry_later_delay, rtt: Optional[SalonRtt] = None) -> None:
         self.clock = clock
         self.sock = sock
         self.salons = salons if salons is not None else Salons([server])
@@ -100,10 +102,14 @@ class Joiner:
         self.leave_hash = leave_hash
         self.flags = wire.JOIN_FLAG_PLAIN if plain else 0
         self.nat = nat  #: our NAT summary, in every JOIN of this member (None: not sent)
-        #: a Deferred the JOIN with the cookie (the one that registers us,
-        #: so the one the peer will see) waits for: :attr:`nat` is being measured
-        self.hold: Optional[defer.Deferred] = None
+        #: the summary of our latest JOIN the salon answered (so holds; the peer sees it)
+        self.acked_nat: Optional[wire.NatSummary] = None
+        self._req_nat: Optional[wire.NatSummary] = None
         self.impostors = 0  #: introduced members whose JOIN did not verify
+        #: our round trip to the salon: sampled from first tries, sent in our JOINs (None: neither)
+        self.rtt = rtt
+        self.sent_rtt: Optional[float] = None  #: the value our latest JOIN carried
+        self._sent_at = 0.0
         self._cookies = 0
         self._d: Optional[defer.Deferred] = None
         self._req: Optional[defer.Deferred] = None
@@ -180,8 +186,15 @@ class Joiner:
         self._poll_call = None
         if self._d is None:
             return
+        self.sent_rtt = self.rtt.value if self.rtt is not None else None
+        # a new summary for a salon that holds an older one: an update, pushed
+        # to a peer that may have arrived meanwhile
+        update = wire.JOIN_FLAG_UPDATE if self.acked_nat is not None and self.nat != self.acked_nat else 0
+        self._req_nat = self.nat
         msg, _ = wire.join_request(self.keys.room_id, self.nonce, self.candidates, self.keys.k_join, self.cookie,
-                                   leave_hash=self.leave_hash, flags=self.flags, nat=self.nat)
+                                   leave_hash=self.leave_hash, flags=self.flags | update, nat=self.nat,
+                                   salon_rtt=self.sent_rtt)
+        self._sent_at = self.clock.seconds()
         policy = self.failover_policy if len(self.salons) > 1 else self.policy
         req = self._req = self.sock.stun.request(msg, self.server, policy=policy, sha256_key=self.keys.k_join)
         req.addCallbacks(self._answer, self._no_answer)
@@ -201,6 +214,8 @@ class Joiner:
         self._req = None
         if self._d is None:
             return
+        if self.rtt is not None and first_try(self.clock.seconds() - self._sent_at, response.rtt, self.policy.rto):
+            self.rtt.sample(response.rtt)
         try:
             ans = wire.parse_join_answer(response.message)
         except wire.WireError as e:
@@ -217,6 +232,7 @@ class Joiner:
         elif ans.kind is Answer.WAITING:
             self._waiting(ans.observed)
         elif ans.kind is Answer.INTRODUCED:
+            self.acked_nat = self._req_nat
             self._introduced(ans)
         else:
             self._finish(IntroductionRefused(ans.error.code, ans.error.reason))
@@ -227,25 +243,27 @@ class Joiner:
             self._finish(ConnectFailed("the salon keeps refusing our cookie"))
             return
         self.cookie = cookie
-        if self.hold is not None and not self.hold.called:
-            self.hold.addCallback(lambda _: self._attempt_if_idle())
-            return
         self._attempt()
-
-    def _attempt_if_idle(self) -> None:
-        """The held JOIN, unless another went meanwhile (we changed salon)."""
-        if self._req is None and self._poll_call is None:
-            self._attempt()
 
     def _waiting(self, observed: Optional[Address]) -> None:
         # the cookie worked: a later refusal (the salon's secret rolled
         # over while we waited) starts a new count
         self._cookies = 0
         self.observed = observed
-        self._poll_call = self.clock.callLater(self.poll, self._attempt)
+        self.acked_nat = self._req_nat
+        # a summary that came while this JOIN was out goes at once
+        self._poll_call = self.clock.callLater(self.poll if self.nat == self.acked_nat else 0, self._attempt)
         if not self.waiting:
             self.waiting = True
             self.on_waiting()
+
+    def update(self, nat: wire.NatSummary) -> None:
+        """Our NAT summary is known: in our JOINs from now on, and in one
+        at once if we wait between polls (else in the next one)."""
+        self.nat = nat
+        if self._d is not None and self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+            self._attempt()
 
     def _indication(self, msg, addr) -> None:
         if self._d is None or (addr[0], addr[1]) != tuple(self.server):
@@ -274,7 +292,7 @@ class Joiner:
             self._finish(ModeMismatch(peer_plain=bool(peer.flags & wire.JOIN_FLAG_PLAIN)))
             return
         self._finish(Introduction(ans.observed or self.observed, address, peer, self.nonce,
-                                  self.nat or wire.UNKNOWN_NAT, ans.turn, self.cookie))
+                                  self.acked_nat or wire.UNKNOWN_NAT, ans.turn, self.cookie, self.sent_rtt))
 
     def _genuine(self, peers) -> Optional[Tuple[wire.PeerJoin, Address]]:
         """The first introduced member whose JOIN verifies and is not ours."""

@@ -70,13 +70,17 @@ from natsalon.client.demux import ClientSocket
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
-from natsalon.client.punch import RELAY, Path, Puncher
+from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
 from natsalon.client.options import TurnServer
 from natsalon.client.recovery import RelayWatch
 from natsalon.client.relay import Relay, RelayRace, relay_server
 from natsalon.client.salons import Salons
 from natsalon.client.upgrade import Upgrade
-from natsalon.client.strategy import HardNat, Role, Runner, Strategy, decide
+from natsalon.client.strategy import HardNat, Role, Runner, SalonRtt, Strategy, coordinated_wait, decide
+from natsalon.client.strategy.exchange import OwnSummary, SummaryExchange
+from natsalon.client.strategy.runner import Kickoff
+from natsalon.client.strategy.table import Pending, early
+from natsalon.wire.nat import PENDING_NAT
 from natsalon.client.errors import PunchFailed
 from natsalon.crypto.secret import RoomKeys, SessionKeys, new_nonce, session_keys
 from natsalon.stun import Address
@@ -219,6 +223,10 @@ class Core:
     #: each punch pairs the peer's addresses with the socket of their family;
     #: None: the client socket's family alone
     families: Optional[object] = None
+    #: our smoothed round trip to the salon (first tries of our JOINs), sent in them
+    salon_rtt: SalonRtt = field(default_factory=SalonRtt)
+    #: our NAT summary for the current membership, once the join-time probe gives it
+    own_nat: OwnSummary = field(default_factory=OwnSummary)
     log: Logger = field(default_factory=Logger)
 
     @property
@@ -263,11 +271,11 @@ class Core:
 class Attempt:
     """One join: a fresh nonce, the token its LEAVE will reveal, and its
     Joiner (data of Joining and Waiting).  With hard-NAT support the
-    join-time probe runs meanwhile: the first JOIN (which only fetches the
-    salon's cookie) leaves at once, the JOIN with the cookie (the one that
-    registers us, which the peer will see) waits for the probe's summary of
-    our NAT (about one more round trip to the salon; at most its hold) and
-    carries it."""
+    join-time probe runs meanwhile and nothing waits for it: our JOINs say
+    our NAT is pending until the probe's summary comes, which then goes in
+    an updated JOIN (at once while we wait in the room; once introduced,
+    :class:`~natsalon.client.strategy.SummaryExchange` sends it) and in
+    ``core.own_nat``."""
 
     def __init__(self, machine: ClientInputs, core: Core) -> None:
         s = core.settings
@@ -278,14 +286,16 @@ class Attempt:
         self.core = core
         if core.salons is not None:
             core.server = core.salons.current
+        hard = core.hardnat is not None
         self.joiner = Joiner(core.clock, core.salon, core.server, core.keys, self.nonce, core.candidates,
                              poll=s.poll, on_waiting=lambda: machine._waiting(self),
                              leave_hash=wire.leave_hash(self.token), plain=not core.connection.encrypt,
-                             salons=core.salons, on_switch=self._switched)
+                             salons=core.salons, on_switch=self._switched,
+                             nat=PENDING_NAT if hard else None, rtt=core.salon_rtt if hard else None)
         core.emit({"event": "joined", "room_id": core.keys.room_id.hex()[:8]})
+        self.own = core.own_nat = OwnSummary()
         self.knowing: Optional[defer.Deferred] = None
-        if core.hardnat is not None:
-            self.joiner.hold = defer.Deferred()
+        if hard:
             self.knowing = core.hardnat.knowledge.summary()
             self.knowing.addCallbacks(self._know, lambda f: f.trap(defer.CancelledError))
         self.deferred = self.joiner.start()
@@ -295,9 +305,8 @@ class Attempt:
 
     def _know(self, nat: wire.NatSummary) -> None:
         self.knowing = None
-        self.joiner.nat = nat
-        hold, self.joiner.hold = self.joiner.hold, None
-        hold.callback(None)
+        self.joiner.update(nat)
+        self.own.set(nat)
 
     def _check(self, server) -> None:
         """Listen for an ICMP port unreachable from ``server`` (core.check_salon)."""
@@ -329,53 +338,104 @@ class Attempt:
 
 class Punch:
     """Punching after an introduction (data of Punching): the puncher, and
-    the strategy both sides chose from their NAT summaries
-    (:mod:`natsalon.client.strategy`) with its :class:`Runner`."""
+    the strategy both sides choose from their NAT summaries
+    (:mod:`natsalon.client.strategy`) with its :class:`Runner`.  When a
+    summary of the pair is still pending (:func:`~natsalon.client.strategy.table.early`)
+    a :class:`SummaryExchange` completes the pair: meanwhile we punch
+    plainly and add the strategy's work once it is known, or (HOLD) send
+    nothing until then."""
 
     def __init__(self, machine: ClientInputs, core: Core, intro: Introduction) -> None:
-        s = core.settings
-        kit = core.hardnat
-        self.core = core
+        s, kit = core.settings, core.hardnat
+        self.core, self.intro = core, intro
         self.started = core.clock.seconds()
         self.keys = session_keys(core.keys, intro.nonce, intro.peer.nonce)
-        self.plan = decide(intro.nat, intro.peer.nat)
-        ordered = self.plan.role is Role.ORDERED
-        timeout = s.punch_timeout
-        relaying = s.relay and (core.turn is not None or intro.turn is not None)
-        if self.plan.strategy is Strategy.NONE and kit is not None and not relaying:
-            timeout = min(timeout, kit.settings.none_after)
+        self.relaying = s.relay and (core.turn is not None or intro.turn is not None)
+        plan, self.pending = early(intro.nat, intro.peer.nat) if kit is not None else (None, Pending.DECIDED)
+        self.plan = plan or decide(intro.nat, intro.peer.nat)  # plain, while pending
+        bare = self.plan.role is Role.ORDERED or self.pending is Pending.HOLD
         self.puncher = Puncher(core.clock, core.socket.write, self.keys, intro.nonce, intro.peer.nonce,
-                               None if ordered else intro.peer_address, () if ordered else intro.peer.candidates,
-                               interval=s.interval, timeout=timeout)
-        self.runner = None
-        if kit is not None:
-            self.runner = Runner(core.clock, self.puncher, self.plan, intro.peer_address, intro.peer.candidates,
-                                 intro.peer.nat, kit.pool, kit.settings, my_nat=intro.nat)
-            self.runner.prepare()
-        if self.plan.strategy is not Strategy.PLAIN:
-            event = {"event": "strategy", "strategy": self.plan.strategy.value, "role": self.plan.role.value,
-                     "nat": self.plan.mine.value, "peer_nat": self.plan.peer.value}
-            if self.plan.reason:
-                event["reason"] = self.plan.reason
-            core.log.info("punching strategy {strategy} ({role})", strategy=event["strategy"], role=event["role"])
-            core.emit(event)
-        if core.families is not None:
-            core.families.arm(self.puncher, intro.peer_address, intro.peer.candidates, s.punch_timeout)
+                               None if bare else intro.peer_address, () if bare else intro.peer.candidates,
+                               interval=s.interval, timeout=self._timeout(self.plan))
         core.socket.on_punch = self.puncher.datagram
         self.puncher.on_peer_left = lambda: _peer_said_goodbye(machine, core)
-        self.deferred = self.puncher.start()
-        if self.runner is not None:
-            self.runner.start()
+        self.runner: Optional[Runner] = None
         self.race: Optional[RelayRace] = None
-        if relaying:
-            self.race = RelayRace(core, self.puncher, intro, self.started)
-            # no UDP to the salon: no direct path either, the relay at once
-            direct = self.plan.strategy is not Strategy.NONE and core.salon_transport == "udp"
-            self.race.start(s.relay_after if direct else 0.0)
+        self.kickoff = Kickoff(core.clock, self.puncher)
+        self.deferred = self.kickoff.deferred
+        self.exchange: Optional[SummaryExchange] = None
+        if self.pending is not Pending.DECIDED:
+            self.exchange = SummaryExchange(core, intro, core.own_nat, self._pair, deadline=kit.settings.summary_wait)
+        if self.pending is not Pending.HOLD:
+            self._adopt(self.plan, intro.nat, intro.peer.nat, coordinated_wait(self.plan, intro, kit))
+        if self.exchange is not None:
+            self.exchange.start()
         self.deferred.addCallbacks(self._found, self._no_path)
         self.deferred.addCallbacks(lambda path: machine._verified(Session(self.puncher, self.keys, path,
                                                                           self._keep_relay(path), intro)),
                                    _unless_cancelled(machine._failed))
+
+    def _timeout(self, plan) -> float:
+        s, kit = self.core.settings, self.core.hardnat
+        if plan.strategy is Strategy.NONE and kit is not None and not self.relaying:
+            return min(s.punch_timeout, kit.settings.none_after)
+        return s.punch_timeout
+
+    def _pair(self, mine: wire.NatSummary, peer: wire.NatSummary, together: bool) -> None:
+        """Both summaries known (after the introduction): the plan, timed
+        from the salon moment that completed the pair if there was one."""
+        plan = decide(mine, peer)
+        ex, intro = self.exchange, self.intro
+        timed = intro._replace(salon_rtt=ex.my_rtt, peer=intro.peer._replace(salon_rtt=ex.peer_rtt))
+        wait = coordinated_wait(plan, timed, self.core.hardnat) if together else 0.0
+        self.core.log.debug("NAT summaries complete: {strategy}", strategy=plan.strategy.value)
+        if not self.kickoff.fired or plan.strategy is not Strategy.PLAIN:
+            self._adopt(plan, mine, peer, wait)
+
+    def _adopt(self, plan, mine: wire.NatSummary, peer: wire.NatSummary, wait: float) -> None:
+        """Punch by ``plan``: from its start if punching has not started
+        (then in ``wait`` seconds), else by adding its work (in ``wait``)."""
+        core, kit, intro = self.core, self.core.hardnat, self.intro
+        self.plan = plan
+        if kit is not None:
+            self.runner = Runner(core.clock, self.puncher, plan, intro.peer_address, intro.peer.candidates, peer,
+                                 kit.pool, kit.settings, my_nat=mine)
+        self._announce(plan, wait)
+        if self.kickoff.fired:
+            self.runner.head_start += wait
+            self.runner.prepare()
+            self.runner.start()
+            return
+        if plan.role is not Role.ORDERED and self.pending is Pending.HOLD:  # as the Puncher's own
+            public = Address(*intro.peer_address)
+            for addr in intro.peer.candidates:
+                if Address(*addr) != public:
+                    self.puncher.add_candidate(addr, CandidateKind.HOST)
+            self.puncher.add_candidate(public, CandidateKind.SRFLX)
+        self.puncher.timeout = self._timeout(plan)
+        if core.families is not None:  # the peer's addresses of each family from our socket of that family
+            core.families.arm(self.puncher, intro.peer_address, intro.peer.candidates, core.settings.punch_timeout)
+        if self.runner is not None:
+            self.runner.prepare()
+            self.kickoff.after = self.runner.start
+        self.kickoff.at(wait)
+        if self.relaying:  # direct punching gets its relay_after from its start, held or not
+            self.race = RelayRace(core, self.puncher, intro, self.started)
+            # no UDP to the salon: no direct path either, the relay at once
+            direct = plan.strategy is not Strategy.NONE and core.salon_transport == "udp"
+            self.race.start(core.settings.relay_after if direct else 0.0)
+
+    def _announce(self, plan, wait: float) -> None:
+        if plan.strategy is Strategy.PLAIN:
+            return
+        event = {"event": "strategy", "strategy": plan.strategy.value, "role": plan.role.value,
+                 "nat": plan.mine.value, "peer_nat": plan.peer.value}
+        if plan.reason:
+            event["reason"] = plan.reason
+        if wait:
+            event["wait_ms"] = round(wait * 1000, 1)
+        self.core.log.info("punching strategy {strategy} ({role})", strategy=event["strategy"], role=event["role"])
+        self.core.emit(event)
 
     def _keep_relay(self, path: Path) -> Optional[Relay]:
         return self.race.keep(path) if self.race is not None else None
@@ -386,6 +446,7 @@ class Punch:
             self.race.stop()
 
     def _found(self, path: Path) -> Path:
+        self._stop_exchange()
         if path.kind == RELAY and self.race is not None:
             self.race.won(path)
         if self.runner is not None:
@@ -397,6 +458,7 @@ class Punch:
         return path
 
     def _no_path(self, f: Failure) -> Failure:
+        self._stop_exchange()
         self.stop_relay()
         if f.check(PunchFailed) and self.race is not None and self.race.error is not None:
             f = Failure(PunchFailed("%s; relay: %s" % (f.getErrorMessage(), self.race.error)))
@@ -404,7 +466,12 @@ class Punch:
             return Failure(PunchFailed("%s (strategy none; %s)" % (self.plan.reason, f.getErrorMessage())))
         return f
 
+    def _stop_exchange(self) -> None:
+        if self.exchange is not None:
+            self.exchange.stop()
+
     def cancel(self) -> None:
+        self._stop_exchange()
         self.deferred.cancel()
         self.puncher.stop()
         self.stop_relay()

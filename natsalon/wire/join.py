@@ -6,6 +6,7 @@ JOIN request (client -> salon)::
     NS_CANDIDATES (our LAN endpoints)   [NS_LEAVE] [NS_STATUS flags]
     [NS_NAT: our NAT as our probe saw it (natsalon.wire.nat)]   [NS_COOKIE]
     [NS_RELAY: our relayed address (a TURN allocation), once we have one]
+    [NS_SALON_RTT: our smoothed round trip to the salon (natsalon.wire.nat)]
     MESSAGE-INTEGRITY-SHA256 keyed with k_join (checked by the peer, not the salon)
 
 Salon answers::
@@ -35,7 +36,7 @@ from natsalon.stun.constants import REASONS
 from natsalon.wire.common import (
     LEAVE_HASH_SIZE, LEAVE_TOKEN_SIZE, NONCE_SIZE, Status, WireError, pack_candidates, unpack_candidates,
 )
-from natsalon.wire.nat import NS_NAT, UNKNOWN_NAT, NatSummary, pack_nat, unpack_nat
+from natsalon.wire.nat import NS_NAT, NS_SALON_RTT, UNKNOWN_NAT, NatSummary, pack_nat, pack_rtt, unpack_nat, unpack_rtt
 
 #: introduction: TURN credentials for the salon's own relay, ``username
 #: NUL password`` in UTF-8 (comprehension-optional: an older client ignores
@@ -44,6 +45,10 @@ NS_TURN = 0xC0AB
 #: JOIN: the member's relayed address (a TURN allocation), packed like
 #: NS-CANDIDATES (one address); covered by the JOIN's integrity like the rest
 NS_RELAY = 0xC0AC
+#: JOIN flag (NS-STATUS): this JOIN updates what the member told its room
+#: (its NAT summary, measured after it registered): the salon pushes it to
+#: the room's other members at once, as it does a newcomer's JOIN
+JOIN_FLAG_UPDATE = 0x2
 
 
 def pack_turn(credentials: Tuple[str, str]) -> bytes:
@@ -69,12 +74,13 @@ def unpack_turn(value: Optional[bytes]) -> Optional[Tuple[str, str]]:
 def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_join: bytes,
                  cookie: Optional[bytes] = None, txid: Optional[bytes] = None, leave_hash: Optional[bytes] = None,
                  flags: int = 0, nat: Optional[NatSummary] = None,
-                 relay: Optional[Address] = None) -> Tuple[Message, bytes]:
+                 relay: Optional[Address] = None, salon_rtt: Optional[float] = None) -> Tuple[Message, bytes]:
     """``(message, bytes)`` of a JOIN request.  ``leave_hash`` is
     :func:`leave_hash` of the token a later LEAVE reveals; ``flags`` are
     JOIN flags (:data:`~natsalon.wire.common.JOIN_FLAG_PLAIN`); ``nat`` the
     summary of our NAT (left out when None); ``relay`` our relayed address
-    (left out when None)."""
+    (left out when None); ``salon_rtt`` our round trip to the salon in
+    seconds (left out when None)."""
     attrs = [(Attr.NS_ROOM, room_id), (Attr.NS_NONCE, nonce), (Attr.NS_CANDIDATES, pack_candidates(candidates))]
     if leave_hash:
         attrs.append((Attr.NS_LEAVE, leave_hash))
@@ -84,6 +90,8 @@ def join_request(room_id: bytes, nonce: bytes, candidates: Sequence[Address], k_
         attrs.append((NS_NAT, pack_nat(nat)))
     if relay is not None:
         attrs.append((NS_RELAY, pack_candidates([relay])))
+    if salon_rtt is not None:
+        attrs.append((NS_SALON_RTT, pack_rtt(salon_rtt)))
     if cookie:
         attrs.append((Attr.NS_COOKIE, cookie))
     msg = Message(Method.JOIN, Class.REQUEST, txid or new_transaction_id(), tuple(attrs))
@@ -99,6 +107,7 @@ class JoinRequest(NamedTuple):
     flags: int = 0
     nat: NatSummary = UNKNOWN_NAT  #: the member's NAT summary (unknown when absent)
     relay: Optional[Address] = None  #: the member's relayed address (a TURN allocation)
+    salon_rtt: Optional[float] = None  #: the member's round trip to the salon, seconds (None: unknown)
 
 
 def _relay(value: Optional[bytes]) -> Optional[Address]:
@@ -129,7 +138,7 @@ def parse_join_request(msg: Message) -> JoinRequest:
     if leave is not None and len(leave) != LEAVE_HASH_SIZE:
         raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
     return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0),
-                       unpack_nat(msg.get(NS_NAT)), _relay(msg.get(NS_RELAY)))
+                       unpack_nat(msg.get(NS_NAT)), _relay(msg.get(NS_RELAY)), unpack_rtt(msg.get(NS_SALON_RTT)))
 
 
 class PeerJoin(NamedTuple):
@@ -138,6 +147,7 @@ class PeerJoin(NamedTuple):
     flags: int = 0  #: its JOIN flags (JOIN_FLAG_PLAIN: it does not encrypt)
     nat: NatSummary = UNKNOWN_NAT  #: its NAT summary, authenticated with the rest of its JOIN
     relay: Optional[Address] = None  #: its relayed address (TURN), authenticated likewise
+    salon_rtt: Optional[float] = None  #: its round trip to the salon, seconds, authenticated likewise
 
 
 def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
@@ -152,7 +162,7 @@ def verify_peer_join(raw: bytes, k_join: bytes, room_id: bytes) -> PeerJoin:
         raise WireError("peer JOIN fails its integrity check (the peer does not know the secret)")
     if req.room_id != room_id:
         raise WireError("peer JOIN is for another room")
-    return PeerJoin(req.nonce, req.candidates, req.flags, req.nat, req.relay)
+    return PeerJoin(req.nonce, req.candidates, req.flags, req.nat, req.relay, req.salon_rtt)
 
 
 def _error(method: int, txid: bytes, code: int, extra=()) -> bytes:

@@ -10,6 +10,16 @@ from natsalon.client.strategy.runner import Runner, Spray, StrategySettings, Swe
 from natsalon.client.strategy.table import (
     TABLE, NatClass, Plan, Role, Strategy, classify, decide, predicted_ports,
 )
+from natsalon.client.strategy.timing import SalonRtt, fire_wait, first_try
+
+
+def coordinated_wait(plan: Plan, intro, kit: "HardNat | None") -> float:
+    """Seconds between our introduction ``intro`` and the first shot of
+    ``plan``: predicted and birthday fire when both sides have their
+    introduction (:func:`.timing.fire_wait`), everything else at once."""
+    if kit is None or not kit.settings.coordinate or plan.strategy not in (Strategy.PREDICTED, Strategy.BIRTHDAY):
+        return 0.0
+    return fire_wait(intro.salon_rtt, intro.peer.salon_rtt, kit.settings.max_wait)
 
 
 class HardNat(NamedTuple):
@@ -21,5 +31,5 @@ class HardNat(NamedTuple):
     settings: StrategySettings = StrategySettings()
 
 
-__all__ = ["HardNat", "NatKnowledge", "Runner", "Spray", "Sweep", "StrategySettings", "TABLE", "NatClass", "Plan",
+__all__ = ["HardNat", "SalonRtt", "coordinated_wait", "fire_wait", "first_try", "NatKnowledge", "Runner", "Spray", "Sweep", "StrategySettings", "TABLE", "NatClass", "Plan",
            "Role", "Strategy", "classify", "decide", "predicted_ports"]

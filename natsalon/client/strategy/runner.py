@@ -17,7 +17,8 @@
   when the filtering side's filter is known to depend on address and port;
   when it is not known (it may let plain punching through), predicted and
   birthday begin as plain punching and the sweep or spray starts after
-  ``head_start`` seconds without a verified pair.  Seq against seq probes the peer's next ports in order
+  ``head_start`` seconds without a verified pair.  Seq against seq probes the peer's next ports
+  (in order on one side, every second one on the other: :func:`.table.ordered_ports`)
   before anything else (:meth:`Runner.prepare`).  Once a path is chosen
   every extra socket but the path's is closed; the rest close when the
   puncher stops.
@@ -33,10 +34,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from natsalon.client.punch import CandidateKind, LocalSocket, Path, Puncher
-from natsalon.client.strategy.table import Plan, Role, Strategy, predicted_ports
+from natsalon.client.punch.phases import Phase
+from natsalon.client.strategy.table import Plan, Role, Strategy, ordered_ports, predicted_ports
 from natsalon.stun import Address
 from natsalon.wire.nat import APD, NatSummary
 
@@ -53,7 +56,10 @@ class StrategySettings:
     sweep_rate: float = 800.0  #: probes per second of a sweep
     sweep_budget: int = 4096  #: probes of one sweep at most
     windows: Tuple[int, ...] = (16, 32, 64, 128, 256)  #: predicted sweep: the growing windows of next ports
-    ordered_window: int = 8  #: seq vs seq: the peer's next ports probed in order
+    #: seq vs seq: new flows of each side (:func:`.table.ordered_ports`):
+    #: survives drifts dA + 2dB below it (on a LAN 64 new flows take under a
+    #: millisecond; the rounds then probe them every interval, 640/s)
+    ordered_window: int = 64
     spray_sockets: int = 256  #: birthday: extra sockets of the random side
     spray_rate: float = 640.0  #: birthday: probes per second of the spraying side (openings and refreshes)
     spray_refresh: float = 2.0  #: birthday: seconds between probes of one sprayed socket
@@ -61,6 +67,13 @@ class StrategySettings:
     none_after: float = 1.5  #: strategy none: seconds of plain punching (a LAN path?) before giving up
     max_pending: int = 8192  #: the puncher's probes awaiting an answer while sweeping
     max_peer_reflexive: int = 32  #: the puncher's learnt candidates while spraying
+    #: predicted and birthday: fire at the moment both introductions have
+    #: arrived (:mod:`.timing`); False: at once, as plain punching
+    coordinate: bool = True
+    max_wait: float = 0.5  #: seconds at most of that wait
+    #: seconds after the introduction a pending NAT summary is waited for
+    #: (:mod:`.exchange`); then it counts as unknown
+    summary_wait: float = 2.0
 
 
 def sequential_ports(base_ports: Tuple[int, ...], windows: Tuple[int, ...]) -> Iterator[int]:
@@ -171,6 +184,72 @@ def _punching(puncher: Puncher) -> bool:
     return puncher.selected is None and puncher.phase.value in ("idle", "punching") and puncher.best() is None
 
 
+class Kickoff:
+    """Starts ``puncher`` when :meth:`at` says: ``before()`` runs just
+    before :meth:`Puncher.start` (candidates of a plan decided late),
+    ``after()`` just after (the runner's start).  :attr:`deferred` fires
+    like :meth:`Puncher.start`'s.  Until then the puncher is IDLE: it
+    answers the peer's probes and learns, chooses nothing.  Cancelling
+    :attr:`deferred`, or stopping the puncher, cancels the wait."""
+
+    def __init__(self, clock, puncher: Puncher) -> None:
+        self.clock = clock
+        self.puncher = puncher
+        self.before: Callable[[], None] = lambda: None
+        self.after: Callable[[], None] = lambda: None
+        self.fired = False
+        self._call = None
+        self.deferred = defer.Deferred(self._cancel)
+        puncher.on_stop.append(self._stopped)
+
+    def at(self, wait: Optional[float]) -> None:
+        """Start in ``wait`` seconds (at once if 0; not yet if None), instead
+        of any time said before; nothing once started."""
+        if self.fired:
+            return
+        self._drop()
+        if wait is None:
+            return
+        if wait <= 0:
+            self._go()
+        else:
+            self._call = self.clock.callLater(wait, self._go)
+
+    def _go(self) -> None:
+        self._call = None
+        if self.fired or self.puncher.phase is not Phase.IDLE:
+            return
+        self.fired = True
+        self.before()
+        started = self.puncher.start()
+        self.after()
+        started.chainDeferred(self.deferred)
+
+    def _drop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _cancel(self, _) -> None:
+        self._drop()
+        self.puncher.stop()
+
+    def _stopped(self) -> None:
+        self._drop()
+        if not self.fired and not self.deferred.called:
+            self.fired = True
+            self.deferred.errback(defer.CancelledError())
+
+
+def start_punching(clock, puncher: Puncher, wait: float, then: Callable[[], None]) -> defer.Deferred:
+    """Start ``puncher`` and call ``then`` after ``wait`` seconds (at once if
+    0): a :class:`Kickoff`'s Deferred."""
+    kickoff = Kickoff(clock, puncher)
+    kickoff.after = then
+    kickoff.at(wait)
+    return kickoff.deferred
+
+
 class Runner:
     """A plan's extra work around ``puncher``; ``pool()`` makes a
     :class:`~natsalon.client.demux.SocketPool` (only spraying needs one)."""
@@ -211,7 +290,8 @@ class Runner:
         candidates), then its public endpoint and LAN addresses."""
         s, p = self.settings, self.puncher
         if self.plan.role is Role.ORDERED:
-            for port in predicted_ports(self.peer_nat, self.peer_public.port, s.ordered_window):
+            shifted = p.my_nonce > p.peer_nonce  # the same choice on both sides
+            for port in ordered_ports(self.peer_nat, self.peer_public.port, s.ordered_window, shifted):
                 p.add_candidate(Address(self.peer_public.host, port), CandidateKind.PREDICTED)
             for addr in self.peer_lan:
                 if Address(*addr) != self.peer_public:

@@ -35,8 +35,9 @@ same strategy, with the roles swapped)::
   256 ports, at a bounded rate); the seq side punches plainly (its one new
   flow to the peer's public endpoint takes one of those ports).  Seq
   against seq: each side probes the other's next ``window`` ports
-  *in order* before anything else, so its own k-th new flow meets the
-  peer's k-th (the diagonal); exact prediction, no drift tolerated.
+  before anything else, one side in order and the other every second port,
+  so some flow of one side meets a flow of the other even when other flows
+  took ports in between (:func:`ordered_ports`).
 - ``birthday``: the ``random`` side **sprays**: it opens many extra sockets,
   each sending to the peer's public endpoint (mappings whose filter admits
   the peer); the ``filtering`` side **sweeps** random ports of the random
@@ -147,6 +148,63 @@ def decide(mine: NatSummary, peer: NatSummary) -> Plan:
     else:
         role = _ROLES.get((strategy, a), Role.PLAIN)
     return Plan(strategy, role, a, b)
+
+
+class Pending(str, enum.Enum):
+    """What a side does while one summary of the pair is not known yet."""
+
+    DECIDED = "decided"  #: both known (or the plan cannot depend on the missing one): punch by the plan
+    PLAIN = "plain"  #: punch plainly meanwhile, add the strategy's work once both are known
+    HOLD = "hold"  #: send nothing until both are known (or a deadline): the plan may need our first flows
+
+
+def early(mine: NatSummary, peer: NatSummary) -> Tuple[Optional[Plan], Pending]:
+    """While the pair's summaries come in (a member's first JOIN says
+    ``pending`` and it publishes its summary, once, in an updated JOIN after
+    its join-time probe; both sides end up with the same pair): the plan if
+    it is already certain, and what to do meanwhile.
+
+    - neither pending: :func:`decide` (an unknown NAT that is not pending
+      is final: an old peer, a failed probe).
+    - one pending, and every class it may turn out to be gives the same
+      strategy against the other (an easy side): that plan at once.
+    - the other side is ``seq`` or ``random``: HOLD.  Its strategy may be
+      seq-against-seq (exact prediction: each side's first new flows must
+      be the predicted ones, none spent on plain probes) or none (no
+      direct path: said quickly, the relay at once).
+    - otherwise (a ``filtering`` or unknown side, or both pending): PLAIN
+      meanwhile; predicted and birthday tolerate plain probes sent before
+      them.
+    """
+    if not mine.pending and not peer.pending:
+        return decide(mine, peer), Pending.DECIDED
+    if mine.pending and peer.pending:
+        return None, Pending.PLAIN
+    known = classify(peer if mine.pending else mine)
+    if len({TABLE[known, c] for c in NatClass}) == 1:
+        return decide(mine, peer), Pending.DECIDED
+    if known in (NatClass.SEQ, NatClass.RANDOM):
+        return None, Pending.HOLD
+    return None, Pending.PLAIN
+
+
+def ordered_ports(peer: NatSummary, public_port: int, count: int, shifted: bool) -> Tuple[int, ...]:
+    """Seq against seq: the peer's ports our k-th new flow probes, k = 1 ..
+    ``count``.  One side (``shifted`` False: the lower nonce) probes the
+    peer's next ports in order, ``base + step*k``; the other every second
+    one, ``base + step*(2k - 1)``.  Both NATs give each new flow the next
+    port, but other flows may take some between a side's probe and its
+    shots: dA ports on the in-order side, dB on the other.  The in-order
+    side's flow i then leaves from the port after dA + i and goes to the
+    peer's port i; the other's flow k leaves from dB + k and goes to 2k - 1.
+    Flow i = dA + 2dB + 1 and flow k = dA + dB + 1 are each other's
+    destination: they meet, for any drifts with dA + 2dB < ``count``.
+    Without drift the first flows meet, as exact prediction did."""
+    if not shifted:
+        return predicted_ports(peer, public_port, count)
+    base = max(peer.last_port or 0, public_port)
+    step = peer.step or 1
+    return tuple(p for p in (base + step * (2 * k - 1) for k in range(1, count + 1)) if 0 < p <= 0xFFFF)
 
 
 def predicted_ports(peer: NatSummary, public_port: int, count: int, start: int = 1) -> Tuple[int, ...]:

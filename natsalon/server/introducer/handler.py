@@ -18,7 +18,9 @@ with one when the room registry answers later.  For a JOIN it
    unreachable: retry later);
 4. when a member is new to a room with others, pushes each of them a JOIN
    indication listing the newcomer first, so nobody waits for its next
-   poll.
+   poll; likewise for a member's JOIN flagged ``JOIN_FLAG_UPDATE`` (its NAT
+   summary, sent once after its join-time probe: both sides then learn the
+   complete pair at one instant).
 
 The salon never sees the secret: it cannot check the JOIN's
 MESSAGE-INTEGRITY-SHA256, so it lists every member and the clients keep
@@ -258,8 +260,10 @@ class Introducer:
             return Reply(received_on, to, waiting_answer(txid, source, self._tails))
         if outcome is not Outcome.INTRODUCED:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
-        if result.newcomer and result.others:
-            self._announce(req.room_id, member, result.others)
+        if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
+            # a newcomer, or a member's updated JOIN (its NAT summary, measured
+            # after it registered): the others are told at once
+            self._announce(req.room_id, member, result.others, update=not result.newcomer)
         turn = self._turn(req.room_id)
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
@@ -276,9 +280,10 @@ class Introducer:
             return None
         return self.turn_credentials(room_id, self.clock.seconds())
 
-    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member]) -> None:
+    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member], update: bool = False) -> None:
         """Push each of ``others`` an introduction listing ``newcomer``
-        first, then the rest of the room."""
+        first, then the rest of the room (``update``: a member's updated
+        JOIN, counted as ``updates_pushed``, not as an introduction)."""
         if self.push is None:
             return
         turn = self._turn(room_id)
@@ -290,7 +295,7 @@ class Introducer:
             self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
                 os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
                 indication=True, others=[(m.blob, m.address) for m in rest], turn=turn)))
-            self.stats["introductions_pushed"] += 1
+            self.stats["updates_pushed" if update else "introductions_pushed"] += 1
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         """A LEAVE: the member whose JOIN carried the hash of the revealed
