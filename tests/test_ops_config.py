@@ -259,7 +259,20 @@ def test_a_reload_that_cannot_apply_says_so():
 
     current = salon_opts("--interface", "127.0.0.1", "--turn-secret", "old")
     svc = tap.makeService(current)
-    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1"), current)
+    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1", "--turn-secret", "old", "--no-turn"), current)
     register_salon_reloads(reloader, svc, current.ops)
     assert reloader.reload() == []
     assert svc.turn.core.auth.secrets == [b"old"]
+
+
+def test_a_reload_may_drop_every_shared_secret():
+    """TURN stays on without shared secrets (room credentials need none)."""
+    from natsalon.ops.reload import Reloader
+    from natsalon.ops.wiring import register_salon_reloads
+
+    current = salon_opts("--interface", "127.0.0.1", "--turn-secret", "old")
+    svc = tap.makeService(current)
+    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1"), current)
+    register_salon_reloads(reloader, svc, current.ops)
+    assert reloader.reload() == ["turn-secrets"]
+    assert svc.turn.core.auth.secrets == [] and svc.turn.core.room_auth is not None

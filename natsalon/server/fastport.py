@@ -54,11 +54,11 @@ _HH = struct.Struct("!HH")
 log = Logger()
 
 
-def _channel_table(channel, key):
-    """The TURN core's allocations on socket ``key`` when ``channel`` (the
-    ChannelData hook) is a core's ``channel_data``; else None (slow path)."""
-    table_of = getattr(getattr(channel, "__self__", None), "channel_table", None)
-    return table_of(key) if table_of is not None else None
+def _turn_core(channel):
+    """The TURN core whose ``channel_data`` is ``channel`` (the ChannelData
+    hook), or None (then every ChannelData takes the slow path)."""
+    core = getattr(channel, "__self__", None)
+    return core if getattr(core, "channel_table", None) is not None else None
 
 
 class ReflectorPort(udp.Port):
@@ -68,17 +68,17 @@ class ReflectorPort(udp.Port):
         state = proto.state
         channel = state.channel_data
         limiter = state.limiter
+        core = _turn_core(channel)
         return (proto, self.socket.recvfrom, self.socket.sendto, proto.tails, proto.fast_tail, proto.answer,
-                channel, proto.key, _channel_table(channel, proto.key),
+                channel, proto.key, core, core.channel_table(proto.key) if core is not None else None,
                 limiter.allow if limiter is not None else None, self.addressFamily == socket.AF_INET6,
                 PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize)
 
     def doRead(self) -> None:
-        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, allocs, allow, v6, plain,
+        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, core, allocs, allow, v6, plain,
          size) = self._loop_locals()
-        unpack = _HH.unpack_from
-        head = RESPONSE_HEAD
-        answered = limited = failed = 0
+        unpack, head = _HH.unpack_from, RESPONSE_HEAD
+        answered = limited = failed = relayed = relayed_bytes = 0
         try:
             for _ in range(_BATCH):
                 try:
@@ -100,6 +100,8 @@ class ReflectorPort(udp.Port):
                             alloc.credit = credit
                             try:
                                 alloc.relay_sendto(data[4:4 + length], peer)
+                                relayed += 1
+                                relayed_bytes += length
                             except OSError:
                                 alloc.dropped += 1  # as a router would
                             continue
@@ -121,11 +123,16 @@ class ReflectorPort(udp.Port):
                         continue
                 answer(data, addr)
         finally:
-            _fold(proto, answered, limited, failed)
+            _fold(proto, answered, limited, failed, core, relayed, relayed_bytes)
 
 
-def _fold(proto, answered: int, limited: int, failed: int) -> None:
-    """Add a batch's counts to the protocol's (kept out of the loop)."""
+def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0,
+          relayed_bytes: int = 0) -> None:
+    """Add a batch's counts to the protocol's and the TURN core's (kept out
+    of the loop)."""
+    if relayed:
+        core.to_peer_packets += relayed
+        core.to_peer_bytes += relayed_bytes
     proto.fast_answers += answered
     stats = proto.state.stats
     if limited:
@@ -180,7 +187,8 @@ class RelayPort:
     def doRead(self) -> None:
         proto = self.protocol
         alloc = proto.alloc
-        from_peer = proto.core.from_peer
+        core = proto.core
+        from_peer = core.from_peer
         peers = alloc.peers
         client = alloc.client
         client_sendto = alloc.client_sendto
@@ -188,29 +196,38 @@ class RelayPort:
         pack = _HH.pack
         v6 = self._v6
         size = self.maxPacketSize
-        for _ in range(_BATCH):
-            try:
-                data, addr = recvfrom(size)
-            except OSError as e:
-                if e.errno in _IGNORE or e.errno in _REFUSED:
-                    return
-                raise
-            if v6:
-                addr = addr[:2]
-            number = peers.get(addr)
-            if number is not None and client_sendto is not None:
-                credit = alloc.credit - len(data)
-                if credit >= 0:
-                    alloc.credit = credit
-                    try:
-                        client_sendto(pack(number, len(data)) + data, client)
-                    except OSError:
-                        alloc.dropped += 1  # as a router would
-                    continue
-            try:
-                from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
-            except Exception:
-                log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+        relayed = relayed_bytes = 0  # folded into the core's counters once per batch
+        try:
+            for _ in range(_BATCH):
+                try:
+                    data, addr = recvfrom(size)
+                except OSError as e:
+                    if e.errno in _IGNORE or e.errno in _REFUSED:
+                        return
+                    raise
+                if v6:
+                    addr = addr[:2]
+                number = peers.get(addr)
+                if number is not None and client_sendto is not None:
+                    n = len(data)
+                    credit = alloc.credit - n
+                    if credit >= 0:
+                        alloc.credit = credit
+                        try:
+                            client_sendto(pack(number, n) + data, client)
+                            relayed += 1
+                            relayed_bytes += n
+                        except OSError:
+                            alloc.dropped += 1  # as a router would
+                        continue
+                try:
+                    from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
+                except Exception:
+                    log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+        finally:
+            if relayed:
+                core.to_client_packets += relayed
+                core.to_client_bytes += relayed_bytes
 
 
 def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
