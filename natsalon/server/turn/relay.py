@@ -257,16 +257,16 @@ class TurnService(service.MultiService):
         if self.config.tcp and layout is not None and self.tcp is None:
             self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
         self._listen_tls()
-        self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}; credentials: {creds}",
+        self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}; accepts {creds}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
                            ip=self.relays.relay_ip, creds=self._describe_credentials())
 
     def _describe_credentials(self) -> str:
-        kinds = ["rooms'"] if self.core.room_auth is not None else []
+        kinds = ["room credentials"] if self.core.room_auth is not None else []
         n = len(self.core.auth.secrets)
         if n:
             kinds.append("%d shared secret%s" % (n, "" if n == 1 else "s"))
-        return " and ".join(kinds) or "none (nothing can be relayed)"
+        return " and ".join(kinds) or "no credentials (nothing can be relayed)"
 
     def stopService(self):
         d = super().stopService()
