@@ -72,7 +72,8 @@ def test_salon_counters_are_read_at_scrape_time():
                   "leave_refused": 1, "turn_401": 6,
                   "turn_486": 2, "turn_user_quota": 1, "turn_source_quota": 1, "turn_allocations": 2})
     core = svc.turn.core
-    core.to_peer_packets, core.to_peer_bytes, core.to_client_packets, core.to_client_bytes = 3, 300, 4, 440
+    core.to_peer_packets, core.to_client_packets, core.to_client_bytes = 3, 4, 440
+    core.ended_bytes = 740  # the credit used, both ways: 300 of it to peers
     core.dropped_bandwidth, core.dropped_quota = 5, 6
     svc.protocols[0].fast_answers = 10  # not folded yet: the scrape folds it
     from natsalon.stun import Class, Method

@@ -184,10 +184,17 @@ def test_a_refused_send_is_dropped_not_raised():
     w.from_peer(b"pong", PEER)
     assert w.outputs() == ([], []) and w.stats["internal_error"] == 0
     assert w.alloc.dropped == 2
+    core = w.svc.core  # refused by the socket, so not relayed: neither counted nor paid for
+    assert (core.to_peer_packets, core.to_peer_bytes, core.to_client_packets, core.to_client_bytes) == (0, 0, 0, 0)
     # the slow path's sends count their failures the same way
     w.alloc.relay_write(b"ping", PEER)
     w.alloc.client_write(b"\x40\x01\x00\x04pong", CLIENT)
     assert w.alloc.dropped == 4
+    # sent: counted, and paid for
+    w.port.socket.refuse = w.relay.socket.refuse = None
+    w.from_client(b"\x40\x01\x00\x04ping")
+    w.from_peer(b"pong!", PEER)
+    assert (core.to_peer_packets, core.to_peer_bytes, core.to_client_packets, core.to_client_bytes) == (1, 4, 1, 5)
 
 
 @pytest_twisted.inlineCallbacks

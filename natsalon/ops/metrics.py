@@ -315,10 +315,11 @@ class SalonCollector(_Base):
                         "(client_to_peer: ChannelData and Send indications; peer_to_client: ChannelData and Data "
                         "indications).", "direction",
                         [("client_to_peer", core.to_peer_packets), ("peer_to_client", core.to_client_packets)])
+        total = core.relayed_bytes()
         yield _labelled(CounterMetricFamily, "natsalon_turn_bytes", "Payload bytes relayed, by direction.",
-                        "direction", [("client_to_peer", core.to_peer_bytes), ("peer_to_client", core.to_client_bytes)])
-        yield _counter("natsalon_turn_relayed_bytes", "Payload bytes relayed, both directions together.",
-                       core.to_peer_bytes + core.to_client_bytes)
+                        "direction", [("client_to_peer", total - core.to_client_bytes),
+                                      ("peer_to_client", core.to_client_bytes)])
+        yield _counter("natsalon_turn_relayed_bytes", "Payload bytes relayed, both directions together.", total)
         totals = self.turn_totals
         ended_dropped = totals.dropped if totals is not None else 0
         yield _counter("natsalon_turn_relay_dropped", "Datagrams an allocation dropped: over its bandwidth or byte "

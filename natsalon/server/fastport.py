@@ -72,15 +72,15 @@ class ReflectorPort(udp.Port):
         return (proto, self.socket.recvfrom, self.socket.sendto, proto.tails, proto.fast_tail, proto.answer,
                 channel, proto.key, core, core.channel_table(proto.key) if core is not None else None,
                 limiter.allow if limiter is not None else None, self.addressFamily == socket.AF_INET6,
-                PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize)
+                PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize, _HH.unpack_from,
+                RESPONSE_HEAD)
 
     def doRead(self) -> None:
-        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, core, allocs, allow, v6, plain,
-         size) = self._loop_locals()
-        unpack, head = _HH.unpack_from, RESPONSE_HEAD
-        answered = limited = failed = relayed = relayed_bytes = 0
+        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, core, allocs, allow, v6, plain, size,
+         unpack, head) = self._loop_locals()
+        answered = limited = failed = other = read = 0
         try:
-            for _ in range(_BATCH):
+            for read in range(_BATCH):  # read: the datagrams read before this one
                 try:
                     data, addr = recvfrom(size)
                 except OSError as e:
@@ -89,23 +89,22 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
-                if channel is not None and data[:1] in CHANNEL_FIRST:
-                    # TURN ChannelData: not rate limited as requests are
+                if channel is not None and data[:1] in CHANNEL_FIRST:  # TURN ChannelData: not rate limited
                     alloc = allocs.get(addr) if allocs is not None else None
                     if alloc is not None and len(data) >= 4:
                         number, length = unpack(data)
                         peer = alloc.channels.get(number)
                         credit = alloc.credit - length
                         if peer is not None and credit >= 0 and len(data) >= 4 + length:
-                            alloc.credit = credit
                             try:
                                 alloc.relay_sendto(data[4:4 + length], peer)
-                                relayed += 1
-                                relayed_bytes += length
+                                alloc.credit = credit  # paid once sent: credit used is bytes relayed
                             except OSError:
                                 alloc.dropped += 1  # as a router would
+                                other += 1
                             continue
                     channel(data, addr, key)  # counts and drops it
+                    other += 1
                     continue
                 if allow is not None and not allow(addr[0]):
                     limited += 1
@@ -122,17 +121,19 @@ class ReflectorPort(udp.Port):
                             failed += 1  # e.g. ENOBUFS: the client retransmits
                         continue
                 answer(data, addr)
+                other += 1
+            read = _BATCH
         finally:
-            _fold(proto, answered, limited, failed, core, relayed, relayed_bytes)
+            _fold(proto, answered, limited, failed, core, read - answered - limited - failed - other)
 
 
-def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0,
-          relayed_bytes: int = 0) -> None:
+def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0) -> None:
     """Add a batch's counts to the protocol's and the TURN core's (kept out
-    of the loop)."""
+    of the loop).  ``relayed``, the ChannelData relayed inline, is not
+    counted per datagram: it is what the loop read less everything else it
+    counted; the bytes relayed are the credit the allocations used."""
     if relayed:
         core.to_peer_packets += relayed
-        core.to_peer_bytes += relayed_bytes
     proto.fast_answers += answered
     stats = proto.state.stats
     if limited:
@@ -196,9 +197,10 @@ class RelayPort:
         pack = _HH.pack
         v6 = self._v6
         size = self.maxPacketSize
-        relayed = relayed_bytes = 0  # folded into the core's counters once per batch
+        credit0, bytes0 = alloc.credit, core.to_client_bytes
+        other = read = 0
         try:
-            for _ in range(_BATCH):
+            for read in range(_BATCH):  # read: the datagrams read before this one
                 try:
                     data, addr = recvfrom(size)
                 except OSError as e:
@@ -209,25 +211,27 @@ class RelayPort:
                     addr = addr[:2]
                 number = peers.get(addr)
                 if number is not None and client_sendto is not None:
-                    n = len(data)
-                    credit = alloc.credit - n
+                    credit = alloc.credit - len(data)
                     if credit >= 0:
-                        alloc.credit = credit
                         try:
-                            client_sendto(pack(number, n) + data, client)
-                            relayed += 1
-                            relayed_bytes += n
+                            client_sendto(pack(number, len(data)) + data, client)
+                            alloc.credit = credit  # paid once sent: credit used is bytes relayed
                         except OSError:
                             alloc.dropped += 1  # as a router would
+                            other += 1
                         continue
                 try:
                     from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
                 except Exception:
                     log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+                other += 1
+            read = _BATCH
         finally:
-            if relayed:
-                core.to_client_packets += relayed
-                core.to_client_bytes += relayed_bytes
+            # counted per batch, nothing per datagram: relayed inline is what
+            # was read less what the core saw (it counts its own); the bytes,
+            # both ways, are the credit the batch used
+            core.to_client_packets += read - other
+            core.to_client_bytes = bytes0 + (credit0 - alloc.credit)
 
 
 def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):

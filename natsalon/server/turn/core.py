@@ -202,10 +202,15 @@ class TurnCore:
         self._per_user: Dict[str, int] = {}
         self._per_source: Dict[str, int] = {}
         self._count = 0
-        #: payload relayed, per direction: plain integers; the inline read
-        #: loops (natsalon.server.fastport) fold theirs in once per batch
-        self.to_peer_packets = self.to_peer_bytes = 0
+        #: datagrams and payload bytes relayed, per direction: plain
+        #: integers; the inline read loops (natsalon.server.fastport) fold
+        #: theirs in once per batch.  The bytes to peers are not counted
+        #: at all: every byte relayed either way is paid for with credit, so
+        #: they are the credit used (:meth:`relayed_bytes`) less the bytes
+        #: to clients (:attr:`to_peer_bytes`)
+        self.to_peer_packets = 0
         self.to_client_packets = self.to_client_bytes = 0
+        self.ended_bytes = 0  #: relayed by the allocations that ended, both ways
         #: datagrams dropped for lack of credit: over the bandwidth caps,
         #: or past the byte quota
         self.dropped_bandwidth = self.dropped_quota = 0
@@ -238,6 +243,16 @@ class TurnCore:
     def allocations(self) -> List[Allocation]:
         return [a for allocs in self._by_via.values() for a in allocs.values()]
 
+    def relayed_bytes(self) -> int:
+        """Payload bytes relayed both ways so far: the credit every
+        allocation used (a datagram is paid for once it is sent)."""
+        return self.ended_bytes + sum(a.relayed_bytes + a.granted - a.credit for a in self.allocations())
+
+    @property
+    def to_peer_bytes(self) -> int:
+        """Payload bytes relayed to peers (ChannelData, Send indications)."""
+        return self.relayed_bytes() - self.to_client_bytes
+
     # ------------------------------------------------------------ hot paths
 
     def channel_data(self, data: bytes, addr: Client, via: Key) -> None:
@@ -258,7 +273,6 @@ class TurnCore:
             return
         alloc.credit = credit
         self.to_peer_packets += 1
-        self.to_peer_bytes += length
         alloc.relay_write(data[4:4 + length], peer)
 
     def _over_credit(self, alloc: Allocation) -> None:
@@ -583,7 +597,6 @@ class TurnCore:
             return
         alloc.credit = credit
         self.to_peer_packets += 1
-        self.to_peer_bytes += len(data)
         alloc.relay_write(data, key)
 
     # ------------------------------------------------------------ time
@@ -649,6 +662,7 @@ class TurnCore:
         self.opener.close(alloc)
         alloc.relayed_bytes += alloc.granted - alloc.credit
         alloc.granted = alloc.credit = 0
+        self.ended_bytes += alloc.relayed_bytes
         for observe in self.on_delete:
             observe(alloc)
         self.stats["turn_allocations_" + reason] += 1
