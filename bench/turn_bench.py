@@ -14,6 +14,13 @@ then hands both sockets to stunload, which measures:
 - the latency of the relayed path at a light open-loop rate, against the
   same sockets talking directly (measured in the same round);
 
+and, for the ``-metrics`` variants, the server runs with ``--metrics`` and
+is scraped every second meanwhile; its per-direction TURN counters are
+checked against what the generator sent and received, and the server's CPU
+time per relayed packet is compared with the same runtime without metrics
+(``ours-cpython-before`` runs the code from ``--before-tree``, a checkout
+from before the counters, to price the counting itself);
+
 then it makes --allocations allocations (each: Allocate, 401, Allocate with
 credentials, from its own socket) for allocations/s, and reads the
 server's RSS before and after for the memory per allocation.  Medians go
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import reflector_bench as rb
@@ -62,8 +70,11 @@ TARGETS = {"ours-cpython": 0.8, "ours-pypy": 1.0}
 OURS = (
     "{venv}/bin/twistd -n --pidfile= natsalon --interface 127.0.0.1 --port {port} --alt-port {alt_port}"
     " --rate-limit 0 --turn-secret {secret} --turn-allow-peer 127.0.0.0/8 --relay-ports {lo}-{hi}"
-    " --turn-max-allocations 50000 --no-turn-tcp"
+    " --turn-max-allocations 50000 --no-turn-tcp{extra}"
 )
+#: the allocations/s runs make 10,000 allocations from 127.0.0.1: no
+#: per-source quota (the code before it had none, and no such option)
+NO_SOURCE_QUOTA = " --turn-source-quota 0"
 
 
 def coturn_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
@@ -79,13 +90,38 @@ def coturn_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def ours_argv_fn(venv: Path):
+def ours_argv_fn(venv: Path, tree: Path | None = None):
+    """natsalon's command line; with ``tree``, the natsalon package from
+    that directory (PYTHONPATH) instead of the installed one."""
     def argv(port: int, alt_port: int, tmp: Path) -> list[str]:
         del tmp
-        return shlex.split(OURS.format(venv=venv, port=port, alt_port=alt_port, secret=SECRET,
-                                       lo=RELAY_PORTS[0], hi=RELAY_PORTS[1]))
+        cmd = shlex.split(OURS.format(venv=venv, port=port, alt_port=alt_port, secret=SECRET, lo=RELAY_PORTS[0],
+                                      hi=RELAY_PORTS[1], extra="" if tree else NO_SOURCE_QUOTA))
+        return ["env", f"PYTHONPATH={tree}"] + cmd if tree else cmd
 
     return argv
+
+
+def scrape_counters(url: str) -> dict:
+    """The TURN per-direction packet counters on a metrics page."""
+    from natsalon.ops.testing import samples, value
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        s = samples(r.read().decode())
+    return {d: value(s, "natsalon_turn_packets_total", direction=d) for d in ("client_to_peer", "peer_to_client")}
+
+
+def check_counters(counted: dict, out: dict) -> str:
+    """'' when the scraped counters agree with what the generator saw
+    (relayed at least what arrived, at most what was sent), else why not."""
+    runs = {"client_to_peer": [out[k] for k in ("light", "up") if k in out], "peer_to_client": [out["down"]]}
+    why = []
+    for d, blasts in runs.items():
+        got = sum(b["answered_total"] for b in blasts)
+        sent = sum(b["sent_total"] for b in blasts)
+        if counted.get(d) is None or not got <= counted[d] <= sent:
+            why.append(f"{d}: counted {counted.get(d)}, generator received {got} of {sent}")
+    return "; ".join(why)
 
 
 # --------------------------------------------------------------------------
@@ -274,15 +310,31 @@ def direct_round(args) -> dict:
         b.close()
 
 
+def measured(proc, *a, **kw) -> dict:
+    """:func:`blast`, with the server's CPU time per relayed packet."""
+    cpu0 = rb.cpu_seconds(proc.pid)
+    out = blast(*a, **kw)
+    out["cpu_us"] = (rb.cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, out["answered_total"])
+    return out
+
+
 def one_round(kind: ServerKind, args, tmp: Path) -> dict:
     port, alt_port = rb.free_udp_ports(2)
     logfile = tmp / f"{kind.name}.log"
-    proc = rb.spawn(kind.argv_fn(port, alt_port, tmp), logfile, rb.SERVER_CPU)
+    argv = kind.argv_fn(port, alt_port, tmp)
+    scraper = None
+    if kind.metrics:
+        mport = rb.free_tcp_port()
+        argv += ["--metrics", str(mport)]
+        scraper = rb.Scraper(f"http://127.0.0.1:{mport}/metrics", rb.METRICS_SCRAPE)
+    proc = rb.spawn(argv, logfile, rb.SERVER_CPU)
     server = ("127.0.0.1", port)
     client = peer = None
     socks = []
     try:
         rb.wait_ready(proc, port, logfile, kind.start_limit)
+        if scraper is not None:
+            scraper.start()
         client = TurnClient(server, "bench")
         relayed = client.request(Method.ALLOCATE, ((Attr.REQUESTED_TRANSPORT, 17),)).get(Attr.XOR_RELAYED_ADDRESS)
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -293,8 +345,12 @@ def one_round(kind: ServerKind, args, tmp: Path) -> dict:
         if args.latency_rate:  # first: on a server no saturation run has backed up
             out["light"] = blast(args, client.sock, peer, port, relayed.port, send_channel=CHANNEL,
                                  rate=args.latency_rate)
-        out["up"] = blast(args, client.sock, peer, port, relayed.port, send_channel=CHANNEL)
-        out["down"] = blast(args, peer, client.sock, relayed.port, port, expect_channel=CHANNEL)
+        out["up"] = measured(proc, args, client.sock, peer, port, relayed.port, send_channel=CHANNEL)
+        out["down"] = measured(proc, args, peer, client.sock, relayed.port, port, expect_channel=CHANNEL)
+        if scraper is not None:
+            drain((client.sock, peer))  # what is still in flight is relayed (and counted) by now
+            out["counters"] = scrape_counters(scraper.url)
+            out["counters_wrong"] = check_counters(out["counters"], out)
         if args.allocations:
             time.sleep(0.5)
             before = rss_kib(proc.pid)
@@ -308,6 +364,9 @@ def one_round(kind: ServerKind, args, tmp: Path) -> dict:
         if proc.poll() is not None:
             raise RuntimeError(f"server died during the run; log:\n{rb.tail(logfile)}")
     finally:
+        if scraper is not None and scraper.is_alive():
+            scraper.done.set()
+            scraper.join(10)
         rb.stop(proc)
         for s in socks:
             s.close()
@@ -315,6 +374,8 @@ def one_round(kind: ServerKind, args, tmp: Path) -> dict:
             client.sock.close()
         if peer is not None:
             peer.close()
+    if scraper is not None:
+        out["scrapes"], out["scrape_failures"] = scraper.ok, scraper.failed
     return out
 
 
@@ -339,7 +400,68 @@ def summarize(runs: list) -> dict:
         "bytes_each": med([a["bytes_each"] for a in alloc]),
         "invalid": sum(s["invalid"] for s in every),
         "reasons": [s["invalid_reasons"] for s in every if s["invalid"]],
+        "cpu_up": med([s.get("cpu_us") for s in up]), "cpu_down": med([s.get("cpu_us") for s in down]),
+        "scrapes": sum(r.get("scrapes", 0) for r in runs),
+        "scrape_failures": sum(r.get("scrape_failures", 0) for r in runs),
+        "counters_checked": sum(1 for r in runs if "counters" in r),
+        "counters_wrong": [r["counters_wrong"] for r in runs if r.get("counters_wrong")],
     }
+
+
+#: (what is compared, the kind with it, the kind without it)
+COMPARISONS = (
+    ("`--metrics`, scraped every 1 s", "ours-cpython-metrics", "ours-cpython"),
+    ("`--metrics`, scraped every 1 s", "ours-pypy-metrics", "ours-pypy"),
+    ("the per-direction counters (always on), against the code before them", "ours-cpython", "ours-cpython-before"),
+)
+
+
+def paired_ratio(on: list, off: list, d: str) -> str:
+    ratios = [a[d]["rate"] / b[d]["rate"] for a, b in zip(on, off) if b[d]["rate"]]
+    return f"{med(ratios):.3f}" if ratios else "–"
+
+
+def metrics_section(kinds, results, rows) -> list:
+    """The cost of counting and of scraping: CPU per relayed packet (the
+    server's user + system time over the packets relayed, steadier than
+    packets/s on a shared machine) and packets/s, on against off."""
+    names = {k.name: k for k in kinds}
+    lines = []
+    for what, on, off in COMPARISONS:
+        if on not in rows or off not in rows:
+            continue
+        a, b = rows[on], rows[off]
+        cells = []
+        for d in ("up", "down"):
+            cap = b["cpu_" + d] / a["cpu_" + d] if a["cpu_" + d] and b["cpu_" + d] else None
+            cells += [f"{b['cpu_' + d]:.2f} / {a['cpu_' + d]:.2f}" if cap else "–",
+                      f"{cap:.3f}" if cap else "–", ratio(a[d], b[d]).rstrip("x"),
+                      paired_ratio(results[on], results[off], d)]
+        checked = (f"{a['counters_checked']} runs, {len(a['counters_wrong'])} wrong" if a["counters_checked"]
+                   else "–")
+        scrapes = f"{a['scrapes']} ({a['scrape_failures']} failed)" if names[on].metrics else "–"
+        lines.append(f"| {what} | {names[on].runtime} | " + " | ".join(cells) + f" | {scrapes} | {checked} |")
+    if not lines:
+        return []
+    return [
+        "Metrics: the cost of counting TURN packets and bytes per direction, and of serving `/metrics`. "
+        "*CPU µs/pkt off / on*: the server's CPU time (user + system) per relayed packet in the throughput "
+        "runs, medians over rounds; *capacity*: off / on of that, the share of the packets one core relays that "
+        "it still relays with it (target ≥ 0.97: no more than a 3% drop); *pkt/s on/off*: the ratio of the "
+        "medians, and the median of the same-round ratios. *counters*: after the throughput runs, the scraped "
+        "`natsalon_turn_packets_total` of each direction lay between what the generator received and what it "
+        "sent.",
+        "",
+        "| compared | runtime | →peer CPU µs/pkt off / on | →peer capacity | →peer pkt/s on/off | (paired) "
+        "| →client CPU µs/pkt off / on | →client capacity | →client pkt/s on/off | (paired) | scrapes | counters |",
+        "|" + "---|" * 12,
+        *lines,
+        "",
+    ]
+
+
+def _us(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
 
 
 def ratio(v, base) -> str:
@@ -353,9 +475,9 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
     bad = False
     table = [
         "| server | runtime | client→peer pkt/s | ratio | target | peer→client pkt/s | ratio "
-        "| loss % (→peer/→client) | latency p50/p99 µs | added p50/p99 µs | allocations/s | ratio "
-        "| bytes/allocation | invalid |",
-        "|" + "---|" * 14,
+        "| loss % (→peer/→client) | CPU µs/pkt →peer/→client | latency p50/p99 µs | added p50/p99 µs "
+        "| allocations/s | ratio | bytes/allocation | invalid |",
+        "|" + "---|" * 15,
     ]
     for k in kinds:
         r = rows.get(k.name)
@@ -369,7 +491,8 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
         table.append(
             f"| {k.label} | {k.runtime} | {fmt_int(r['up'])} | {ratio(r['up'], base.get('up'))} | {target} "
             f"| {fmt_int(r['down'])} | {ratio(r['down'], base.get('down'))} "
-            f"| {r['loss_up']:.1f} / {r['loss_down']:.1f} | {fmt_int(r['lp50'])} / {fmt_int(r['lp99'])} | {added} "
+            f"| {r['loss_up']:.1f} / {r['loss_down']:.1f} | {_us(r['cpu_up'])} / {_us(r['cpu_down'])} "
+            f"| {fmt_int(r['lp50'])} / {fmt_int(r['lp99'])} | {added} "
             f"| {fmt_int(r['allocs'])} | {ratio(r['allocs'], base.get('allocs'))} | {fmt_int(r['bytes_each'])} "
             f"| {'**%d**' % r['invalid'] if r['invalid'] else 0} |")
     per_round = ["| server | runtime | direction | " + " | ".join(f"round {i + 1}" for i in range(args.rounds)) + " |",
@@ -417,7 +540,7 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
         f"{args.latency_rate:,.0f} datagrams/s, {args.warmup} s + {args.latency_duration} s; allocations: "
         f"{args.allocations:,} from as many sockets, {args.alloc_window} in flight",
         f"- coturn: `{shlex.join(coturn_argv(3478, 0, Path('TMP')))}`",
-        f"- natsalon: `{OURS.format(venv='VENV', port='P', alt_port='P2', secret=SECRET, lo=RELAY_PORTS[0], hi=RELAY_PORTS[1])}`",  # noqa: E501
+        f"- natsalon: `{OURS.format(venv='VENV', port='P', alt_port='P2', secret=SECRET, lo=RELAY_PORTS[0], hi=RELAY_PORTS[1], extra=NO_SOURCE_QUOTA)}` (`ours-cpython-before`: without `--turn-source-quota 0`)",  # noqa: E501
         f"- command: `{shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}`",
         "",
         *table,
@@ -436,6 +559,7 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
         "too (two round trips and an HMAC per allocation): its CPU share is given below.",
         "",
         *paired,
+        *metrics_section(kinds, results, rows),
         "Packets/s per round:",
         "",
         *per_round,
@@ -445,6 +569,10 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
         r = rows.get(k.name)
         if r and r["invalid"]:
             notes.append(f"**{k.label} ({k.runtime}): invalid datagrams**: {r['reasons']}")
+        if r and r["counters_wrong"]:
+            bad = True
+            notes.append(f"**{k.label} ({k.runtime}): TURN counters disagree with the generator**: "
+                         f"{r['counters_wrong']}")
     if notes:
         text += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(text) + "\n", bad
@@ -469,7 +597,11 @@ def main() -> int:
     ap.add_argument("--latency-duration", type=float, default=2.0)
     ap.add_argument("--allocations", type=int, default=10000, help="allocations made per round (0: skip)")
     ap.add_argument("--alloc-window", type=int, default=256)
-    ap.add_argument("--servers", default="coturn,ours-cpython,ours-pypy")
+    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics",
+                    help="comma list of coturn, ours-cpython, ours-pypy (-metrics: with --metrics, scraped "
+                         "every second), ours-cpython-before (with --before-tree)")
+    ap.add_argument("--before-tree", type=Path, help="a checkout holding the natsalon package to compare with "
+                    "(ours-cpython-before), e.g. `git archive COMMIT natsalon twisted | tar -x -C DIR`")
     ap.add_argument("--cpython-venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--pypy-venv", type=Path,
                     default=Path(os.environ.get("NATSALON_PYPY_VENV", ROOT / ".venv-pypy")))  # fmt: skip
@@ -499,10 +631,17 @@ def main() -> int:
                 kinds.append(ServerKind("coturn", "coturn `turnserver -m 1`", "C", coturn_argv, 15))
             else:
                 notes.append("coturn row skipped: `turnserver` not installed")
-        elif name == "ours-cpython":
+        elif name in ("ours-cpython", "ours-cpython-metrics"):
             venvs["CPython venv"] = args.cpython_venv
-            kinds.append(ServerKind(name, "natsalon", "CPython", ours_argv_fn(args.cpython_venv), 30))
-        elif name == "ours-pypy":
+            metrics = name.endswith("-metrics")
+            kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "CPython",
+                                    ours_argv_fn(args.cpython_venv), 30, metrics))
+        elif name == "ours-cpython-before":
+            if args.before_tree is None or not (args.before_tree / "natsalon").is_dir():
+                ap.error("ours-cpython-before needs --before-tree DIR (holding the natsalon package)")
+            kinds.append(ServerKind(name, "natsalon before the counters", "CPython",
+                                    ours_argv_fn(args.cpython_venv, args.before_tree.resolve()), 30))
+        elif name in ("ours-pypy", "ours-pypy-metrics"):
             why = None if args.no_pypy_setup else rb.ensure_pypy_venv(args.pypy_venv)
             if why is None and not (args.pypy_venv / "bin" / "python").exists():
                 why = f"{args.pypy_venv} does not exist"
@@ -511,7 +650,9 @@ def main() -> int:
                 log(f"PyPy row skipped: {why}")
             else:
                 venvs["PyPy venv"] = args.pypy_venv
-                kinds.append(ServerKind(name, "natsalon", "PyPy", ours_argv_fn(args.pypy_venv), 60))
+                metrics = name.endswith("-metrics")
+                kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "PyPy",
+                                        ours_argv_fn(args.pypy_venv), 60, metrics))
         else:
             ap.error(f"unknown server kind {name!r}")
 

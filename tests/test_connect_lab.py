@@ -197,6 +197,11 @@ def _public(event: Optional[dict]) -> Optional[dict]:
     return None if event is None else {k: v for k, v in event.items() if not k.startswith("_")}
 
 
+#: the salon's TURN relay is on by default (room credentials): the tests of
+#: direct paths and of "no direct path" turn it off
+NO_RELAY = ["--no-turn"]
+
+
 @pytest.mark.nat
 def test_connect_matrix(natlab: Lab) -> None:
     """Every connectable pair connects directly, the unpunchable ones fail
@@ -204,7 +209,7 @@ def test_connect_matrix(natlab: Lab) -> None:
     lab = natlab
     jobs = _pair_jobs(lab, CONNECTABLE + UNPUNCHABLE, "")
     same = lab.add_site("lan", P, hosts=2)
-    start_salon(lab)
+    start_salon(lab, extra_args=NO_RELAY)
     jobs.append(("same-nat", same.hosts[0], same.hosts[1]))
     results, took = _run_pairs(lab, jobs, 25.0)
     print("all pairs took %.1fs" % took)
@@ -219,7 +224,7 @@ def test_connect_matrix_impaired(natlab: Lab) -> None:
     sites)."""
     lab = natlab
     jobs = _pair_jobs(lab, CONNECTABLE + IMPAIRED_FAIL, "d", "impaired-", delay_ms=50, loss=0.05)
-    start_salon(lab)
+    start_salon(lab, extra_args=NO_RELAY)
     results, took = _run_pairs(lab, jobs, 40.0)
     print("all impaired pairs took %.1fs" % took)
     # a filtering answer lost at join time leaves the filtering unknown, so
@@ -240,7 +245,7 @@ def test_busy_sequential_nat(natlab: Lab) -> None:
         busy = lab.add_site("busy%d" % i, Q, hosts=2)
         start_flows(busy.hosts[1], rate=20)
         jobs.append(("busy-%s-%s" % (Q.name, peer.name), busy.hosts[0], lab.add_site("peer%d" % i, peer).hosts[0]))
-    start_salon(lab)
+    start_salon(lab, extra_args=NO_RELAY)
     results, took = _run_pairs(lab, jobs, 25.0)
     problems = _check(results, [])
     assert not problems, "\n".join(problems)
@@ -326,7 +331,7 @@ def test_dead_path_repunched(natlab: Lab) -> None:
     lab = natlab
     site_a = lab.add_site("a", P)
     hb = lab.add_site("b", F).hosts[0]
-    start_salon(lab)
+    start_salon(lab, extra_args=NO_RELAY)
     procs = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "rp", "--secret", SECRET,
                       "--json", "--timeout", "20", "--forward", "7000", "--keepalive", "1", "--dead-after", "3"],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -245,12 +245,13 @@ def test_sighup_rotates_turn_secrets():
     argv = ["--interface", "127.0.0.1", "--turn-secret", "old", "--turn-user-quota", "5"]
     current = salon_opts(*argv)
     svc = tap.makeService(current)
-    argv_new = ["--interface", "127.0.0.1", "--turn-secret", "new", "--turn-secret", "old", "--turn-user-quota", "7"]
+    argv_new = ["--interface", "127.0.0.1", "--turn-secret", "new", "--turn-secret", "old", "--turn-user-quota", "7",
+                "--turn-source-quota", "9"]
     reloader = Reloader(lambda: salon_opts(*argv_new), current)
     register_salon_reloads(reloader, svc, current.ops)
-    assert sorted(reloader.reload()) == ["turn-secrets", "turn-user-quota"]
+    assert sorted(reloader.reload()) == ["turn-secrets", "turn-source-quota", "turn-user-quota"]
     assert svc.turn.core.auth.secrets == [b"new", b"old"]
-    assert svc.turn.core.config.user_quota == 7
+    assert svc.turn.core.config.user_quota == 7 and svc.turn.core.config.source_quota == 9
 
 
 def test_a_reload_that_cannot_apply_says_so():
@@ -259,7 +260,20 @@ def test_a_reload_that_cannot_apply_says_so():
 
     current = salon_opts("--interface", "127.0.0.1", "--turn-secret", "old")
     svc = tap.makeService(current)
-    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1"), current)
+    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1", "--turn-secret", "old", "--no-turn"), current)
     register_salon_reloads(reloader, svc, current.ops)
     assert reloader.reload() == []
     assert svc.turn.core.auth.secrets == [b"old"]
+
+
+def test_a_reload_may_drop_every_shared_secret():
+    """TURN stays on without shared secrets (room credentials need none)."""
+    from natsalon.ops.reload import Reloader
+    from natsalon.ops.wiring import register_salon_reloads
+
+    current = salon_opts("--interface", "127.0.0.1", "--turn-secret", "old")
+    svc = tap.makeService(current)
+    reloader = Reloader(lambda: salon_opts("--interface", "127.0.0.1"), current)
+    register_salon_reloads(reloader, svc, current.ops)
+    assert reloader.reload() == ["turn-secrets"]
+    assert svc.turn.core.auth.secrets == [] and svc.turn.core.room_auth is not None

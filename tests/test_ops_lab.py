@@ -144,6 +144,15 @@ def test_metrics_after_a_connection_and_a_relayed_session(natlab: Lab, tmp_path)
     assert value(s, "natsalon_turn_errors_total", code="401") >= 1  # the first Allocate's challenge
     relayed = value(s, "natsalon_turn_relayed_bytes_total")
     assert (sent_msgs + recv_msgs) * size <= relayed <= (sent_msgs + recv_msgs) * size * 1.1, relayed
+    # each way: the client's messages to the peer, the peer's echoes back
+    per_way = {d: (value(s, "natsalon_turn_packets_total", direction=d),
+                   value(s, "natsalon_turn_bytes_total", direction=d)) for d in ("client_to_peer", "peer_to_client")}
+    print("relayed per direction:", per_way, "uclient sent", sent_msgs, "received", recv_msgs)
+    assert per_way["client_to_peer"] == (sent_msgs, sent_msgs * size), per_way
+    assert per_way["peer_to_client"][0] >= recv_msgs and per_way["peer_to_client"][1] >= recv_msgs * size, per_way
+    assert per_way["peer_to_client"][0] <= sent_msgs  # the peer echoes each message once
+    assert per_way["peer_to_client"][1] == per_way["peer_to_client"][0] * size, per_way
+    assert per_way["client_to_peer"][1] + per_way["peer_to_client"][1] == relayed
     ended = sum(value(s, "natsalon_turn_allocations_ended_total", reason=r) for r in ("expired", "deleted", "closed"))
     assert ended == value(s, "natsalon_turn_allocation_lifetime_seconds_count") >= 1
     assert ended + value(s, "natsalon_turn_allocations") == made  # uclient may leave one to expire

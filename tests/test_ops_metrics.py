@@ -70,7 +70,11 @@ def test_salon_counters_are_read_at_scrape_time():
     stats.update({"answered": 7, "answered_400": 2, "dropped_malformed": 3, "rate_limited": 4, "join_waiting": 2,
                   "join_introduced": 1, "introductions_pushed": 1, "members_expired": 5, "leaves": 3,
                   "leave_refused": 1, "turn_401": 6,
-                  "turn_486": 1, "turn_allocations": 2})
+                  "turn_486": 2, "turn_user_quota": 1, "turn_source_quota": 1, "turn_allocations": 2})
+    core = svc.turn.core
+    core.to_peer_packets, core.to_client_packets, core.to_client_bytes = 3, 4, 440
+    core.ended_bytes = 740  # the credit used, both ways: 300 of it to peers
+    core.dropped_bandwidth, core.dropped_quota = 5, 6
     svc.protocols[0].fast_answers = 10  # not folded yet: the scrape folds it
     from natsalon.stun import Class, Method
 
@@ -91,6 +95,15 @@ def test_salon_counters_are_read_at_scrape_time():
     assert value(s, "natsalon_leaves_total", result="refused") == 1
     assert value(s, "natsalon_turn_errors_total", code="401") == 6
     assert value(s, "natsalon_turn_refusals_total", reason="user_quota") == 1
+    assert value(s, "natsalon_turn_refusals_total", reason="source_quota") == 1
+    assert value(s, "natsalon_turn_errors_total", code="486") == 2
+    assert value(s, "natsalon_turn_packets_total", direction="client_to_peer") == 3
+    assert value(s, "natsalon_turn_packets_total", direction="peer_to_client") == 4
+    assert value(s, "natsalon_turn_bytes_total", direction="client_to_peer") == 300
+    assert value(s, "natsalon_turn_bytes_total", direction="peer_to_client") == 440
+    assert value(s, "natsalon_turn_relayed_bytes_total") == 740
+    assert value(s, "natsalon_turn_limit_drops_total", limit="bandwidth") == 5
+    assert value(s, "natsalon_turn_limit_drops_total", limit="byte_quota") == 6
     assert value(s, "natsalon_turn_allocations_created_total") == 2
     assert value(s, "natsalon_rate_limit") == 200
     assert value(s, "natsalon_turn_enabled") == 1

@@ -28,12 +28,15 @@ EARLY = ("joined", "waiting", "introduced", "punching", "strategy", "relay-alloc
 
 
 @pytest.mark.nat
-@pytest.mark.parametrize("a,b", [(S, S), (S, Q)], ids=["random-random", "random-sequential"])
-def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat) -> None:
+@pytest.mark.parametrize("a,b,args", [(S, S, []), (S, Q, TURN_ARGS)],
+                         ids=["random-random-no-turn-options", "random-sequential"])
+def test_relayed_forwarding(natlab: Lab, a: Nat, b: Nat, args) -> None:
+    """``args``: the salon's TURN options; none at all (its default: room
+    credentials only), or a shared secret and an allowed peer range."""
     lab = natlab
     ha = lab.add_site("a", a).hosts[0]
     hb = lab.add_site("b", b).hosts[0]
-    salon = start_salon(lab, extra_args=TURN_ARGS)
+    salon = start_salon(lab, extra_args=args)
     count = 3000
     fwd = [h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", "relay-fwd",
                     "--secret", SECRET, "--json", "--timeout", "20", "--forward", "7000",

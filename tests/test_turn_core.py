@@ -636,3 +636,100 @@ def test_user_bandwidth_and_allocation_bandwidth_least_wins():
     core, _ = make_core(user_bandwidth=1000, bandwidth=300)
     Client(core).allocate()
     assert core.get(CLIENT, VIA).credit == 300
+
+
+# ------------------------------------------------------------ rooms, sources, counters
+
+def room_client(core, secret, room_id, addr, now=NOW):
+    """A client holding the room credentials the introducer hands out."""
+    from natsalon.server.turn.auth import room_credentials
+
+    c = Client(core, addr=addr)
+    c.username, c.password = room_credentials(secret, room_id, now)
+    c.key = long_term_key(c.username, REALM, c.password)
+    return c
+
+
+def test_room_credentials_cap_a_rooms_allocations():
+    """A room credential's user is "room-<id>": the per-user quota counts
+    one room's allocations, whichever hosts make them."""
+    from natsalon.server.turn.auth import RoomAuth, room_secret
+
+    secret = room_secret(b"cookie secret of this salon......")
+    core, _ = make_core(user_quota=2, source_quota=0)
+    core.room_auth = RoomAuth([secret], REALM)
+    room, other = b"R" * 16, b"S" * 16
+    members = [room_client(core, secret, room, Address("198.51.100.%d" % (10 + i), 4000)) for i in range(3)]
+    assert [m.allocate().cls for m in members[:2]] == [Class.SUCCESS] * 2
+    assert code(members[2].allocate()) == 486
+    assert core.stats["turn_user_quota"] == 1 and core.stats["turn_source_quota"] == 0
+    # another room is not affected, from the same hosts
+    assert room_client(core, secret, other, Address("198.51.100.10", 4001)).allocate().cls == Class.SUCCESS
+    members[0].refresh(0)
+    assert members[2].allocate().cls == Class.SUCCESS
+    # the room secret grants room users only, and the shared secret is no room secret
+    assert code(Client(core, addr=Address("198.51.100.20", 1), user="alice", secret=secret).allocate()) == 401
+    bare, _ = make_core()
+    assert code(room_client(bare, secret, room, Address("198.51.100.30", 1)).allocate()) == 401
+
+
+def test_source_quota_counts_every_user_and_room_of_one_ip():
+    core, _ = make_core(source_quota=2, user_quota=0)
+    users = [Client(core, addr=Address("198.51.100.7", 1000 + i), user="u%d" % i) for i in range(3)]
+    assert [u.allocate().cls for u in users[:2]] == [Class.SUCCESS] * 2
+    assert code(users[2].allocate()) == 486
+    assert core.stats["turn_source_quota"] == 1
+    assert Client(core, addr=Address("198.51.100.8", 1), user="u9").allocate().cls == Class.SUCCESS
+    users[0].refresh(0)
+    assert users[2].allocate().cls == Class.SUCCESS
+    # an IPv6 source is counted by its /64
+    core, _ = make_core(source_quota=1, user_quota=0)
+    assert Client(core, addr=Address("2001:db8:1:2::5", 1), user="a").allocate().cls == Class.SUCCESS
+    assert code(Client(core, addr=Address("2001:db8:1:2::6", 1), user="b").allocate()) == 486
+    # unlimited with 0
+    core, _ = make_core(source_quota=0, user_quota=0)
+    assert all(Client(core, addr=Address("198.51.100.7", 2000 + i), user="u%d" % i).allocate().cls == Class.SUCCESS
+               for i in range(40))
+
+
+def test_relayed_packets_and_bytes_are_counted_per_direction():
+    core, opener = make_core()
+    c = Client(core)
+    c.allocate()
+    c.bind(0x4000, PEER)
+    other = Address("203.0.113.9", 7000)
+    c.permit(other)
+    alloc = core.get(CLIENT, VIA)
+    peer = (PEER.host, PEER.port)
+    core.channel_data(b"\x40\x00\x00\x03abc", CLIENT, VIA)  # ChannelData to the peer
+    c.send(c.raw(Method.SEND, ((Attr.XOR_PEER_ADDRESS, other), (Attr.DATA, b"12345")), auth=False,
+                 cls=Class.INDICATION))  # a Send indication to a permitted peer
+    core.from_peer(alloc, b"xy", peer)  # back as ChannelData
+    core.from_peer(alloc, b"wxyz", (other.host, other.port))  # back as a Data indication
+    core.from_peer(alloc, b"nope", ("203.0.113.99", 1))  # no permission: dropped, not counted
+    core.channel_data(b"\x40\x01\x00\x01z", CLIENT, VIA)  # no such channel: dropped
+    assert len(opener.to_peers) == 2 and len(opener.to_clients) == 2
+    assert (core.to_peer_packets, core.to_peer_bytes) == (2, 8)
+    assert (core.to_client_packets, core.to_client_bytes) == (2, 6)
+    assert alloc.dropped == 2 and (core.dropped_bandwidth, core.dropped_quota) == (0, 0)
+
+
+def test_drops_over_credit_are_counted_by_cause():
+    core, opener = make_core(bandwidth=1000)
+    c = Client(core)
+    c.allocate()
+    c.bind(0x4000, PEER)
+    frame = b"\x40\x00\x02\x58" + bytes(600)
+    core.channel_data(frame, CLIENT, VIA)
+    core.channel_data(frame, CLIENT, VIA)  # over the 1000 B/s
+    core.from_peer(core.get(CLIENT, VIA), bytes(600), (PEER.host, PEER.port))  # likewise
+    assert (core.dropped_bandwidth, core.dropped_quota) == (2, 0)
+    core, opener = make_core(byte_quota=1000)
+    c = Client(core)
+    c.allocate()
+    c.bind(0x4000, PEER)
+    for t in range(3):
+        core.channel_data(frame, CLIENT, VIA)
+        core.sweep(NOW + t + 1)
+    assert (core.dropped_bandwidth, core.dropped_quota) == (0, 2)
+    assert (core.to_peer_packets, core.to_peer_bytes) == (1, 600)

@@ -116,7 +116,9 @@ class World:
         return to_clients, self.relay_wire.pop()
 
     def counters(self):
-        return (dict(self.stats), self.alloc.credit, self.alloc.dropped)
+        core = self.svc.core
+        return (dict(self.stats), self.alloc.credit, self.alloc.dropped, core.to_peer_packets, core.to_peer_bytes,
+                core.to_client_packets, core.to_client_bytes, core.dropped_bandwidth, core.dropped_quota)
 
 
 EVENTS = [
@@ -146,10 +148,14 @@ def test_fast_and_slow_paths_send_and_count_the_same(bandwidth):
             results.append((w.outputs(), w.counters()))
         assert results[0] == results[1], (kind, data, addr)
     slow, fast = worlds
+    core = fast.svc.core
     if not bandwidth:
         assert fast.alloc.dropped == 3  # the unknown channel, the truncated frame, the stranger
+        # to the peer: ping, ping (its length), the empty one, hello; to the client: pong, "", data, again
+        assert (core.to_peer_packets, core.to_peer_bytes) == (4, 13)
+        assert (core.to_client_packets, core.to_client_bytes) == (4, 13)
     else:
-        assert fast.alloc.dropped > 3  # the cap dropped some
+        assert fast.alloc.dropped > 3 and core.dropped_bandwidth > 0  # the cap dropped some
     for w in worlds:
         w.reactor.advance(1)  # the sweep refills the credit
     fast.from_client(b"\x40\x01\x00\x04ping")
@@ -178,10 +184,17 @@ def test_a_refused_send_is_dropped_not_raised():
     w.from_peer(b"pong", PEER)
     assert w.outputs() == ([], []) and w.stats["internal_error"] == 0
     assert w.alloc.dropped == 2
+    core = w.svc.core  # refused by the socket, so not relayed: neither counted nor paid for
+    assert (core.to_peer_packets, core.to_peer_bytes, core.to_client_packets, core.to_client_bytes) == (0, 0, 0, 0)
     # the slow path's sends count their failures the same way
     w.alloc.relay_write(b"ping", PEER)
     w.alloc.client_write(b"\x40\x01\x00\x04pong", CLIENT)
     assert w.alloc.dropped == 4
+    # sent: counted, and paid for
+    w.port.socket.refuse = w.relay.socket.refuse = None
+    w.from_client(b"\x40\x01\x00\x04ping")
+    w.from_peer(b"pong!", PEER)
+    assert (core.to_peer_packets, core.to_peer_bytes, core.to_client_packets, core.to_client_bytes) == (1, 4, 1, 5)
 
 
 @pytest_twisted.inlineCallbacks

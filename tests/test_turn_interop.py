@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor, threads, utils
 from twisted.internet.task import deferLater
 
+from natsalon.ops.testing import value
 from natsalon.server.service import SalonConfig, SalonService
 from natsalon.server.turn import TurnConfig, mint
 from natsalon.stun import Address, Attr, Class, Message, Method, decode, encode, long_term_key
@@ -194,6 +195,14 @@ def _aioice_scenario(server, username, password, n, transport="udp", ssl=None):
     return asyncio.run(run())
 
 
+def _scrape(salon):
+    from natsalon.ops import metrics
+    from natsalon.ops.testing import samples
+    from prometheus_client.exposition import generate_latest
+
+    return samples(generate_latest(metrics.registry(metrics.SalonCollector(salon))).decode())
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest_twisted.inlineCallbacks
 def test_aioice_turn_client_relays_both_ways(salon, transport):
@@ -204,6 +213,19 @@ def test_aioice_turn_client_relays_both_ways(salon, transport):
                                                               transport)
     assert relayed[0] == "127.0.0.1" and 49152 <= relayed[1] <= 65535
     assert (to_peer, to_client) == (100, 100)
+    # the per-direction counters (the inline loops' included) match what
+    # was relayed, and the metrics page says the same
+    core = salon.turn.core
+    payload_out = sum(len(b"to peer %d" % i) for i in range(100))
+    payload_back = sum(len(b"to client %d" % i) for i in range(100))
+    assert (core.to_peer_packets, core.to_peer_bytes) == (100, payload_out)
+    assert (core.to_client_packets, core.to_client_bytes) == (100, payload_back)
+    s = _scrape(salon)
+    assert value(s, "natsalon_turn_packets_total", direction="client_to_peer") == 100
+    assert value(s, "natsalon_turn_packets_total", direction="peer_to_client") == 100
+    assert value(s, "natsalon_turn_bytes_total", direction="client_to_peer") == payload_out
+    assert value(s, "natsalon_turn_bytes_total", direction="peer_to_client") == payload_back
+    assert value(s, "natsalon_turn_relayed_bytes_total") == payload_out + payload_back
     assert salon.state.stats["turn_channels"] == 1
     yield deferLater(reactor, 0.3, lambda: None)
     assert salon.state.stats["turn_allocations_deleted"] == 1  # aioice's close() sent Refresh 0

@@ -290,27 +290,44 @@ class SalonCollector(_Base):
         yield GaugeMetricFamily("natsalon_turn_channels", "TURN channel bindings now.",
                                 value=sum(len(a.bindings) for a in allocs))
         yield _counter("natsalon_turn_channels_created", "TURN channel bindings made.", stats.get("turn_channels", 0))
-        totals = self.turn_totals
-        live_bytes = sum(a.relayed_bytes + a.granted - a.credit for a in allocs)
-        live_dropped = sum(a.dropped for a in allocs)
-        ended_bytes = totals.relayed_bytes if totals is not None else 0
-        ended_dropped = totals.dropped if totals is not None else 0
-        yield _counter("natsalon_turn_relayed_bytes", "Payload bytes relayed, both directions together.",
-                       ended_bytes + live_bytes)
-        yield _counter("natsalon_turn_relay_dropped", "Datagrams an allocation dropped: over its bandwidth or byte "
-                       "quota, or to/from a peer without permission or channel.", ended_dropped + live_dropped)
-        yield _labelled(CounterMetricFamily, "natsalon_turn_refusals", "Allocate requests refused: user quota (486), "
-                        "salon full (508), no relay port free (508).", "reason",
-                        [("user_quota", stats.get("turn_486", 0)), ("capacity", stats.get("turn_full", 0)),
+        yield from self._turn_traffic(core, allocs)
+        yield _labelled(CounterMetricFamily, "natsalon_turn_refusals", "Allocate requests refused: user quota (486; "
+                        "for room credentials the user is the room), source IP quota (486), salon full (508), no "
+                        "relay port free (508).", "reason",
+                        [("user_quota", stats.get("turn_user_quota", 0)),
+                         ("source_quota", stats.get("turn_source_quota", 0)),
+                         ("capacity", stats.get("turn_full", 0)),
                          ("no_relay_port", stats.get("turn_no_relay_port", 0))])
         codes = {c: 0 for c in TURN_CODES}
         codes.update((k[5:], v) for k, v in stats.items() if k.startswith("turn_") and k[5:].isdigit())
         codes = sorted(codes.items())
         yield _labelled(CounterMetricFamily, "natsalon_turn_errors", "TURN error answers, by code (401: challenge).",
                         "code", codes)
+        totals = self.turn_totals
         if totals is not None:
             yield totals.histogram("natsalon_turn_allocation_lifetime_seconds",
                                    "How long ended TURN allocations lived.")
+
+    def _turn_traffic(self, core, allocs) -> Iterator[Metric]:
+        """What the relay carried: the core's per-direction counters (the
+        inline read loops fold theirs in once per batch)."""
+        yield _labelled(CounterMetricFamily, "natsalon_turn_packets", "Datagrams relayed, by direction "
+                        "(client_to_peer: ChannelData and Send indications; peer_to_client: ChannelData and Data "
+                        "indications).", "direction",
+                        [("client_to_peer", core.to_peer_packets), ("peer_to_client", core.to_client_packets)])
+        total = core.relayed_bytes()
+        yield _labelled(CounterMetricFamily, "natsalon_turn_bytes", "Payload bytes relayed, by direction.",
+                        "direction", [("client_to_peer", total - core.to_client_bytes),
+                                      ("peer_to_client", core.to_client_bytes)])
+        yield _counter("natsalon_turn_relayed_bytes", "Payload bytes relayed, both directions together.", total)
+        totals = self.turn_totals
+        ended_dropped = totals.dropped if totals is not None else 0
+        yield _counter("natsalon_turn_relay_dropped", "Datagrams an allocation dropped: over its bandwidth or byte "
+                       "quota, to/from a peer without permission or channel, or refused by the socket.",
+                       ended_dropped + sum(a.dropped for a in allocs))
+        yield _labelled(CounterMetricFamily, "natsalon_turn_limit_drops", "Datagrams dropped for want of credit, by "
+                        "the limit that ran out: the bandwidth caps (per allocation, per user or room) or the byte "
+                        "quota.", "limit", [("bandwidth", core.dropped_bandwidth), ("byte_quota", core.dropped_quota)])
 
 
 #: the client's path kinds (natsalon.client.punch: LAN, DIRECT; relayed paths)

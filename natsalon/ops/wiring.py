@@ -24,6 +24,7 @@ from natsalon.ops.sdnotify import NotifyService
 #: TURN options SIGHUP applies (TurnConfig fields the core reads per request)
 TURN_RELOADABLE = {
     "turn-user-quota": "user_quota",
+    "turn-source-quota": "source_quota",
     "turn-bandwidth": "bandwidth",
     "turn-byte-quota": "byte_quota",
     "turn-max-allocations": "max_allocations",

@@ -55,11 +55,11 @@ _HH = struct.Struct("!HH")
 log = Logger()
 
 
-def _channel_table(channel, key):
-    """The TURN core's allocations on socket ``key`` when ``channel`` (the
-    ChannelData hook) is a core's ``channel_data``; else None (slow path)."""
-    table_of = getattr(getattr(channel, "__self__", None), "channel_table", None)
-    return table_of(key) if table_of is not None else None
+def _turn_core(channel):
+    """The TURN core whose ``channel_data`` is ``channel`` (the ChannelData
+    hook), or None (then every ChannelData takes the slow path)."""
+    core = getattr(channel, "__self__", None)
+    return core if getattr(core, "channel_table", None) is not None else None
 
 
 class ReflectorPort(udp.Port):
@@ -69,19 +69,19 @@ class ReflectorPort(udp.Port):
         state = proto.state
         channel = state.channel_data
         limiter = state.limiter
+        core = _turn_core(channel)
         return (proto, self.socket.recvfrom, self.socket.sendto, proto.tails, proto.fast_tail, proto.answer,
-                channel, proto.key, _channel_table(channel, proto.key),
+                channel, proto.key, core, core.channel_table(proto.key) if core is not None else None,
                 limiter.allow if limiter is not None else None, self.addressFamily == socket.AF_INET6,
-                PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize)
+                PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize, _HH.unpack_from,
+                RESPONSE_HEAD)
 
     def doRead(self) -> None:
-        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, allocs, allow, v6, plain,
-         size) = self._loop_locals()
-        unpack = _HH.unpack_from
-        head = RESPONSE_HEAD
-        answered = limited = failed = 0
+        (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, core, allocs, allow, v6, plain, size,
+         unpack, head) = self._loop_locals()
+        answered = limited = failed = other = read = 0
         try:
-            for _ in range(_BATCH):
+            for read in range(_BATCH):  # read: the datagrams read before this one
                 try:
                     data, addr = recvfrom(size)
                 except OSError as e:
@@ -90,21 +90,22 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
-                if channel is not None and data[:1] in CHANNEL_FIRST:
-                    # TURN ChannelData: not rate limited as requests are
+                if channel is not None and data[:1] in CHANNEL_FIRST:  # TURN ChannelData: not rate limited
                     alloc = allocs.get(addr) if allocs is not None else None
                     if alloc is not None and len(data) >= 4:
                         number, length = unpack(data)
                         peer = alloc.channels.get(number)
                         credit = alloc.credit - length
                         if peer is not None and credit >= 0 and len(data) >= 4 + length:
-                            alloc.credit = credit
                             try:
                                 alloc.relay_sendto(data[4:4 + length], peer)
+                                alloc.credit = credit  # paid once sent: credit used is bytes relayed
                             except OSError:
                                 alloc.dropped += 1  # as a router would
+                                other += 1
                             continue
                     channel(data, addr, key)  # counts and drops it
+                    other += 1
                     continue
                 if allow is not None and not allow(addr[0]):
                     limited += 1
@@ -121,12 +122,19 @@ class ReflectorPort(udp.Port):
                             failed += 1  # e.g. ENOBUFS: the client retransmits
                         continue
                 answer(data, addr)
+                other += 1
+            read = _BATCH
         finally:
-            _fold(proto, answered, limited, failed)
+            _fold(proto, answered, limited, failed, core, read - answered - limited - failed - other)
 
 
-def _fold(proto, answered: int, limited: int, failed: int) -> None:
-    """Add a batch's counts to the protocol's (kept out of the loop)."""
+def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0) -> None:
+    """Add a batch's counts to the protocol's and the TURN core's (kept out
+    of the loop).  ``relayed``, the ChannelData relayed inline, is not
+    counted per datagram: it is what the loop read less everything else it
+    counted; the bytes relayed are the credit the allocations used."""
+    if relayed:
+        core.to_peer_packets += relayed
     proto.fast_answers += answered
     stats = proto.state.stats
     if limited:
@@ -181,7 +189,8 @@ class RelayPort:
     def doRead(self) -> None:
         proto = self.protocol
         alloc = proto.alloc
-        from_peer = proto.core.from_peer
+        core = proto.core
+        from_peer = core.from_peer
         peers = alloc.peers
         client = alloc.client
         client_sendto = alloc.client_sendto
@@ -189,29 +198,41 @@ class RelayPort:
         pack = _HH.pack
         v6 = self._v6
         size = self.maxPacketSize
-        for _ in range(_BATCH):
-            try:
-                data, addr = recvfrom(size)
-            except OSError as e:
-                if e.errno in _IGNORE or e.errno in _REFUSED:
-                    return
-                raise
-            if v6:
-                addr = addr[:2]
-            number = peers.get(addr)
-            if number is not None and client_sendto is not None:
-                credit = alloc.credit - len(data)
-                if credit >= 0:
-                    alloc.credit = credit
-                    try:
-                        client_sendto(pack(number, len(data)) + data, client)
-                    except OSError:
-                        alloc.dropped += 1  # as a router would
-                    continue
-            try:
-                from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
-            except Exception:
-                log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+        credit0, bytes0 = alloc.credit, core.to_client_bytes
+        other = read = 0
+        try:
+            for read in range(_BATCH):  # read: the datagrams read before this one
+                try:
+                    data, addr = recvfrom(size)
+                except OSError as e:
+                    if e.errno in _IGNORE or e.errno in _REFUSED:
+                        return
+                    raise
+                if v6:
+                    addr = addr[:2]
+                number = peers.get(addr)
+                if number is not None and client_sendto is not None:
+                    credit = alloc.credit - len(data)
+                    if credit >= 0:
+                        try:
+                            client_sendto(pack(number, len(data)) + data, client)
+                            alloc.credit = credit  # paid once sent: credit used is bytes relayed
+                        except OSError:
+                            alloc.dropped += 1  # as a router would
+                            other += 1
+                        continue
+                try:
+                    from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
+                except Exception:
+                    log.failure("unexpected error relaying a {n}-byte datagram from a peer", n=len(data))
+                other += 1
+            read = _BATCH
+        finally:
+            # counted per batch, nothing per datagram: relayed inline is what
+            # was read less what the core saw (it counts its own); the bytes,
+            # both ways, are the credit the batch used
+            core.to_client_packets += read - other
+            core.to_client_bytes = bytes0 + (credit0 - alloc.credit)
 
 
 def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):

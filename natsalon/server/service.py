@@ -170,17 +170,26 @@ class SalonService(service.MultiService):
         self.state.handlers.update(self.introducer.handlers())
 
     def _make_turn(self) -> None:
-        """The TURN relay; with a shared secret, introductions carry room credentials for it."""
+        """The TURN relay.  With the introducer, introductions carry room
+        credentials for it, signed with a secret derived from the cookie
+        secrets (:func:`natsalon.server.turn.auth.room_secret`: the first
+        signs, all verify, so salons sharing cookie secrets agree)."""
+        from natsalon.server.turn.auth import room_credentials, room_secret
         from natsalon.server.turn.relay import TurnService
 
         config = self.config
-        relay_ip = config.advertise or config.interface
-        self.turn = TurnService(self.reactor, self.state, config.turn, config.interface, relay_ip)
+        relay_ip = config.turn.relay_ip or config.advertise or config.interface
+        bind = config.interface
+        if _is_wildcard(bind) and ipaddress.ip_address(relay_ip).version == 4:
+            bind = "0.0.0.0"  # on '::' too: the relayed sockets are IPv4
+        room_secrets = ()
+        if self.introducer is not None:
+            cookies = self.introducer.cookies
+            room_secrets = tuple(room_secret(s) for s in (cookies.secret,) + tuple(cookies.previous))
+        self.turn = TurnService(self.reactor, self.state, config.turn, bind, relay_ip, room_secrets=room_secrets)
         self.turn.setServiceParent(self)
-        if self.introducer is not None and config.turn.secrets:
-            from natsalon.server.turn.auth import room_credentials
-
-            self.introducer.turn_credentials = partial(room_credentials, config.turn.secrets[0])
+        if room_secrets:
+            self.introducer.turn_credentials = partial(room_credentials, room_secrets[0])
 
     #: how many sets of ephemeral ports to try when the others' twins are taken
     EPHEMERAL_TRIES = 8

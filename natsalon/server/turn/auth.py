@@ -7,6 +7,13 @@ username is ``"<expiry-unix-time>:<user>"`` (coturn also accepts
 ``base64(HMAC-SHA1(secret, username))``.  Several secrets may be configured
 for rotation; a username is refused once its expiry time has passed.
 
+Room credentials (what the salon hands the members of a room with their
+introduction, :func:`room_credentials`) use the same scheme with an
+internal secret the operator never sees: :func:`room_secret` derives it
+from the salon's cookie secret (HKDF-SHA256), so the salons sharing a
+``--cookie-secret-file`` agree on it.  :class:`RoomAuth` accepts it for
+``room-<hex>`` users only.
+
 Nonces carry their own expiry and a MAC over it and the client's IP, so the
 server keeps no nonce state: ``"<expiry hex>-<mac>"``.
 """
@@ -17,7 +24,11 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from typing import List, Optional, Sequence, Tuple, Union
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from natsalon.stun import long_term_key
 
@@ -58,6 +69,18 @@ def room_credentials(secret: Secret, room_id: bytes, now: float) -> Tuple[str, s
     return mint(secret, "room-" + room_id[:8].hex(), expiry)
 
 
+#: the user of a room credential: "room-" and 8 bytes of the room id, hex
+ROOM_USER = re.compile(r"room-[0-9a-f]{16}\Z")
+
+
+def room_secret(cookie_secret: bytes) -> bytes:
+    """The internal secret room credentials are signed with, derived from
+    a cookie secret (HKDF-SHA256): the same on every salon given the same
+    ``--cookie-secret-file``, and never equal to the cookie secret itself."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"natsalon turn room credentials",
+                info=b"room-credential-secret").derive(cookie_secret)
+
+
 def split_username(username: str, separator: str = ":") -> Tuple[Optional[int], str]:
     """``(expiry, user)`` of a REST API username, as coturn reads it: the
     numeric part is the expiry, the other part the user; expiry is None
@@ -92,6 +115,17 @@ class SharedSecretAuth:
     def user(self, username: str) -> str:
         """The user a username belongs to (what quotas count)."""
         return split_username(username, self.separator)[1]
+
+
+class RoomAuth(SharedSecretAuth):
+    """Long-term keys for room credentials only: the internal secrets
+    (:func:`room_secret`; the first mints, all verify) sign nothing but
+    ``"<expiry>:room-<hex>"`` usernames, so they grant no other user."""
+
+    def keys(self, username: str, now: float) -> List[bytes]:
+        if not ROOM_USER.match(self.user(username)):
+            return []
+        return super().keys(username, now)
 
 
 class NonceJar:

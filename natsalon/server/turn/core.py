@@ -25,6 +25,7 @@ larger).  It is not cached and costs no state.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -32,7 +33,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from twisted.logger import Logger
 
 from natsalon.ops.stats import Stats
-from natsalon.server.turn.auth import NonceJar, SharedSecretAuth
+from natsalon.server.turn.auth import NonceJar, RoomAuth, SharedSecretAuth
 from natsalon.server.turn.peers import PeerFilter
 from natsalon.stun import Address, Attr, Class, ErrorCode, Message, Method, encode, verify_integrity
 from natsalon.stun.attributes import AddressErrorCode
@@ -69,8 +70,14 @@ class TurnConfig(NamedTuple):
     nonce_lifetime: int = 600
     #: allocations at once on this salon (508 beyond)
     max_allocations: int = 10000
-    #: allocations at once per user (486 beyond); 0: no limit
+    #: allocations at once per user (486 beyond); 0: no limit.  The user
+    #: of a room credential is "room-<id>": for those, a room's allocations
     user_quota: int = 64
+    #: allocations at once per source IP (an IPv6 source: its /64), all
+    #: users together (486 beyond); 0: no limit.  Anyone past the cookie
+    #: check gets room credentials for a room id of their choosing: this
+    #: bounds what one host holds whatever rooms it names
+    source_quota: int = 32
     #: bytes per second per allocation, both directions together, enforced
     #: by dropping; 0: no cap
     bandwidth: int = 0
@@ -98,6 +105,10 @@ class TurnConfig(NamedTuple):
     tls_cert: str = ""
     tls_key: str = ""
     tls_port: int = 5349
+    #: the IP relayed addresses are given on; "" : the salon's advertised
+    #: or bound address (the tap finds the host's one IPv4 address when
+    #: the salon is bound to the wildcard)
+    relay_ip: str = ""
 
 
 class Allocation:
@@ -110,7 +121,7 @@ class Allocation:
         "client", "via", "username", "user", "key", "sha256", "relayed", "started", "expires",
         "permissions", "bindings", "bound", "channels", "peers", "credit", "granted", "quota_left",
         "relayed_bytes", "dropped", "relay_write", "client_write", "relay_sendto", "client_sendto", "handle",
-        "counted",
+        "counted", "source",
     )
 
     def __init__(self, client: Client, via: Key, username: str, user: str, key: bytes, now: float) -> None:
@@ -142,10 +153,21 @@ class Allocation:
         self.client_sendto: Optional[Callable[[bytes, Client], object]] = None
         self.handle = None
         self.counted = False
+        self.source = source_key(client[0])
 
 
 def _nowhere(data, addr) -> None:
     pass
+
+
+def source_key(host: str) -> str:
+    """What the per-source quota counts: the IP, or an IPv6 address's /64."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False).network_address)
+    except ValueError:
+        return host
 
 
 class _Auth(NamedTuple):
@@ -168,6 +190,8 @@ class TurnCore:
         self.config = config
         self.opener = opener
         self.auth = auth if auth is not None else SharedSecretAuth(config.secrets, config.realm)
+        #: room credentials (:class:`RoomAuth`), beside the shared secrets
+        self.room_auth: Optional[RoomAuth] = None
         self.filter = peer_filter if peer_filter is not None else PeerFilter(config.allow_peer)
         self.nonces = nonces if nonces is not None else NonceJar(config.nonce_lifetime)
         self.stats = stats if stats is not None else Stats()
@@ -176,7 +200,20 @@ class TurnCore:
         self._by_via: Dict[Key, Dict[Client, Allocation]] = {}
         self._relayed: Dict[Client, Allocation] = {}
         self._per_user: Dict[str, int] = {}
+        self._per_source: Dict[str, int] = {}
         self._count = 0
+        #: datagrams and payload bytes relayed, per direction: plain
+        #: integers; the inline read loops (natsalon.server.fastport) fold
+        #: theirs in once per batch.  The bytes to peers are not counted
+        #: at all: every byte relayed either way is paid for with credit, so
+        #: they are the credit used (:meth:`relayed_bytes`) less the bytes
+        #: to clients (:attr:`to_peer_bytes`)
+        self.to_peer_packets = 0
+        self.to_client_packets = self.to_client_bytes = 0
+        self.ended_bytes = 0  #: relayed by the allocations that ended, both ways
+        #: datagrams dropped for lack of credit: over the bandwidth caps,
+        #: or past the byte quota
+        self.dropped_bandwidth = self.dropped_quota = 0
         self.on_delete: List[Callable[[Allocation], None]] = []  #: observers of ended allocations (metrics)
         self._cache: Dict[tuple, Tuple[float, bytes]] = {}
         #: relayed address -> {(allocation, channel)} bound to it by others
@@ -206,6 +243,16 @@ class TurnCore:
     def allocations(self) -> List[Allocation]:
         return [a for allocs in self._by_via.values() for a in allocs.values()]
 
+    def relayed_bytes(self) -> int:
+        """Payload bytes relayed both ways so far: the credit every
+        allocation used (a datagram is paid for once it is sent)."""
+        return self.ended_bytes + sum(a.relayed_bytes + a.granted - a.credit for a in self.allocations())
+
+    @property
+    def to_peer_bytes(self) -> int:
+        """Payload bytes relayed to peers (ChannelData, Send indications)."""
+        return self.relayed_bytes() - self.to_client_bytes
+
     # ------------------------------------------------------------ hot paths
 
     def channel_data(self, data: bytes, addr: Client, via: Key) -> None:
@@ -218,11 +265,24 @@ class TurnCore:
         number, length = _HH.unpack_from(data)
         peer = alloc.channels.get(number)
         credit = alloc.credit - length
-        if peer is None or credit < 0 or len(data) < 4 + length:
+        if peer is None or len(data) < 4 + length:
             alloc.dropped += 1
             return
+        if credit < 0:
+            self._over_credit(alloc)
+            return
         alloc.credit = credit
+        self.to_peer_packets += 1
         alloc.relay_write(data[4:4 + length], peer)
+
+    def _over_credit(self, alloc: Allocation) -> None:
+        """Drop a datagram the allocation has no credit for (counted by
+        cause: the byte quota when it is what limits this window's grant)."""
+        alloc.dropped += 1
+        if alloc.granted >= alloc.quota_left:
+            self.dropped_quota += 1
+        else:
+            self.dropped_bandwidth += 1
 
     def from_peer(self, alloc: Allocation, data: bytes, addr: Client) -> None:
         """A datagram on ``alloc``'s relayed socket: to the client as
@@ -230,14 +290,18 @@ class TurnCore:
         it has a permission, else dropped."""
         number = alloc.peers.get(addr)
         credit = alloc.credit - len(data)
-        if number is not None and credit >= 0:
-            alloc.credit = credit
-            alloc.client_write(_HH.pack(number, len(data)) + data, alloc.client)
-            return
-        if credit < 0 or addr[0] not in alloc.permissions:
+        if number is None and addr[0] not in alloc.permissions:
             alloc.dropped += 1
             return
+        if credit < 0:
+            self._over_credit(alloc)
+            return
         alloc.credit = credit
+        self.to_client_packets += 1
+        self.to_client_bytes += len(data)
+        if number is not None:
+            alloc.client_write(_HH.pack(number, len(data)) + data, alloc.client)
+            return
         alloc.client_write(encode(Message(Method.DATA, Class.INDICATION, os.urandom(12), (
             (Attr.XOR_PEER_ADDRESS, Address(addr[0], addr[1])), (Attr.DATA, data)))), alloc.client)
 
@@ -293,7 +357,10 @@ class TurnCore:
         if not self.nonces.check(nonce, source.host, now):
             return self._challenge(msg, source, now, 438)
         if realm == self.config.realm:
-            for key in self.auth.keys(username, now):
+            keys = self.auth.keys(username, now)
+            if self.room_auth is not None:
+                keys = keys + self.room_auth.keys(username, now)
+            for key in keys:
                 if verify_integrity(msg, key):
                     return _Auth(username, self.auth.user(username), key,
                                  msg.has(Attr.MESSAGE_INTEGRITY_SHA256), msg.has(Attr.FINGERPRINT))
@@ -379,6 +446,10 @@ class TurnCore:
             self.stats["turn_full"] += 1
             return self._error(msg, auth, 508)
         if cfg.user_quota and self._per_user.get(auth.user, 0) >= cfg.user_quota:
+            self.stats["turn_user_quota"] += 1
+            return self._error(msg, auth, 486)
+        if cfg.source_quota and self._per_source.get(source_key(client[0]), 0) >= cfg.source_quota:
+            self.stats["turn_source_quota"] += 1
             return self._error(msg, auth, 486)
         return None
 
@@ -387,6 +458,7 @@ class TurnCore:
         alloc.expires = now + lifetime
         alloc.quota_left = self.config.byte_quota or UNLIMITED
         self._per_user[alloc.user] = self._per_user.get(alloc.user, 0) + 1
+        self._per_source[alloc.source] = self._per_source.get(alloc.source, 0) + 1
         self._grant(alloc)
         self._by_via.setdefault(alloc.via, {})[alloc.client] = alloc
         self._relayed[(relayed.host, relayed.port)] = alloc
@@ -517,10 +589,14 @@ class TurnCore:
             return
         key = (peer.host, peer.port)
         credit = alloc.credit - len(data)
-        if peer.host not in alloc.permissions or credit < 0 or not self.destination_ok(key):
+        if peer.host not in alloc.permissions or not self.destination_ok(key):
             alloc.dropped += 1
             return
+        if credit < 0:
+            self._over_credit(alloc)
+            return
         alloc.credit = credit
+        self.to_peer_packets += 1
         alloc.relay_write(data, key)
 
     # ------------------------------------------------------------ time
@@ -580,15 +656,13 @@ class TurnCore:
                 self._unbind(other, number)
         for number in list(alloc.bindings):
             self._unbind(alloc, number)
-        n = self._per_user.get(alloc.user, 0) - 1
-        if n > 0:
-            self._per_user[alloc.user] = n
-        else:
-            self._per_user.pop(alloc.user, None)
+        _release(self._per_user, alloc.user)
+        _release(self._per_source, alloc.source)
         self._count -= 1
         self.opener.close(alloc)
         alloc.relayed_bytes += alloc.granted - alloc.credit
         alloc.granted = alloc.credit = 0
+        self.ended_bytes += alloc.relayed_bytes
         for observe in self.on_delete:
             observe(alloc)
         self.stats["turn_allocations_" + reason] += 1
@@ -599,3 +673,12 @@ class TurnCore:
     def close_all(self) -> None:
         for alloc in self.allocations():
             self.delete(alloc, "closed")
+
+
+def _release(counts: Dict[str, int], key: str) -> None:
+    """One allocation fewer for ``key`` (a user, a source)."""
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)

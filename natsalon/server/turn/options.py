@@ -1,21 +1,55 @@
 """The TURN options of ``twistd natsalon`` (mixed into its Options).
 
-The relay runs when at least one shared secret is given (``--turn-secret``
-or ``--turn-secret-file``), unless ``--no-turn``: nothing is relayed
-without valid credentials.
+The relay runs by default, for the salon's own room credentials (handed
+out with introductions; the operator configures nothing), and also
+accepts coturn-style shared secrets when ``--turn-secret`` or
+``--turn-secret-file`` give some.  Nothing is relayed without valid
+credentials.  ``--no-turn`` turns it off.
+
+It needs the IP its relayed addresses are given on: ``--advertise``, a
+specific ``--interface``, or, on the wildcard, the host's one IPv4 address
+that is not loopback or link-local (:func:`pick_relay_ip`).  When that is
+ambiguous, the relay stays off with one log line saying how to fix it, or,
+when the operator asked for TURN (a secret, a TLS certificate), start-up
+ends with that line.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import List, Optional
+from typing import Iterable, List, Optional, Tuple
 
+from twisted.logger import Logger
 from twisted.python import usage
 
+from natsalon.net.interfaces import local_addresses
 from natsalon.server.optcheck import secret_lines, whole
 from natsalon.server.turn.core import TurnConfig
 
 _D = TurnConfig()
+log = Logger()
+_FIX = "give the relay's public IP with --advertise IP or bind a specific --interface"
+
+
+def pick_relay_ip(addresses: Iterable[str]) -> Tuple[Optional[str], str]:
+    """``(ip, "")`` for the one IPv4 address among ``addresses`` (a host's)
+    that is not loopback, link-local, multicast or unspecified, else
+    ``(None, why)``.  Private and documentation ranges count: ``ipaddress``
+    calls 192.0.2.0/24 private, and a LAN salon relays on its LAN address."""
+    found = []
+    for text in addresses:
+        try:
+            a = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if a.version == 4 and not (a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified):
+            found.append(text)
+    found.sort(key=ipaddress.ip_address)
+    if len(found) == 1:
+        return found[0], ""
+    if not found:
+        return None, "this host has no IPv4 address but loopback and link-local ones"
+    return None, "this host has %d IPv4 addresses (%s), which one is public?" % (len(found), ", ".join(found))
 
 
 class TurnOptionsMixin:
@@ -23,11 +57,16 @@ class TurnOptionsMixin:
         ["turn-realm", None, _D.realm, "TURN realm (long-term credentials)."],
         ["relay-ports", None, "%d-%d" % _D.relay_ports, "UDP port range of the relayed addresses, LO-HI."],
         ["turn-max-allocations", None, str(_D.max_allocations), "TURN allocations at once (508 beyond)."],
-        ["turn-user-quota", None, str(_D.user_quota), "TURN allocations at once per user (486 beyond; 0: no limit)."],
+        ["turn-user-quota", None, str(_D.user_quota), "TURN allocations at once per user, which for room "
+                                                      "credentials (user room-<id>) is per room (486 beyond; "
+                                                      "0: no limit)."],
+        ["turn-source-quota", None, str(_D.source_quota), "TURN allocations at once per source IP (IPv6: its /64), "
+                                                          "all users and rooms together (486 beyond; 0: no limit)."],
         ["turn-bandwidth", None, str(_D.bandwidth), "Bytes per second relayed per allocation, both ways; "
                                                     "more is dropped (0: no cap)."],
-        ["turn-user-bandwidth", None, str(_D.user_bandwidth), "Bytes per second relayed per user, all of its "
-                                                              "allocations together; more is dropped (0: no cap)."],
+        ["turn-user-bandwidth", None, str(_D.user_bandwidth), "Bytes per second relayed per user (for room "
+                                                              "credentials: per room), all of its allocations "
+                                                              "together; more is dropped (0: no cap)."],
         ["turn-byte-quota", None, str(_D.byte_quota), "Bytes relayed per allocation over its life (0: no quota)."],
         ["turn-max-lifetime", None, str(_D.max_lifetime), "Longest allocation lifetime granted, in seconds."],
         ["tls-cert", None, None, "PEM certificate (chain) for TURN over TLS (turns:); read at start-up."],
@@ -35,7 +74,8 @@ class TurnOptionsMixin:
         ["tls-port", None, str(_D.tls_port), "TCP port of TURN over TLS (with --tls-cert)."],
     ]
     turnFlags = [
-        ["no-turn", None, "No TURN relay, even with secrets."],
+        ["no-turn", None, "No TURN relay at all (by default it serves the rooms' credentials, and "
+                          "--turn-secret ones)."],
         ["no-turn-tcp", None, "TURN over UDP only (no TCP listener on the salon's port)."],
     ]
 
@@ -62,16 +102,40 @@ class TurnOptionsMixin:
             raise usage.UsageError("--turn-allow-peer: %r is not a CIDR" % cidr) from None
         self.setdefault("turn-allow-peer", []).append(cidr)
 
+    #: the host's addresses, when the salon is bound to the wildcard (tests replace it)
+    turn_addresses = staticmethod(local_addresses)
+
     def turn_config(self, relay_ip: str) -> Optional[TurnConfig]:
+        """The relay's settings, or None when it is off; ``relay_ip`` is
+        ``--advertise`` or ``--interface``."""
         secrets: List[bytes] = self.get("turn-secrets", [])
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
-        if self["no-turn"] or not secrets:
+        if self["no-turn"]:
             if self["tls-cert"]:
-                raise usage.UsageError("--tls-cert serves TURN over TLS: it needs --turn-secret and no --no-turn")
+                raise usage.UsageError("--tls-cert serves TURN over TLS: not with --no-turn")
             return None
-        if ipaddress.ip_address(relay_ip).is_unspecified:
-            raise usage.UsageError("TURN needs the relay's public IP: give --advertise or a specific --interface")
+        if not secrets and self.get("no-introducer"):
+            if self["tls-cert"]:
+                raise usage.UsageError("--tls-cert with --no-introducer needs --turn-secret (room credentials "
+                                       "come with introductions)")
+            return None  # no credentials at all: nothing to relay for
+        relay_ip = self._relay_ip(relay_ip, explicit=bool(secrets or self["tls-cert"]))
+        if relay_ip is None:
+            return None
+        return self._turn_limits(secrets, relay_ip)
+
+    def _relay_ip(self, given: str, explicit: bool) -> Optional[str]:
+        if not ipaddress.ip_address(given).is_unspecified:
+            return given
+        ip, why = pick_relay_ip(self.turn_addresses())
+        if ip is None:
+            if explicit:
+                raise usage.UsageError("TURN needs the relay's public IP: %s: %s" % (why, _FIX))
+            log.warn("TURN relay off: {why}: {fix} (or --no-turn to say it is meant)", why=why, fix=_FIX)
+        return ip
+
+    def _turn_limits(self, secrets: List[bytes], relay_ip: str) -> TurnConfig:
         lo, sep, hi = self["relay-ports"].partition("-")
         if not sep:
             raise usage.UsageError("--relay-ports: %r is not LO-HI" % self["relay-ports"])
@@ -86,6 +150,7 @@ class TurnOptionsMixin:
             relay_ports=(lo, hi),
             max_allocations=whole(self["turn-max-allocations"], "--turn-max-allocations", 1, 10 ** 7),
             user_quota=whole(self["turn-user-quota"], "--turn-user-quota", 0, 10 ** 7),
+            source_quota=whole(self["turn-source-quota"], "--turn-source-quota", 0, 10 ** 7),
             bandwidth=whole(self["turn-bandwidth"], "--turn-bandwidth", 0, 10 ** 12),
             user_bandwidth=whole(self["turn-user-bandwidth"], "--turn-user-bandwidth", 0, 10 ** 12),
             byte_quota=whole(self["turn-byte-quota"], "--turn-byte-quota", 0, 10 ** 15),
@@ -95,4 +160,5 @@ class TurnOptionsMixin:
             tls_cert=self["tls-cert"] or "",
             tls_key=self["tls-key"] or "",
             tls_port=whole(self["tls-port"], "--tls-port", 0, 65535),
+            relay_ip=relay_ip,
         )

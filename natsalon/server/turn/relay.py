@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from natsalon.server.binding import Reply
 from natsalon.server.fastport import listen_relay
+from natsalon.server.turn.auth import RoomAuth
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
 from natsalon.server.turn.stream import TurnStreamFactory
 from natsalon.server.turn.tls import TlsConfigError, TlsFactory, load_context
@@ -159,7 +160,11 @@ class TurnService(service.MultiService):
     """TURN on the salon's STUN sockets.  ``relay_ip`` is the address the
     relayed sockets are advertised on; they bind ``interface``."""
 
-    def __init__(self, reactor, state, config: TurnConfig, interface: str, relay_ip: str, rng=None) -> None:
+    def __init__(self, reactor, state, config: TurnConfig, interface: str, relay_ip: str, rng=None,
+                 room_secrets=()) -> None:
+        """``room_secrets``: the internal secrets of the room credentials
+        (the first is the one the introducer signs with); they verify
+        ``room-<id>`` users only, beside ``config.secrets``."""
         super().__init__()
         if ipaddress.ip_address(relay_ip).is_unspecified:
             raise ValueError("TURN needs the relay's public IP: --advertise or a specific --interface")
@@ -168,6 +173,8 @@ class TurnService(service.MultiService):
         self.config = config
         self.relays = UdpRelays(reactor, state, interface, relay_ip, config.relay_ports, rng=rng)
         self.core = TurnCore(config, self.relays, stats=state.stats, relay_ips={relay_ip})
+        if room_secrets:
+            self.core.room_auth = RoomAuth(room_secrets, config.realm)
         self.relays.core = self.core
         for method in TURN_METHODS:
             state.handlers[method] = self.handle
@@ -250,9 +257,16 @@ class TurnService(service.MultiService):
         if self.config.tcp and layout is not None and self.tcp is None:
             self.tcp = self._listen(layout.ports[0], self.streams, "TURN over TCP")
         self._listen_tls()
-        self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}",
+        self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}; accepts {creds}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
-                           ip=self.relays.relay_ip)
+                           ip=self.relays.relay_ip, creds=self._describe_credentials())
+
+    def _describe_credentials(self) -> str:
+        kinds = ["room credentials"] if self.core.room_auth is not None else []
+        n = len(self.core.auth.secrets)
+        if n:
+            kinds.append("%d shared secret%s" % (n, "" if n == 1 else "s"))
+        return " and ".join(kinds) or "no credentials (nothing can be relayed)"
 
     def stopService(self):
         d = super().stopService()
