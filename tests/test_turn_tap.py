@@ -217,3 +217,12 @@ def test_tls_options():
 def test_bad_tls_options(argv, message):
     with pytest.raises(usage.UsageError, match=message):
         parse(*argv)
+
+
+def test_the_relayed_sockets_bind_on_the_salons_interface_of_the_relay_ips_family():
+    from natsalon.server.service import SalonConfig, _relay_bind
+
+    assert _relay_bind(SalonConfig(interface="::"), 4) == "0.0.0.0"
+    assert _relay_bind(SalonConfig(interface="0.0.0.0"), 4) == "0.0.0.0"
+    assert _relay_bind(SalonConfig(interface="192.0.2.1"), 4) == "192.0.2.1"
+    assert _relay_bind(SalonConfig(interface="2001:db8::1"), 6) == "2001:db8::1"

@@ -114,6 +114,18 @@ def _sockets(config: SalonConfig):
     return out
 
 
+def _relay_bind(config: SalonConfig, version: int) -> str:
+    """Where the relayed sockets bind: the salon's interface of the relay
+    IP's family (a '::' salon serving IPv4 too binds them on 0.0.0.0)."""
+    for fam in config.families():
+        if ipaddress.ip_address(fam.interface).version == version or (
+                version == 4 and fam.interface == "::"):
+            if ipaddress.ip_address(fam.interface).is_unspecified:
+                return "0.0.0.0" if version == 4 else "::"
+            return fam.interface
+    return "0.0.0.0" if version == 4 else "::"
+
+
 class SalonService(service.MultiService):
     """The running salon.  ``state.layout`` holds the advertised socket
     addresses once the service has started."""
@@ -179,9 +191,7 @@ class SalonService(service.MultiService):
 
         config = self.config
         relay_ip = config.turn.relay_ip or config.advertise or config.interface
-        bind = config.interface
-        if _is_wildcard(bind) and ipaddress.ip_address(relay_ip).version == 4:
-            bind = "0.0.0.0"  # on '::' too: the relayed sockets are IPv4
+        bind = _relay_bind(config, ipaddress.ip_address(relay_ip).version)
         room_secrets = ()
         if self.introducer is not None:
             cookies = self.introducer.cookies
