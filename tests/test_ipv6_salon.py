@@ -49,7 +49,7 @@ def _has_ipv6_loopback() -> bool:
 # -- options -------------------------------------------------------------------
 def test_one_interface_and_alt_ip_per_family_make_two_grids():
     cfg = parse("--interface", V4, "--interface", V6, "--alt-ip", V6_ALT, "--alt-ip", V4_ALT,
-                "--advertise", "2001:db8:ff::1", "--port", "0", "--alt-port", "0").config
+                "--advertise", "2001:db8:ff::1", "--port", "0", "--alt-port", "0", "--no-turn").config
     assert (cfg.interface, cfg.alt_ip, cfg.advertise) == (V4, V4_ALT, None)
     assert cfg.second == Family(V6, V6_ALT, "2001:db8:ff::1", None)
     clock = UDPClock()
