@@ -83,7 +83,8 @@ def test_symmetric_ipv4_pair_connects_directly_over_ipv6(natlab: Lab) -> None:
     lab = natlab
     ha = lab.add_site("a", Nat.SYMMETRIC_RANDOM, v6=V6.FIREWALL).hosts[0]
     hb = lab.add_site("b", Nat.SYMMETRIC_RANDOM, v6=V6.FIREWALL).hosts[0]
-    start_salon(lab, ipv6=True)
+    # no relay (on by default): the control below is about direct paths
+    start_salon(lab, ipv6=True, extra_args=["--no-turn"])
     both = ["--server", SERVER, "--server6", SERVER6]
     early = _run((ha, hb), (both, both), "v6-sym", 3000)
     _direct_v6(early, (ha, hb))

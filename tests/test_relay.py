@@ -67,7 +67,7 @@ class RelayNet(Net):
         self.attach(addr, protocol)
         return _Listening(self, addr)
 
-    def salon(self, turn: bool = True):
+    def salon(self, turn: bool = True, secret: bytes = SECRET):
         state = ServerState()
         state.layout = Layout((SALON[0], None), (SALON[1], 3479))
         intro = Introducer(self.clock, MemoryRooms(), CookieJar(b"k" * 32),
@@ -78,9 +78,9 @@ class RelayNet(Net):
         state.transports[(0, 0)] = proto.transport
         self.turn = None
         if turn:
-            self.turn = TurnService(self, state, TurnConfig(secrets=(SECRET,), allow_peer=("0.0.0.0/0",), tcp=False),
+            self.turn = TurnService(self, state, TurnConfig(secrets=(secret,), allow_peer=("0.0.0.0/0",), tcp=False),
                                     "0.0.0.0", SALON[0], rng=random.Random(3))
-            intro.turn_credentials = lambda room, now: room_credentials(SECRET, room, now)
+            intro.turn_credentials = lambda room, now: room_credentials(secret, room, now)
         return intro
 
     # the Clock is the reactor: TurnService asks it for seconds() and callLater()
@@ -299,7 +299,7 @@ def test_another_turn_server_than_the_salon():
     assert len(service.core) == 0
 
 
-def _restart_salon(net: RelayNet, down: float) -> None:
+def _restart_salon(net: RelayNet, down: float, secret: bytes = SECRET) -> None:
     """The salon's process dies (its allocations, relayed sockets and rooms
     with it) and a new one starts ``down`` seconds later."""
     for addr in [n for n in net.nodes if n[0] == net.relay_host and n != SALON]:
@@ -307,7 +307,7 @@ def _restart_salon(net: RelayNet, down: float) -> None:
     net.salon_down = True
     net.run(down)
     net.salon_down = False
-    net.salon()
+    net.salon(secret=secret)
 
 
 def test_a_lost_relay_is_allocated_again_and_the_session_goes_on():
@@ -348,6 +348,36 @@ def test_a_lost_relay_is_allocated_again_and_the_session_goes_on():
     b.stop()
     net.run(1.0)
     assert len(net.turn.core) == 0  # the new allocations released on stop
+
+
+def test_a_salon_restarted_with_another_secret_hands_out_fresh_credentials():
+    """The introduction's credentials die with the salon's secret (a salon
+    with no --cookie-secret-file draws a new one at each start): the 401 of
+    the new allocation sends both sides back to the salon for fresh ones."""
+    net = RelayNet()
+    (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(3.0)
+    assert ca.connection.path.kind == cb.connection.path.kind == RELAY
+    conn_a, conn_b = ca.connection, cb.connection
+    got = []
+    conn_b.set_receiver(got.append)
+    _restart_salon(net, 1.0, secret=b"another secret of the new process")
+    net.run(8.0)
+    for core, events in ((ca, ea), (cb, eb)):
+        names = [e["event"] for e in events]
+        assert "relay-recovered" in names and "relay-failed" not in names and "path-lost" not in names, events
+        assert core.connection.path.kind == RELAY
+    assert conn_a is ca.connection and conn_b is cb.connection
+    assert len(net.turn.core) == 2  # allocated with credentials only the new secret verifies
+    for i in range(20):
+        assert conn_a.send(b"a%d" % i)
+    net.run(0.5)
+    assert got == [b"a%d" % i for i in range(20)] and conn_b.rejected == 0
+    a.stop()
+    b.stop()
 
 
 def test_a_silent_peer_is_no_lost_relay():

@@ -48,7 +48,9 @@ from twisted.python.failure import Failure
 
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.punch import RELAY, CandidateKind, CandidatePair, Puncher
+from natsalon import wire
 from natsalon.client.relay import Relay, peer_relay, signal_relay
+from natsalon.client.turn.client import TurnError
 from natsalon.client.upgrade import peer_request
 from natsalon.stun import Address
 
@@ -58,6 +60,10 @@ MAX_LEARNT = 4
 #: past their expiry, say): the keepalive then ends the path, and the
 #: re-join brings fresh credentials
 MAX_ATTEMPTS = 3
+#: JOINs asking the salon for fresh TURN credentials after a 401, at
+#: ``relay_signal`` apart (the peer, which may notice the loss seconds
+#: later, must JOIN before the salon introduces us again): 10 s at 0.25 s
+MAX_ASKS = 40
 
 
 class RelayWatch:
@@ -85,6 +91,7 @@ class RelayWatch:
         self._peer_relays: Set[Address] = set()  #: learnt since the loss
         self._learnt = 0
         self._attempts = 0
+        self._asks = 0
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = core.clock
         relay.on_lost = self._lost
@@ -159,10 +166,10 @@ class RelayWatch:
         self._learnt = 0
         self._allocate(old)
 
-    def _allocate(self, old: Relay) -> None:
+    def _allocate(self, old: Relay, credentials=None) -> None:
         self._call = None
         self._attempts += 1
-        fresh = self.fresh = Relay(self.core.clock, self.core.salon, old.server, old.credentials)
+        fresh = self.fresh = Relay(self.core.clock, self.core.salon, old.server, credentials or old.credentials)
         fresh.learn = self._learn
         fresh.start(old.peer_host or self.intro.peer_address.host).addCallbacks(self._allocated, self._failed)
 
@@ -178,10 +185,48 @@ class RelayWatch:
         self.core.log.warn("relay: allocating again failed: {e}", e=f.getErrorMessage())
         failed, self.fresh = self.fresh, None
         failed.close()
+        if f.check(TurnError) and f.value.code == 401 and self.core.turn is None:
+            # the salon's room credentials no longer verify (a restarted salon
+            # with another cookie secret): its next introduction has new ones
+            self._ask_credentials(failed)
+            return
         if self._attempts >= MAX_ATTEMPTS:
             self.core.emit({"event": "relay-failed", "reason": "allocating again: %s" % f.getErrorMessage()})
             return  # the keepalive ends the path; the re-join brings fresh credentials
         self._call = self.core.clock.callLater(self.check, self._allocate, failed)
+
+    def _ask_credentials(self, old: Relay) -> None:
+        """JOIN again as the same member, without a relayed address, until
+        the salon introduces us with fresh TURN credentials, then allocate
+        with them (bounded by the attempts like any allocation)."""
+        self._call = None
+        self._asks += 1
+        if self._asks > MAX_ASKS or self.core.member is None:
+            self.core.emit({"event": "relay-failed", "reason": "no fresh TURN credentials from the salon"})
+            return
+        self._req = signal_relay(self.core, self.intro, self._cookie, None)
+
+        def answered(response) -> None:
+            self._req = None
+            try:
+                ans = wire.parse_join_answer(response.message)
+            except wire.WireError:
+                ans = None
+            if ans is not None and ans.kind is wire.Answer.COOKIE:
+                self._cookie = ans.cookie
+                self._ask_credentials(old)
+            elif ans is not None and ans.kind is wire.Answer.INTRODUCED and ans.turn is not None:
+                self.core.log.info("fresh TURN credentials from the salon: allocating again")
+                self._allocate(old, ans.turn)
+            else:  # waiting for the peer's JOIN (it lost its relay too): ask again
+                self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._ask_credentials, old)
+
+        def failed(f: Failure) -> None:
+            self._req = None
+            if not f.check(defer.CancelledError):
+                self._call = self.core.clock.callLater(self.core.settings.relay_signal, self._ask_credentials, old)
+
+        self._req.addCallbacks(answered, failed)
 
     def _ms(self) -> float:
         return round((self.core.clock.seconds() - self.lost_at) * 1000, 1)
@@ -250,6 +295,7 @@ class RelayWatch:
         self.relay = relay
         self.recoveries += 1
         self._attempts = 0
+        self._asks = 0
         took = self._ms()
         self.lost_at = None
         self.core.log.info("relayed path recovered through a new allocation")

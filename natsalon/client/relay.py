@@ -185,7 +185,7 @@ def relay_server(core) -> Tuple[str, int]:
     return (turn.host, turn.port) if turn is not None else tuple(core.server)
 
 
-def signal_relay(core, intro, cookie: Optional[bytes], relayed: Address) -> defer.Deferred:
+def signal_relay(core, intro, cookie: Optional[bytes], relayed: Optional[Address]) -> defer.Deferred:
     """JOIN the room again as the same member (``core.member``) with our
     relayed address (NS-RELAY): the salon updates our JOIN for the peer and
     answers with the peer's.  Fires with the salon's response
