@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from natsalon.client.stunsocket import Transactions
 from natsalon.stun import Address, Attr, Class, Message, Method, StunDecodeError, decode, encode, long_term_key
 from natsalon.stun.client import RetransmitPolicy, new_transaction_id
-from natsalon.stun.constants import CHANNEL_MIN, TRANSPORT_UDP
+from natsalon.stun.constants import CHANNEL_MIN, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_UDP
 
 #: Allocate and friends: RFC 8489's 500 ms RTO, seven sends (about 39.5 s)
 TURN_POLICY = RetransmitPolicy(rto=0.5, sends=7, last_wait=16, max_rto=8.0)
@@ -126,9 +126,14 @@ class TurnClient:
 
     # -- the allocation ------------------------------------------------------
     @defer.inlineCallbacks
-    def allocate(self):
-        answer = yield self._request(Method.ALLOCATE, ((Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP),
-                                                       (Attr.LIFETIME, self.lifetime)), "Allocate")
+    def allocate(self, version: int = 0):
+        """Allocate a relayed address; ``version`` 4 or 6 asks for that IP
+        family (REQUESTED-ADDRESS-FAMILY, RFC 8656), 0 leaves it to the
+        server (IPv4, as RFC 5766 servers know only)."""
+        attrs = ((Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP), (Attr.LIFETIME, self.lifetime))
+        if version:
+            attrs += ((Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6 if version == 6 else FAMILY_IPV4),)
+        answer = yield self._request(Method.ALLOCATE, attrs, "Allocate")
         relayed = answer.get(Attr.XOR_RELAYED_ADDRESS)
         if relayed is None:
             raise TurnError(0, "Allocate success without XOR-RELAYED-ADDRESS", "Allocate")
