@@ -172,6 +172,10 @@ class Allocation:
     def relayed_addresses(self) -> Tuple[Address, ...]:
         return (self.relayed,) if self.relayed_extra is None else (self.relayed, self.relayed_extra)
 
+    def families(self) -> str:
+        """"IPv4", "IPv6" or "IPv4 and IPv6": the relayed addresses' families."""
+        return " and ".join("IPv%d" % _version(a.host) for a in self.relayed_addresses())
+
     def serves(self, host: str) -> bool:
         """Is ``host`` of the family of one of the relayed addresses?"""
         v6 = ":" in host
@@ -439,8 +443,8 @@ class TurnCore:
             extra = self._allocate_extra(alloc, even, versions)
         lifetime = self._lifetime(msg.get(Attr.LIFETIME))
         self._register(alloc, relayed, lifetime, now)
-        self.log.info("TURN allocation for {user!r} on relay port {port} ({n} active)",
-                      user=auth.username, port=relayed.port, n=self._count)
+        self.log.info("TURN allocation for {user!r} on relay port {port} ({families}; {n} active)",
+                      user=auth.username, port=relayed.port, families=alloc.families(), n=self._count)
         self.log.debug("TURN allocation for {client} relayed at {relayed}", client=client,
                        relayed=", ".join(map(str, alloc.relayed_addresses())))
         attrs = [(Attr.XOR_RELAYED_ADDRESS, a) for a in alloc.relayed_addresses()]
@@ -721,9 +725,9 @@ class TurnCore:
         for observe in self.on_delete:
             observe(alloc)
         self.stats["turn_allocations_" + reason] += 1
-        self.log.info("TURN allocation for {user!r} on relay port {port} {reason}: {bytes} bytes relayed, "
-                      "{dropped} datagrams dropped ({n} active)", user=alloc.username, port=alloc.relayed.port,
-                      reason=reason, bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
+        self.log.info("TURN allocation for {user!r} on relay port {port} ({families}) {reason}: {bytes} bytes "
+                      "relayed, {dropped} datagrams dropped ({n} active)", user=alloc.username,
+                      port=alloc.relayed.port, families=alloc.families(), reason=reason, bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
 
     def _forget_relayed(self, alloc: Allocation, relayed: Client) -> None:
         """``relayed`` (one of ``alloc``'s addresses) is no longer live: the
