@@ -727,7 +727,8 @@ class TurnCore:
         self.stats["turn_allocations_" + reason] += 1
         self.log.info("TURN allocation for {user!r} on relay port {port} ({families}) {reason}: {bytes} bytes "
                       "relayed, {dropped} datagrams dropped ({n} active)", user=alloc.username,
-                      port=alloc.relayed.port, families=alloc.families(), reason=reason, bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
+                      port=alloc.relayed.port, families=alloc.families(), reason=reason,
+                      bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
 
     def _forget_relayed(self, alloc: Allocation, relayed: Client) -> None:
         """``relayed`` (one of ``alloc``'s addresses) is no longer live: the

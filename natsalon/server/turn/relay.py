@@ -301,7 +301,8 @@ class TurnService(service.MultiService):
         self._listen_tls()
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}; accepts {creds}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
-                           ip=" and ".join(sorted(ip for _, ip in self.relays.by_version.values())), creds=self._describe_credentials())
+                           ip=" and ".join(sorted(ip for _, ip in self.relays.by_version.values())),
+                           creds=self._describe_credentials())
 
     def _describe_credentials(self) -> str:
         kinds = ["room credentials"] if self.core.room_auth is not None else []
