@@ -36,14 +36,16 @@ def test_the_relay_asks_for_the_peers_family(peer, server, version):
     assert relay_version(peer, server) == version
 
 
-@pytest.mark.parametrize("version, family", [(0, None), (4, 1), (6, 2)])
-def test_allocate_sends_requested_address_family(version, family):
+@pytest.mark.parametrize("version, both, family, additional", [
+    (0, False, None, None), (4, False, 1, None), (6, False, 2, None), (0, True, None, 2)])
+def test_allocate_sends_the_family_attributes(version, both, family, additional):
     sent = []
     client = TurnClient(Clock(), lambda data, addr: sent.append(decode(data)), ("192.0.2.1", 3478), "u", "p")
-    d = client.allocate(version)
+    d = client.allocate(version, both=both)
     client.clock.advance(0)
     assert sent and sent[0].method == Method.ALLOCATE
     assert sent[0].get(Attr.REQUESTED_ADDRESS_FAMILY) == family
+    assert sent[0].get(Attr.ADDITIONAL_ADDRESS_FAMILY) == additional
     assert sent[0].get(Attr.REQUESTED_TRANSPORT) == 17
     d.cancel()
     d.addErrback(lambda f: None)
@@ -62,7 +64,8 @@ def _has_ipv6_loopback() -> bool:
 def dual_salon():
     if not _has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
-    turn = TurnConfig(secrets=(SECRET,), allow_peer=("::1/128",), relay_ip="127.0.0.1", second_relay_ip="::1")
+    turn = TurnConfig(secrets=(SECRET,), allow_peer=("127.0.0.1/32", "::1/128"), relay_ip="127.0.0.1",
+                      second_relay_ip="::1")
     svc = SalonService(reactor, SalonConfig(interface="127.0.0.1", port=0, alt_port=0, rcvbuf=0, rate_limit=0,
                                             second=Family("::1"), turn=turn))
     svc.startService()
@@ -109,3 +112,47 @@ def test_an_ipv4_client_relays_to_an_ipv6_peer(dual_salon):
         client.client.close()
         yield port.stopListening()
         yield peer_port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_dual_allocation_relays_to_peers_of_both_families(dual_salon):
+    """One allocation, two relayed addresses: channels to a 127.0.0.1 peer
+    and a ::1 peer, each reached from the relayed address of its family
+    (the salon's inline ChannelData path picks the socket), both ways."""
+    username, password = mint(SECRET, "bob", int(time.time()) + 600)
+    client = TurnClientProtocol(reactor, ("127.0.0.1", dual_salon.layout.ports[0]), username, password)
+    got = defer.DeferredQueue()
+    client.on_data = lambda payload, peer: got.put((payload, peer))
+    port = reactor.listenUDP(0, client, interface="127.0.0.1")
+    peers = [Peer(), Peer()]
+    listening = [reactor.listenUDP(0, peers[0], interface="127.0.0.1"), reactor.listenUDP(0, peers[1], interface="::1")]
+    addrs = [Address(h, p.getHost().port) for h, p in zip(("127.0.0.1", "::1"), listening)]
+    try:
+        allocation = yield client.client.allocate(both=True)
+        relayed = [allocation.relayed, allocation.also]
+        assert [a.host for a in relayed] == ["127.0.0.1", "::1"]
+        for addr in addrs:
+            yield client.client.bind(addr)
+        n = 20
+        for i in range(n):
+            for peer, addr, mine in zip(peers, addrs, relayed):
+                assert client.client.send(b"to %s %d" % (addr.host.encode(), i), addr)
+                peer.transport.write(b"from %s %d" % (addr.host.encode(), i), tuple(mine))
+        for peer, addr, mine in zip(peers, addrs, relayed):
+            seen = set()
+            for _ in range(n):
+                data, src = yield peer.get()
+                assert Address(*src[:2]) == mine
+                seen.add(data)
+            assert seen == {b"to %s %d" % (addr.host.encode(), i) for i in range(n)}
+        back = set()
+        for _ in range(2 * n):
+            payload, src_peer = yield got.get().addTimeout(5, reactor)
+            back.add((payload, src_peer))
+        assert back == {(b"from %s %d" % (a.host.encode(), i), a) for a in addrs for i in range(n)}
+        assert (yield client.client.close()) is True
+    finally:
+        client.client.close()
+        yield port.stopListening()
+        for p in listening:
+            yield p.stopListening()
