@@ -121,6 +121,7 @@ def test_ipv4_off_is_440_for_ipv4_and_an_ipv6_only_relay_defaults_to_ipv6():
     core, _ = make_core(ips=(RELAY6,))
     assert code(Client(core).allocate((UDP, ASK4))) == 440
     assert [a.host for a in relayed(Client(core, addr=CLIENT6).allocate((UDP,)))] == [RELAY6]
+    assert code(Client(core, addr=Address("2001:db8:7::8", 1)).allocate((UDP, BOTH))) == 440
 
 
 def test_no_ipv6_port_for_the_additional_family_keeps_the_ipv4_half():

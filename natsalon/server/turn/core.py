@@ -455,17 +455,17 @@ class TurnCore:
         """The IP versions an Allocate asks for, the main one first
         (ADDITIONAL-ADDRESS-FAMILY adds IPv6 if it is on), or 440 when the
         main one is off (RFC 8656 section 7.2).  Without
-        REQUESTED-ADDRESS-FAMILY: IPv4, or IPv6 on an IPv6-only relay."""
+        REQUESTED-ADDRESS-FAMILY: IPv4, or IPv6 on an IPv6-only relay
+        (but not with ADDITIONAL-ADDRESS-FAMILY, which asks IPv4 too)."""
         family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is None:
-            main = 4 if 4 in self.versions else 6
-        else:
+        additional = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None  # then IPv4 first (400 otherwise)
+        if family is not None:
             main = _VERSIONS.get(family, 0)
+        else:
+            main = 4 if additional or 4 in self.versions else 6
         if main not in self.versions:
             return 440
-        if msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None and 6 in self.versions and main != 6:
-            return (main, 6)
-        return (main,)
+        return (main, 6) if additional and 6 in self.versions else (main,)
 
     def _allocate_extra(self, alloc: Allocation, even: bool, versions) -> list:
         """The IPv6 half of a dual allocation: ``alloc.relayed_extra`` set,
