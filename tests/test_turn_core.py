@@ -37,7 +37,7 @@ class FakeOpener:
         self.to_peers = []  # (allocation, data, peer)
         self.to_clients = []  # (data, client)
 
-    def open(self, alloc, even=False):
+    def open(self, alloc, even=False, version=4):
         if self.fail:
             return None
         self.even = even

@@ -12,6 +12,10 @@ local socket).  What the relay hands back (ChannelData, Data
 indications) goes to the client socket's usual consumers: payload frames
 to ``on_frame``, punch probes to ``on_punch`` tagged with :attr:`local`.
 
+The relayed address is of the peer's IP family (RFC 8656
+REQUESTED-ADDRESS-FAMILY, :func:`relay_version`): an IPv4-only host relays
+to an IPv6-only one through an IPv6 relayed address, and the other way.
+
 How the peer learns the relayed address: the client re-JOINs the room
 with it (NS-RELAY, :mod:`natsalon.wire.join`; the salon updates the
 member's JOIN and hands it to the peer's next JOIN, verified with k_join
@@ -88,7 +92,7 @@ class Relay:
         one round trip at least) and probe it."""
         self.sock.relays[self.server] = self.datagram
         self.peer_host = peer_host
-        d = self._allocating = self.turn.allocate()
+        d = self._allocating = self.turn.allocate(relay_version(peer_host, self.server[0]))
 
         def allocated(allocation: Allocation):
             self._allocating = None
@@ -177,6 +181,15 @@ class Relay:
             if self.learn is not None:
                 self.learn(payload, addr)
             self.sock.on_punch(payload, addr, self.local)
+
+
+def relay_version(peer_host: str, server_host: str) -> int:
+    """The IP family to ask the TURN server for (0: its default, IPv4): the
+    peer's, so that it can reach our relayed address from its own socket
+    (an IPv6-only peer, and we on IPv4: an IPv6 relayed address).  Asked
+    for explicitly unless both are IPv4, for RFC 5766 servers."""
+    peer = 6 if ":" in peer_host else 4
+    return 0 if peer == 4 and ":" not in server_host else peer
 
 
 def relay_server(core) -> Tuple[str, int]:

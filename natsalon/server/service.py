@@ -192,11 +192,14 @@ class SalonService(service.MultiService):
         config = self.config
         relay_ip = config.turn.relay_ip or config.advertise or config.interface
         bind = _relay_bind(config, ipaddress.ip_address(relay_ip).version)
+        other = config.turn.second_relay_ip
+        second = (_relay_bind(config, ipaddress.ip_address(other).version), other) if other else None
         room_secrets = ()
         if self.introducer is not None:
             cookies = self.introducer.cookies
             room_secrets = tuple(room_secret(s) for s in (cookies.secret,) + tuple(cookies.previous))
-        self.turn = TurnService(self.reactor, self.state, config.turn, bind, relay_ip, room_secrets=room_secrets)
+        self.turn = TurnService(self.reactor, self.state, config.turn, bind, relay_ip, room_secrets=room_secrets,
+                                 second=second)
         self.turn.setServiceParent(self)
         if room_secrets:
             self.introducer.turn_credentials = partial(room_credentials, room_secrets[0])

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from natsalon.client.stunsocket import Transactions
 from natsalon.stun import Address, Attr, Class, Message, Method, StunDecodeError, decode, encode, long_term_key
 from natsalon.stun.client import RetransmitPolicy, new_transaction_id
-from natsalon.stun.constants import CHANNEL_MIN, TRANSPORT_UDP
+from natsalon.stun.constants import CHANNEL_MIN, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_UDP
 
 #: Allocate and friends: RFC 8489's 500 ms RTO, seven sends (about 39.5 s)
 TURN_POLICY = RetransmitPolicy(rto=0.5, sends=7, last_wait=16, max_rto=8.0)
@@ -56,6 +56,8 @@ class Allocation(NamedTuple):
     relayed: Address  #: where peers send to reach us
     mapped: Address  #: our public address as the TURN server saw it
     lifetime: int  #: seconds granted
+    #: the IPv6 relayed address of a dual allocation (ADDITIONAL-ADDRESS-FAMILY)
+    also: Optional[Address] = None
 
 
 def channel_data(channel: int, payload: bytes) -> bytes:
@@ -126,14 +128,24 @@ class TurnClient:
 
     # -- the allocation ------------------------------------------------------
     @defer.inlineCallbacks
-    def allocate(self):
-        answer = yield self._request(Method.ALLOCATE, ((Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP),
-                                                       (Attr.LIFETIME, self.lifetime)), "Allocate")
-        relayed = answer.get(Attr.XOR_RELAYED_ADDRESS)
-        if relayed is None:
+    def allocate(self, version: int = 0, both: bool = False):
+        """Allocate a relayed address; ``version`` 4 or 6 asks for that IP
+        family (REQUESTED-ADDRESS-FAMILY, RFC 8656), 0 leaves it to the
+        server (IPv4, as RFC 5766 servers know only); ``both``: an IPv4
+        and an IPv6 one (ADDITIONAL-ADDRESS-FAMILY; the IPv6 one in
+        ``Allocation.also`` if the server gave it)."""
+        attrs = ((Attr.REQUESTED_TRANSPORT, TRANSPORT_UDP), (Attr.LIFETIME, self.lifetime))
+        if both:
+            attrs += ((Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),)
+        elif version:
+            attrs += ((Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6 if version == 6 else FAMILY_IPV4),)
+        answer = yield self._request(Method.ALLOCATE, attrs, "Allocate")
+        relayed = [v for t, v in answer.attributes if t == Attr.XOR_RELAYED_ADDRESS]
+        if not relayed:
             raise TurnError(0, "Allocate success without XOR-RELAYED-ADDRESS", "Allocate")
         granted = answer.get(Attr.LIFETIME, self.lifetime)
-        self.allocation = Allocation(relayed, answer.get(Attr.XOR_MAPPED_ADDRESS), granted)
+        self.allocation = Allocation(relayed[0], answer.get(Attr.XOR_MAPPED_ADDRESS), granted,
+                                     relayed[1] if len(relayed) > 1 else None)
         self._every("allocation", max(1.0, granted / 2.0), self._refresh)
         return self.allocation
 

@@ -7,10 +7,16 @@ time, and one :meth:`TurnCore.sweep` a second that expires them and
 refills the bandwidth credits.  No reactor and no sockets: ``now`` is
 passed in, and the relayed sockets come from an injected *opener*::
 
-    opener.open(allocation, even) -> Optional[Address]  # binds (an even port
-                                        # if asked); sets relay_write and
-                                        # client_write; None: 508
+    opener.open(allocation, even, version) -> Optional[Address]
+        # binds a relayed socket of IP version 4 or 6 (an even port if
+        # asked); sets relay_write and client_write (called a second time
+        # for a dual allocation: relay_write then sends by the peer's
+        # family); None: 508
     opener.close(allocation)                       # idempotent
+
+An allocation has a relayed address of one family, or one of each (RFC
+8656 REQUESTED-ADDRESS-FAMILY, ADDITIONAL-ADDRESS-FAMILY): the families on
+are those of the ``relay_ips``.  Its peers must be of one of its families.
 
 The hot paths, :meth:`TurnCore.channel_data` (client to peer) and
 :meth:`TurnCore.from_peer` (peer to client), are a dict lookup for the
@@ -109,6 +115,10 @@ class TurnConfig(NamedTuple):
     #: or bound address (the tap finds the host's one IPv4 address when
     #: the salon is bound to the wildcard)
     relay_ip: str = ""
+    #: the other IP family's relay IP (REQUESTED-ADDRESS-FAMILY,
+    #: ADDITIONAL-ADDRESS-FAMILY); "" : relayed addresses of relay_ip's
+    #: family only
+    second_relay_ip: str = ""
 
 
 class Allocation:
@@ -121,7 +131,7 @@ class Allocation:
         "client", "via", "username", "user", "key", "sha256", "relayed", "started", "expires",
         "permissions", "bindings", "bound", "channels", "peers", "credit", "granted", "quota_left",
         "relayed_bytes", "dropped", "relay_write", "client_write", "relay_sendto", "client_sendto", "handle",
-        "counted", "source",
+        "counted", "source", "relayed_extra", "handle_extra",
     )
 
     def __init__(self, client: Client, via: Key, username: str, user: str, key: bytes, now: float) -> None:
@@ -152,8 +162,24 @@ class Allocation:
         self.relay_sendto: Callable[[bytes, Client], object] = _nowhere
         self.client_sendto: Optional[Callable[[bytes, Client], object]] = None
         self.handle = None
+        #: the second relayed address of a dual allocation (IPv6), and its socket
+        self.relayed_extra: Optional[Address] = None
+        self.handle_extra = None
         self.counted = False
         self.source = source_key(client[0])
+
+
+    def relayed_addresses(self) -> Tuple[Address, ...]:
+        return (self.relayed,) if self.relayed_extra is None else (self.relayed, self.relayed_extra)
+
+    def families(self) -> str:
+        """"IPv4", "IPv6" or "IPv4 and IPv6": the relayed addresses' families."""
+        return " and ".join("IPv%d" % _version(a.host) for a in self.relayed_addresses())
+
+    def serves(self, host: str) -> bool:
+        """Is ``host`` of the family of one of the relayed addresses?"""
+        v6 = ":" in host
+        return any((":" in a.host) == v6 for a in self.relayed_addresses())
 
 
 def _nowhere(data, addr) -> None:
@@ -196,6 +222,9 @@ class TurnCore:
         self.nonces = nonces if nonces is not None else NonceJar(config.nonce_lifetime)
         self.stats = stats if stats is not None else Stats()
         self.relay_ips = set(relay_ips)
+        #: the IP versions relayed addresses are given in (IPv4 alone
+        #: when no relay IP is named)
+        self.versions = frozenset(ipaddress.ip_address(ip).version for ip in self.relay_ips) or frozenset({4})
         self.service_addresses = set(service_addresses)
         self._by_via: Dict[Key, Dict[Client, Allocation]] = {}
         self._relayed: Dict[Client, Allocation] = {}
@@ -400,21 +429,56 @@ class TurnCore:
         refused = self._refuse_allocate(msg, auth, client, via)
         if refused is not None:
             return refused
+        versions = self._versions(msg)
+        if isinstance(versions, int):
+            return self._error(msg, auth, versions)
         alloc = Allocation(client, via, auth.username, auth.user, auth.key, now)
-        relayed = self.opener.open(alloc, even=msg.get(Attr.EVEN_PORT) is not None)
+        even = msg.get(Attr.EVEN_PORT) is not None
+        relayed = self.opener.open(alloc, even, versions[0])
         if relayed is None:
             self.stats["turn_no_relay_port"] += 1
             return self._error(msg, auth, 508)
+        extra = []
+        if msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None:
+            extra = self._allocate_extra(alloc, even, versions)
         lifetime = self._lifetime(msg.get(Attr.LIFETIME))
         self._register(alloc, relayed, lifetime, now)
-        self.log.info("TURN allocation for {user!r} on relay port {port} ({n} active)",
-                      user=auth.username, port=relayed.port, n=self._count)
-        self.log.debug("TURN allocation for {client} relayed at {relayed}", client=client, relayed=relayed)
-        attrs = [(Attr.XOR_RELAYED_ADDRESS, relayed), (Attr.LIFETIME, lifetime),
-                 (Attr.XOR_MAPPED_ADDRESS, Address(*client))]
-        if msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None:
-            attrs.append((Attr.ADDRESS_ERROR_CODE, AddressErrorCode(FAMILY_IPV6, 440, REASONS[440])))
+        self.log.info("TURN allocation for {user!r} on relay port {port} ({families}; {n} active)",
+                      user=auth.username, port=relayed.port, families=alloc.families(), n=self._count)
+        self.log.debug("TURN allocation for {client} relayed at {relayed}", client=client,
+                       relayed=", ".join(map(str, alloc.relayed_addresses())))
+        attrs = [(Attr.XOR_RELAYED_ADDRESS, a) for a in alloc.relayed_addresses()]
+        attrs += [(Attr.LIFETIME, lifetime), (Attr.XOR_MAPPED_ADDRESS, Address(*client))] + extra
         return self._answer(msg, auth, Class.SUCCESS, attrs)
+
+    def _versions(self, msg: Message):
+        """The IP versions an Allocate asks for, the main one first
+        (ADDITIONAL-ADDRESS-FAMILY adds IPv6 if it is on), or 440 when the
+        main one is off (RFC 8656 section 7.2).  Without
+        REQUESTED-ADDRESS-FAMILY: IPv4, or IPv6 on an IPv6-only relay
+        (but not with ADDITIONAL-ADDRESS-FAMILY, which asks IPv4 too)."""
+        family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
+        additional = msg.get(Attr.ADDITIONAL_ADDRESS_FAMILY) is not None  # then IPv4 first (400 otherwise)
+        if family is not None:
+            main = _VERSIONS.get(family, 0)
+        else:
+            main = 4 if additional or 4 in self.versions else 6
+        if main not in self.versions:
+            return 440
+        return (main, 6) if additional and 6 in self.versions else (main,)
+
+    def _allocate_extra(self, alloc: Allocation, even: bool, versions) -> list:
+        """The IPv6 half of a dual allocation: ``alloc.relayed_extra`` set,
+        or ADDRESS-ERROR-CODE attributes saying why not (440: IPv6 relaying
+        off; 508: no port)."""
+        if len(versions) < 2:
+            return [(Attr.ADDRESS_ERROR_CODE, AddressErrorCode(FAMILY_IPV6, 440, REASONS[440]))]
+        extra = self.opener.open(alloc, even, versions[1])
+        if extra is None:
+            self.stats["turn_no_relay_port"] += 1
+            return [(Attr.ADDRESS_ERROR_CODE, AddressErrorCode(FAMILY_IPV6, 508, REASONS[508]))]
+        alloc.relayed_extra = extra
+        return []
 
     def _refuse_allocate(self, msg: Message, auth: _Auth, client: Client, via: Key) -> Optional[bytes]:
         """The error answer an Allocate gets before any state is made, or None."""
@@ -440,8 +504,6 @@ class TurnCore:
             return self._error(msg, auth, 400)
         if msg.get(Attr.EVEN_PORT):
             return self._error(msg, auth, 508)  # R bit: we do not reserve port pairs
-        if family is not None and family != FAMILY_IPV4:
-            return self._error(msg, auth, 440)
         if self._count >= cfg.max_allocations:
             self.stats["turn_full"] += 1
             return self._error(msg, auth, 508)
@@ -461,7 +523,8 @@ class TurnCore:
         self._per_source[alloc.source] = self._per_source.get(alloc.source, 0) + 1
         self._grant(alloc)
         self._by_via.setdefault(alloc.via, {})[alloc.client] = alloc
-        self._relayed[(relayed.host, relayed.port)] = alloc
+        for addr in alloc.relayed_addresses():
+            self._relayed[(addr.host, addr.port)] = alloc
         alloc.counted = True
         self._count += 1
         self.stats["turn_allocations"] += 1
@@ -493,7 +556,7 @@ class TurnCore:
         if not isinstance(alloc, Allocation):
             return alloc
         family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family != FAMILY_IPV4:
+        if family is not None and _VERSIONS.get(family) not in {_version(a.host) for a in alloc.relayed_addresses()}:
             return self._error(msg, auth, 443)
         requested = msg.get(Attr.LIFETIME)
         if requested == 0:
@@ -506,7 +569,7 @@ class TurnCore:
 
     def _peer_error(self, alloc: Allocation, peer: Address) -> int:
         """0 if ``peer`` may get a permission, else the error code."""
-        if peer.family != alloc.relayed.family:
+        if not alloc.serves(peer.host):
             return 443
         if not (self.filter.allows(peer.host) or peer.host in self.relay_ips):
             return 403
@@ -648,12 +711,8 @@ class TurnCore:
         allocs = self._by_via.get(alloc.via)
         if allocs is not None and allocs.get(alloc.client) is alloc:
             del allocs[alloc.client]
-        relayed = (alloc.relayed.host, alloc.relayed.port)
-        if self._relayed.get(relayed) is alloc:
-            del self._relayed[relayed]
-        for other, number in list(self._self_bound.get(relayed, ())):
-            if other is not alloc and number in other.bindings:
-                self._unbind(other, number)
+        for addr in alloc.relayed_addresses():
+            self._forget_relayed(alloc, (addr.host, addr.port))
         for number in list(alloc.bindings):
             self._unbind(alloc, number)
         _release(self._per_user, alloc.user)
@@ -666,13 +725,31 @@ class TurnCore:
         for observe in self.on_delete:
             observe(alloc)
         self.stats["turn_allocations_" + reason] += 1
-        self.log.info("TURN allocation for {user!r} on relay port {port} {reason}: {bytes} bytes relayed, "
-                      "{dropped} datagrams dropped ({n} active)", user=alloc.username, port=alloc.relayed.port,
-                      reason=reason, bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
+        self.log.info("TURN allocation for {user!r} on relay port {port} ({families}) {reason}: {bytes} bytes "
+                      "relayed, {dropped} datagrams dropped ({n} active)", user=alloc.username,
+                      port=alloc.relayed.port, families=alloc.families(), reason=reason,
+                      bytes=alloc.relayed_bytes, dropped=alloc.dropped, n=self._count)
+
+    def _forget_relayed(self, alloc: Allocation, relayed: Client) -> None:
+        """``relayed`` (one of ``alloc``'s addresses) is no longer live: the
+        channels others bound to it go."""
+        if self._relayed.get(relayed) is alloc:
+            del self._relayed[relayed]
+        for other, number in list(self._self_bound.get(relayed, ())):
+            if other is not alloc and number in other.bindings:
+                self._unbind(other, number)
 
     def close_all(self) -> None:
         for alloc in self.allocations():
             self.delete(alloc, "closed")
+
+
+#: REQUESTED-ADDRESS-FAMILY values and the IP versions they name
+_VERSIONS = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}
+
+
+def _version(host: str) -> int:
+    return 6 if ":" in host else 4
 
 
 def _release(counts: Dict[str, int], key: str) -> None:

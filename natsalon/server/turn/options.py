@@ -12,6 +12,13 @@ that is not loopback or link-local (:func:`pick_relay_ip`).  When that is
 ambiguous, the relay stays off with one log line saying how to fix it, or,
 when the operator asked for TURN (a secret, a TLS certificate), start-up
 ends with that line.
+
+The other IP family (IPv6 beside IPv4, for REQUESTED-ADDRESS-FAMILY and
+ADDITIONAL-ADDRESS-FAMILY) is found the same way: the ``--advertise`` or
+``--interface`` of that family, or, when that interface is the wildcard
+(or, for IPv6, when the salon is on the default ``0.0.0.0``), the host's
+one global address of the family.  When there is none, or several, the
+relay gives addresses of the first family only, with one log line.
 """
 
 from __future__ import annotations
@@ -31,25 +38,38 @@ log = Logger()
 _FIX = "give the relay's public IP with --advertise IP or bind a specific --interface"
 
 
-def pick_relay_ip(addresses: Iterable[str]) -> Tuple[Optional[str], str]:
-    """``(ip, "")`` for the one IPv4 address among ``addresses`` (a host's)
-    that is not loopback, link-local, multicast or unspecified, else
+_NOT_GLOBAL6 = tuple(ipaddress.ip_network(n) for n in ("fc00::/7", "::ffff:0:0/96", "64:ff9b::/96"))
+
+
+def _relayable(a, version: int) -> bool:
+    if a.version != version or a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified:
+        return False
+    return version == 4 or not (a.is_site_local or any(a in n for n in _NOT_GLOBAL6))
+
+
+def pick_relay_ip(addresses: Iterable[str], version: int = 4) -> Tuple[Optional[str], str]:
+    """``(ip, "")`` for the one address of IP ``version`` among
+    ``addresses`` (a host's) that is not loopback, link-local, multicast or
+    unspecified (nor, for IPv6, unique local or IPv4-mapped), else
     ``(None, why)``.  Private and documentation ranges count: ``ipaddress``
-    calls 192.0.2.0/24 private, and a LAN salon relays on its LAN address."""
+    calls 192.0.2.0/24 and 2001:db8::/32 private, and a LAN salon relays on
+    its LAN address."""
     found = []
     for text in addresses:
         try:
             a = ipaddress.ip_address(text)
         except ValueError:
             continue
-        if a.version == 4 and not (a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified):
+        if _relayable(a, version):
             found.append(text)
     found.sort(key=ipaddress.ip_address)
     if len(found) == 1:
         return found[0], ""
     if not found:
-        return None, "this host has no IPv4 address but loopback and link-local ones"
-    return None, "this host has %d IPv4 addresses (%s), which one is public?" % (len(found), ", ".join(found))
+        return None, "this host has no %s address" % ("IPv4" if version == 4 else "global IPv6") + (
+            " but loopback and link-local ones" if version == 4 else "")
+    return None, "this host has %d IPv%d addresses (%s), which one is public?" % (
+        len(found), version, ", ".join(found))
 
 
 class TurnOptionsMixin:
@@ -120,10 +140,42 @@ class TurnOptionsMixin:
                 raise usage.UsageError("--tls-cert with --no-introducer needs --turn-secret (room credentials "
                                        "come with introductions)")
             return None  # no credentials at all: nothing to relay for
-        relay_ip = self._relay_ip(relay_ip, explicit=bool(secrets or self["tls-cert"]))
-        if relay_ip is None:
+        first = self._relay_ip(relay_ip, explicit=bool(secrets or self["tls-cert"]))
+        if first is None:
             return None
-        return self._turn_limits(secrets, relay_ip)
+        return self._turn_limits(secrets, first)._replace(second_relay_ip=self._second_relay_ip(first, relay_ip))
+
+    def _given(self, version: int) -> Optional[str]:
+        """The ``--advertise`` or else the ``--interface`` of IP ``version``
+        (``::`` alone brings ``0.0.0.0``), or None."""
+        interfaces = self.get("interface") or ["0.0.0.0"]
+        if interfaces == ["::"]:
+            interfaces = ["::", "0.0.0.0"]
+        for given in (self.get("advertise") or [], interfaces):
+            for text in given:
+                if ipaddress.ip_address(text).version == version:
+                    return text
+        return None
+
+    def _second_relay_ip(self, first: str, first_given: str) -> str:
+        """The relay IP of the family other than ``first``'s (the first
+        relay IP, found from ``first_given``), or "" with one log line
+        (:func:`pick_relay_ip` on the wildcard)."""
+        version = 6 if ipaddress.ip_address(first).version == 4 else 4
+        given = self._given(version)
+        if given is None and version == 6 and first_given == "0.0.0.0":
+            given = "::"  # the default salon: the host's IPv6 relays too
+        if given is None:
+            log.info("TURN relays IPv{v} only: no IPv{o} --interface", v=10 - version, o=version)
+            return ""
+        if not ipaddress.ip_address(given).is_unspecified:
+            return given
+        ip, why = pick_relay_ip(self.turn_addresses(), version)
+        if ip is None:
+            log.info("TURN relays IPv{v} only: {why}: give an IPv{o} --advertise or --interface",
+                     v=10 - version, why=why, o=version)
+            return ""
+        return ip
 
     def _relay_ip(self, given: str, explicit: bool) -> Optional[str]:
         if not ipaddress.ip_address(given).is_unspecified:

@@ -96,17 +96,34 @@ def _buffers(sock, size: int) -> None:
             pass
 
 
+def _by_family(first, second, second_v6: bool):
+    """``write(data, addr)`` of a dual allocation: through ``second`` to
+    peers of its family, else through ``first``."""
+
+    def write(data, addr):
+        return (second if (":" in addr[0]) == second_v6 else first)(data, addr)
+
+    return write
+
+
 class UdpRelays:
-    """Opens and closes the relayed sockets (the core's *opener*)."""
+    """Opens and closes the relayed sockets (the core's *opener*):
+    ``interface``/``relay_ip`` for the relay IP's family, ``second`` the
+    ``(interface, relay_ip)`` of the other family (None: off)."""
 
     log = Logger()
 
     def __init__(self, reactor, state, interface: str, relay_ip: str, ports: Tuple[int, int] = (49152, 65535),
-                 rng: Optional[random.Random] = None, attempts: int = 32) -> None:
+                 rng: Optional[random.Random] = None, attempts: int = 32,
+                 second: Optional[Tuple[str, str]] = None) -> None:
         self.reactor = reactor
         self.state = state
         self.interface = interface
         self.relay_ip = relay_ip
+        #: IP version -> (interface, relay IP)
+        self.by_version = {_version(relay_ip): (interface, relay_ip)}
+        if second is not None:
+            self.by_version[_version(second[1])] = second
         self.ports = ports
         self.rng = rng or random.SystemRandom()
         self.attempts = attempts
@@ -114,7 +131,8 @@ class UdpRelays:
         #: via -> write(data, addr) of the TCP connections (see .stream)
         self.writers: dict = {}
 
-    def open(self, alloc: Allocation, even: bool = False) -> Optional[Address]:
+    def open(self, alloc: Allocation, even: bool = False, version: int = 0) -> Optional[Address]:
+        interface, relay_ip = self.by_version.get(version) or (self.interface, self.relay_ip)
         client_write = self.writers.get(alloc.via)
         client_sendto = None
         if client_write is None:
@@ -123,6 +141,25 @@ class UdpRelays:
                 return None
             client_write = _sender(transport, alloc)
             client_sendto = _raw_sendto(transport)
+        listening = self._listen(alloc, even, interface)
+        if listening is None:
+            return None
+        alloc.client_write = client_write
+        alloc.client_sendto = client_sendto
+        if alloc.handle is None:
+            alloc.handle = listening
+            alloc.relay_write = _sender(listening, alloc)
+            alloc.relay_sendto = _raw_sendto(listening)
+        else:  # the second half of a dual allocation
+            alloc.handle_extra = listening
+            v6 = ":" in relay_ip
+            alloc.relay_write = _by_family(alloc.relay_write, _sender(listening, alloc), v6)
+            alloc.relay_sendto = _by_family(alloc.relay_sendto, _raw_sendto(listening), v6)
+        return Address(relay_ip, listening.getHost().port)
+
+    def _listen(self, alloc: Allocation, even: bool, interface: str):
+        """A relayed socket for ``alloc`` on ``interface``, on a random port
+        of the range, or None."""
         lo, hi = self.ports
         proto = RelayProtocol(self.core, alloc)
         for _ in range(min(self.attempts, hi - lo + 1)):
@@ -132,7 +169,7 @@ class UdpRelays:
                 if not lo <= port <= hi:
                     return None
             try:
-                listening = listen_relay(self.reactor, port, proto, self.interface, MAX_RELAYED)
+                listening = listen_relay(self.reactor, port, proto, interface, MAX_RELAYED)
             except CannotListenError as e:
                 if getattr(e.socketError, "errno", errno.EADDRINUSE) != errno.EADDRINUSE:
                     self.log.warn("cannot open a relayed socket: {err}", err=e.socketError)
@@ -142,18 +179,18 @@ class UdpRelays:
                 _buffers(listening.getHandle(), RELAY_BUFFER)
             except AttributeError:  # not a socket (test fakes)
                 pass
-            alloc.handle = listening
-            alloc.relay_write = _sender(listening, alloc)
-            alloc.relay_sendto = _raw_sendto(listening)
-            alloc.client_write = client_write
-            alloc.client_sendto = client_sendto
-            return Address(self.relay_ip, listening.getHost().port)
+            return listening
         return None
 
     def close(self, alloc: Allocation) -> None:
-        listening, alloc.handle = alloc.handle, None
-        if listening is not None:
-            listening.stopListening()
+        for listening in (alloc.handle, alloc.handle_extra):
+            if listening is not None:
+                listening.stopListening()
+        alloc.handle = alloc.handle_extra = None
+
+
+def _version(ip: str) -> int:
+    return 6 if ":" in ip else 4
 
 
 class TurnService(service.MultiService):
@@ -161,18 +198,22 @@ class TurnService(service.MultiService):
     relayed sockets are advertised on; they bind ``interface``."""
 
     def __init__(self, reactor, state, config: TurnConfig, interface: str, relay_ip: str, rng=None,
-                 room_secrets=()) -> None:
+                 room_secrets=(), second: Optional[Tuple[str, str]] = None) -> None:
         """``room_secrets``: the internal secrets of the room credentials
         (the first is the one the introducer signs with); they verify
-        ``room-<id>`` users only, beside ``config.secrets``."""
+        ``room-<id>`` users only, beside ``config.secrets``.  ``second``:
+        ``(interface, relay_ip)`` of the other IP family (REQUESTED- and
+        ADDITIONAL-ADDRESS-FAMILY); None: one family."""
         super().__init__()
-        if ipaddress.ip_address(relay_ip).is_unspecified:
-            raise ValueError("TURN needs the relay's public IP: --advertise or a specific --interface")
+        for ip in (relay_ip,) + ((second[1],) if second else ()):
+            if ipaddress.ip_address(ip).is_unspecified:
+                raise ValueError("TURN needs the relay's public IP: --advertise or a specific --interface")
         self.reactor = reactor
         self.state = state
         self.config = config
-        self.relays = UdpRelays(reactor, state, interface, relay_ip, config.relay_ports, rng=rng)
-        self.core = TurnCore(config, self.relays, stats=state.stats, relay_ips={relay_ip})
+        self.relays = UdpRelays(reactor, state, interface, relay_ip, config.relay_ports, rng=rng, second=second)
+        self.core = TurnCore(config, self.relays, stats=state.stats,
+                             relay_ips={ip for _, ip in self.relays.by_version.values()})
         if room_secrets:
             self.core.room_auth = RoomAuth(room_secrets, config.realm)
         self.relays.core = self.core
@@ -245,8 +286,9 @@ class TurnService(service.MultiService):
                 addr = layout.address(key)
                 if addr is not None:
                     own.add((addr.host, addr.port))
-            hosts = {self.interface} | ({"127.0.0.1", "::1"} if ipaddress.ip_address(self.interface).is_unspecified
-                                        else set())
+            interfaces = {i for i, _ in self.relays.by_version.values()}
+            hosts = interfaces | ({"127.0.0.1", "::1"} if any(ipaddress.ip_address(i).is_unspecified
+                                                            for i in interfaces) else set())
             own.update((h, p) for h in hosts for p in layout.ports)
         for transport in self.state.transports.values():
             try:
@@ -259,7 +301,8 @@ class TurnService(service.MultiService):
         self._listen_tls()
         self.core.log.info("TURN relay on, realm {realm!r}, relayed ports {lo}-{hi} on {ip}; accepts {creds}",
                            realm=self.config.realm, lo=self.config.relay_ports[0], hi=self.config.relay_ports[1],
-                           ip=self.relays.relay_ip, creds=self._describe_credentials())
+                           ip=" and ".join(sorted(ip for _, ip in self.relays.by_version.values())),
+                           creds=self._describe_credentials())
 
     def _describe_credentials(self) -> str:
         kinds = ["room credentials"] if self.core.room_auth is not None else []
