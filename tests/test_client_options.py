@@ -32,6 +32,7 @@ BAD = [
     ({"forward": "abc"}, "--forward: no port in 'abc'"),
     ({"dead-after": "x"}, "--dead-after: 'x' is not a whole number"),
     ({"salon-tls": "h:70000"}, "--salon-tls: port 70000 out of range"),
+    ({"probe-cache": "/nonexistent/dir/probe.json"}, "--probe-cache: no directory /nonexistent/dir"),
     ({"salon-ca": "ca.pem"}, "--salon-ca: only with --salon-tls"),
     ({"salon-tls": "203.0.113.10", "salon-ca": "/nonexistent/ca.pem"},
      "--salon-ca: cannot read /nonexistent/ca.pem: No such file or directory"),
@@ -62,6 +63,19 @@ def test_good_values():
     o = check(dict(DEFAULTS, **BASE, forward="7000", deliver="127.0.0.1:51820", keepalive="5"), environ={})
     assert o.server == ("127.0.0.1", 9) and o.forward == ("127.0.0.1", 7000) and o.keepalive == 5.0
     assert o.deliver == ("127.0.0.1", 51820) and o.encrypt and o.lan and o.secret == b"s"
+
+
+def test_probe_cache_file_by_option_by_systemd_or_none(tmp_path):
+    base = dict(DEFAULTS, **BASE)
+    assert check(base, environ={}).probe_cache is None  # not outside systemd: a shared home is no place
+    assert check(base, environ={"HOME": str(tmp_path)}).probe_cache is None
+    under_systemd = {"STATE_DIRECTORY": str(tmp_path / "state")}
+    assert check(base, environ=under_systemd).probe_cache == str(tmp_path / "state" / "probe.json")
+    assert check(dict(base, **{"no-probe-cache": True}), environ=under_systemd).probe_cache is None
+    mine = str(tmp_path / "p.json")
+    assert check(dict(base, **{"probe-cache": mine}), environ=under_systemd).probe_cache == mine
+    with pytest.raises(OptionError, match="contradict"):
+        check(dict(base, **{"probe-cache": mine, "no-probe-cache": True}), environ={})
 
 
 def test_salon_tls_values(tmp_path):

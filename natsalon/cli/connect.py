@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "learns its IPv6 endpoint there and punches both families (default: the AAAA of "
                         "--server's name)")
     p.add_argument("--no-ipv6", action="store_true", help="IPv4 alone: no IPv6 socket, no IPv6 candidates")
+    p.add_argument("--probe-cache", metavar="FILE",
+                   help="keep the join-time NAT probe's result here for 10 minutes, for the next run")
+    p.add_argument("--no-probe-cache", action="store_true", help="no probe cache, even under systemd")
     p.add_argument("--room", help="room name, agreed with the peer")
     p.add_argument("--secret-file", help="file holding the shared secret")
     p.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file or $%s)" % ENV_SECRET)
@@ -159,7 +162,7 @@ def _main(reactor, o, emit: Printer):
                          timeout=o.timeout, punch_timeout=min(o.punch_timeout, o.timeout),
                          keepalive=o.keepalive, dead_after=o.dead_after, encrypt=o.encrypt, lan=o.lan,
                          on_event=emit, turn=o.turn, salon_tls=o.salon_tls, salon_ca=o.salon_ca,
-                         server6=o.server6, ipv6=o.ipv6)
+                         server6=o.server6, ipv6=o.ipv6, probe_cache=o.probe_cache)
     # Ctrl-C or SIGTERM while joining: cancel, which leaves the room cleanly
     trigger = reactor.addSystemEventTrigger("before", "shutdown", connecting.cancel)
     try:

@@ -5,6 +5,8 @@ names the option ("--timeout: 'nan' is not a finite number")."""
 
 from __future__ import annotations
 
+import os
+
 import ipaddress
 import math
 from urllib.parse import unquote
@@ -89,6 +91,10 @@ class ClientOptions:
     #: to IPv6), where an IPv4 client learns its IPv6 endpoint
     server6: Optional[Tuple[str, int]] = None
     ipv6: bool = True  #: False (--no-ipv6): IPv4 alone, no IPv6 socket
+    #: where the join-time probe's result is kept for the next process
+    #: (--probe-cache FILE; by default the systemd StateDirectory's, when
+    #: running under one); None: no cache (--no-probe-cache)
+    probe_cache: Optional[str] = None
 
     @property
     def server(self) -> Tuple[str, int]:
@@ -256,7 +262,29 @@ def check(raw: Mapping, environ=None) -> ClientOptions:
         turn=_endpoint(raw, "turn", parse_turn), salon_tls=_salon_tls(raw.get("salon-tls")),
         salon_ca=_salon_ca(raw.get("salon-ca"), raw.get("salon-tls")),
         server6=_server6(raw.get("server6"), servers, not raw.get("no-ipv6")), ipv6=not raw.get("no-ipv6"),
+        probe_cache=_probe_cache(raw.get("probe-cache"), raw.get("no-probe-cache"), environ),
     )
+
+
+def _probe_cache(path: Optional[str], off: bool, environ=None) -> Optional[str]:
+    """``--probe-cache FILE``, else the systemd state directory's file
+    (``$STATE_DIRECTORY``: a unit with ``StateDirectory=``), else none: a
+    shared home directory is no place for a result keyed by addresses."""
+    if off:
+        if path:
+            raise OptionError("--probe-cache and --no-probe-cache contradict each other")
+        return None
+    if path:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise OptionError("--probe-cache: no directory %s" % parent)
+        return path
+    environ = os.environ if environ is None else environ
+    if environ.get("STATE_DIRECTORY"):
+        from natsalon.client.probecache import default_path
+
+        return default_path(environ)
+    return None
 
 
 #: the raw defaults both front ends start from

@@ -52,7 +52,7 @@ class ClientService(service.Service):
         d = self._opening = self._open_client(
             self.reactor, c.servers, c.room, c.secret, port=c.port, interface=c.interface, lan=c.lan,
             encrypt=c.encrypt, settings=self.settings(), on_event=self._event, turn=c.turn,
-            salon_tls=c.salon_tls, salon_ca=c.salon_ca, server6=c.server6, ipv6=c.ipv6)
+            salon_tls=c.salon_tls, salon_ca=c.salon_ca, server6=c.server6, ipv6=c.ipv6, probe_cache=c.probe_cache)
         d.addCallback(self._opened)
         d.addErrback(self._open_failed)
 

@@ -39,12 +39,15 @@ class Options(OpsOptionsMixin, usage.Options):
         ["turn", None, None, "turn:USER:PASS@HOST[:PORT]: relay through this TURN server instead of the salon's."],
         ["salon-tls", None, None, "HOST[:PORT]: when UDP does not reach the salon, its TURN over TLS (port 5349 by default) instead of TCP."],
         ["salon-ca", None, None, "PEM file of the CA trusted for --salon-tls instead of the system's."],
+        ["probe-cache", None, None, "File keeping the join-time NAT probe's result for 10 minutes, for the next "
+                                    "start (default: in $STATE_DIRECTORY under systemd, else none)."],
     ]
     optFlags = [
         ["json", None, "Accepted for symmetry with natsalon connect (events are logged)."],
         ["no-encrypt", None, "Do not encrypt forwarded payload."],
         ["no-lan", None, "Do not offer LAN candidates."],
         ["no-ipv6", None, "IPv4 alone: no IPv6 socket, no IPv6 candidates."],
+        ["no-probe-cache", None, "Probe the NAT at every start, keeping no result."],
     ]
 
     def opt_version(self) -> None:
