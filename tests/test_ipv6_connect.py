@@ -28,6 +28,7 @@ from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.net.interfaces import global_ipv6_addresses, is_global_ipv6
 from natsalon.stun import Address, Attr, Class, Message, Method, decode, encode
 from natsalon.testing import FakeDatagramTransport
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 A4, B4 = Address("192.0.2.10", 40000), Address("198.51.100.20", 50000)
 A6, B6 = Address("2001:db8:1::2", 40001), Address("2001:db8:2::2", 50001)
@@ -223,14 +224,6 @@ def test_server6_and_no_ipv6_options():
 
 
 # -- loopback --------------------------------------------------------------------
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
 
 @pytest_twisted.inlineCallbacks
 def test_connect_over_both_families_on_loopback_prefers_ipv6():

@@ -25,6 +25,7 @@ from natsalon.server.layout import Family, Layout
 from natsalon.server.service import SalonConfig, make_salon
 from natsalon.stun import Address
 from test_probe import STEP, FakeNet  # tests/ is on sys.path (rootdir-less test modules)
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 S1, S2 = "2001:db8:0:1::10", "2001:db8:0:1::11"
 HOST = "2001:db8:a:1:5054:ff:fe12:3456"
@@ -166,14 +167,6 @@ def test_both_prints_a_report_per_family_and_fails_only_when_both_do(capsys):
     assert _print_both(_args("--server", "stun.example", "--both"), (4, 6), [failed, failed]) == 1
     assert capsys.readouterr().err.strip() == "natsalon probe: error: no family could be probed"
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from natsalon.server.service import SalonConfig, SalonService, make_salon
 from natsalon.server.testing import UDPClock
 from natsalon.stun import CHANGE_IP, CHANGE_PORT, Address, Attr, Class, Message, Method, decode, encode
 from natsalon.stun.client import RetransmitPolicy
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 FAST = RetransmitPolicy(rto=0.1, sends=4, last_wait=4)
@@ -36,14 +37,6 @@ def parse(*argv):
     opts.parseOptions(list(argv))
     return opts
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 # -- options -------------------------------------------------------------------

@@ -4,7 +4,6 @@ an IPv4 socket on each port, so nobody is told ``::ffff:127.0.0.1``."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import pytest_twisted
@@ -17,17 +16,10 @@ from natsalon.server.service import SalonConfig, SalonService
 from natsalon.server.testing import UDPClock
 from natsalon.stun import CHANGE_PORT, Address, Attr, Class, Message, Method, decode
 from natsalon.stun.client import RetransmitPolicy
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 FAST = RetransmitPolicy(rto=0.1, sends=4, last_wait=4)
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def test_on_wildcard_ipv6_each_port_has_an_ipv4_socket_beside_it():

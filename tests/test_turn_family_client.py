@@ -6,7 +6,6 @@ through an IPv6 relayed address."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from natsalon.server.service import SalonConfig, SalonService
 from natsalon.server.turn import TurnConfig, mint
 from natsalon.stun import Address, Attr, Method, decode
 from test_turn_client import Peer
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 SECRET = b"turn-family-secret"
 
@@ -50,14 +50,6 @@ def test_allocate_sends_the_family_attributes(version, both, family, additional)
     d.cancel()
     d.addErrback(lambda f: None)
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture

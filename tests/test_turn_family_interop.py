@@ -17,17 +17,10 @@ from natsalon.server.layout import Family
 from natsalon.server.service import SalonConfig, SalonService
 from natsalon.server.turn import TurnConfig
 from test_turn_interop import SECRET, Queue, Quiet, need, uclient_totals
+from loopback6 import has_ipv6_loopback as _has_ipv6_loopback
 
 pytestmark = pytest.mark.interop
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
