@@ -91,6 +91,14 @@ class RelayNet(Net):
         return self.clock.callLater(*a, **kw)
 
 
+def _met(net: RelayNet, a, b, then: float = 3.0) -> None:
+    """``a`` joins, ``b`` 1.5 s later, then ``then`` seconds run."""
+    a.start()
+    net.run(1.5)
+    b.start()
+    net.run(then)
+
+
 def _pair(net: RelayNet, **settings):
     net.salon()
     a, ca, ea = net.client(A, **settings)
@@ -101,10 +109,7 @@ def _pair(net: RelayNet, **settings):
 def test_no_direct_path_connects_through_the_relay_and_carries_frames():
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.phase is cb.phase is Phase.CONNECTED
     for core, events in ((ca, ea), (cb, eb)):
         path = core.connection.path
@@ -137,10 +142,7 @@ def test_no_direct_path_connects_through_the_relay_and_carries_frames():
 def test_a_direct_path_wins_and_no_allocation_is_made():
     net = RelayNet(direct=True)
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == cb.connection.path.kind == "direct"
     assert not [e for e in ea + eb if e["event"].startswith("relay")]
     assert len(net.turn.core) == 0
@@ -151,10 +153,7 @@ def test_without_credentials_no_relay_and_the_punch_fails():
     net.salon(turn=False)
     a, ca, ea = net.client(A, punch_timeout=2.0)
     b, cb, eb = net.client(B, punch_timeout=2.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(2.5)
+    _met(net, a, b, 2.5)
     assert ca.phase is Phase.BACKING_OFF
     assert not [e for e in ea if e["event"].startswith("relay")]
 
@@ -201,10 +200,7 @@ def test_relay_send_without_allocation_raises_and_close_is_idempotent():
 def test_a_relayed_pair_upgrades_to_direct_when_a_path_opens():
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_interval=1.0, release_after=2.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == cb.connection.path.kind == RELAY
     conn_a, conn_b = ca.connection, cb.connection
     got = []
@@ -235,10 +231,7 @@ def test_a_relayed_pair_upgrades_to_direct_when_a_path_opens():
 def test_no_upgrade_past_its_budget():
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_interval=1.0, upgrade_budget=3.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(8.0)
+    _met(net, a, b, 8.0)
     net.direct = True
     net.run(3.0)
     assert ca.connection.path.kind == RELAY
@@ -285,10 +278,7 @@ def test_another_turn_server_than_the_salon():
     a, ca, ea = net.client(A, relay_after=1.0)
     b, cb, eb = net.client(B, relay_after=1.0)
     ca.turn = cb.turn = TurnServer(other[0], other[1], user, password)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path is not None and cb.connection.path is not None, (ea, eb)
     assert ca.connection.path.kind == cb.connection.path.kind == RELAY
     assert [e["server"] for e in ea if e["event"] == "relayed"] == ["198.51.100.99:3478"]
@@ -313,10 +303,7 @@ def _restart_salon(net: RelayNet, down: float, secret: bytes = SECRET) -> None:
 def test_a_lost_relay_is_allocated_again_and_the_session_goes_on():
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == cb.connection.path.kind == RELAY
     conn_a, conn_b = ca.connection, cb.connection
     got = {"a": [], "b": []}
@@ -356,10 +343,7 @@ def test_a_salon_restarted_with_another_secret_hands_out_fresh_credentials():
     the new allocation sends both sides back to the salon for fresh ones."""
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == cb.connection.path.kind == RELAY
     conn_a, conn_b = ca.connection, cb.connection
     got = []
@@ -385,10 +369,7 @@ def test_a_silent_peer_is_no_lost_relay():
     succeeds): nothing is re-allocated, and the keepalive ends the path."""
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == RELAY
     refreshes = len(ea)
     net.cut.add(B)
@@ -420,10 +401,7 @@ def test_connected_event_names_the_server_and_no_strategy_for_a_relayed_path():
 def test_a_repunched_relayed_path_says_its_server():
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, keepalive=1.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     net.cut.add(B)  # the peer vanishes for a while: both re-join, relayed again
     net.run(4.0)
     net.cut.clear()
@@ -441,10 +419,7 @@ def test_a_relay_that_cannot_be_allocated_again_is_left_to_the_keepalive():
     machine re-joins (no relay now: the punch fails and it backs off)."""
     net = RelayNet()
     (a, ca, ea), (b, cb, eb) = _pair(net, relay_after=1.0, upgrade_budget=0, punch_timeout=2.0)
-    a.start()
-    net.run(1.5)
-    b.start()
-    net.run(3.0)
+    _met(net, a, b)
     assert ca.connection.path.kind == RELAY
     for addr in [n for n in net.nodes if n[0] == net.relay_host and n != SALON]:
         del net.nodes[addr]
