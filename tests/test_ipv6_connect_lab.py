@@ -37,7 +37,7 @@ def _forwarders(hosts, servers: Sequence[Sequence[str]], room: str) -> List[subp
         for h, args in zip(hosts, servers)]
 
 
-def _until_forwarding(procs) -> List[List[dict]]:
+def _until_forwarding(procs, allowed: Sequence[str] = EARLY) -> List[List[dict]]:
     early = []
     for p in procs:
         evs: List[dict] = []
@@ -48,18 +48,18 @@ def _until_forwarding(procs) -> List[List[dict]]:
             evs.append(ev)
             if ev["event"] == "forwarding":
                 break
-            assert ev["event"] in EARLY, evs
+            assert ev["event"] in allowed, evs
         early.append(evs)
     return early
 
 
-def _run(hosts, servers, room: str, count: int) -> List[List[dict]]:
+def _run(hosts, servers, room: str, count: int, allowed: Sequence[str] = EARLY) -> List[List[dict]]:
     """Both forwarders until forwarding, ``count`` datagrams each way,
     then stopped; the early events of each (after checking the exchange
     and the closing counts)."""
     procs = _forwarders(hosts, servers, room)
     try:
-        early = _until_forwarding(procs)
+        early = _until_forwarding(procs, allowed)
         results = _exchange(hosts, count)
     finally:
         for p in procs:

@@ -6,19 +6,17 @@ allocates a relayed address of the *peer's* family, which the peer probes
 from its own socket), and forwarded traffic flows both ways intact."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import time
-from typing import List
 
 import pytest
 
 from natlab import SERVER_IPS6, V6, Lab, Nat
 from natlab.salon import start_salon
-from test_connect_lab import SERVER, _events, _exchange, _last
-from test_ipv6_connect_lab import _forwarders
+from test_connect_lab import SERVER, _last
+from test_ipv6_connect_lab import _run
 from test_relay_lab import EARLY, TURN_ARGS
 from test_turn_interop import need, uclient_totals
 
@@ -27,46 +25,13 @@ pytestmark = pytest.mark.nat
 SERVER6 = "[%s]:3478" % SERVER_IPS6[0]
 
 
-def _until_forwarding(procs) -> List[List[dict]]:
-    early = []
-    for p in procs:
-        evs: List[dict] = []
-        for _ in range(20):
-            line = p.stdout.readline()
-            assert line, (evs, p.stderr.read() if p.poll() is not None else "")
-            ev = json.loads(line)
-            evs.append(ev)
-            if ev["event"] == "forwarding":
-                break
-            assert ev["event"] in EARLY + ("punched",), evs
-        early.append(evs)
-    return early
-
-
-def _run(hosts, servers, room: str, count: int) -> List[List[dict]]:
-    """Both forwarders until forwarding, ``count`` checked datagrams each
-    way, then stopped; the early events of each."""
-    procs = _forwarders(hosts, servers, room)
-    try:
-        early = _until_forwarding(procs)
-        results = _exchange(hosts, count)
-    finally:
-        for p in procs:
-            p.terminate()
-    closed = [_events(p, 10)[1] for p in procs]
-    assert results == [{"received": count, "bad": 0}] * 2, (results, early, closed)
-    for events in closed:
-        c = _last(events, "closed")
-        assert c is not None and c["to_peer"] == count and c["from_peer"] == count and c["rejected"] == 0, events
-    return early
-
-
 def test_ipv4_only_and_ipv6_only_sites_connect_through_the_relay(natlab: Lab) -> None:
     lab = natlab
     v4 = lab.add_site("a", Nat.SYMMETRIC_RANDOM).hosts[0]
     v6 = lab.add_site("b", None, v6=V6.FIREWALL).hosts[0]
     salon = start_salon(lab, ipv6=True)
-    early = _run((v4, v6), (["--server", SERVER, "--no-ipv6"], ["--server", SERVER6]), "v4-v6-relay", 1000)
+    early = _run((v4, v6), (["--server", SERVER, "--no-ipv6"], ["--server", SERVER6]), "v4-v6-relay", 1000,
+                 EARLY + ("punched",))
     for evs in early:
         conn = _last(evs, "connected")
         assert conn is not None and conn["path"] == "relay", evs
