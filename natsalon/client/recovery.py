@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from natsalon.client.errors import SalonUnreachable
 from natsalon.client.punch import RELAY, CandidateKind, CandidatePair, Puncher
 from natsalon import wire
-from natsalon.client.relay import Relay, peer_relay, signal_relay
+from natsalon.client.relay import Pending, Relay, peer_relay, signal_relay
 from natsalon.client.turn.client import TurnError
 from natsalon.client.upgrade import peer_request
 from natsalon.stun import Address
@@ -66,7 +66,7 @@ MAX_ATTEMPTS = 3
 MAX_ASKS = 40
 
 
-class RelayWatch:
+class RelayWatch(Pending):
     """The relayed session's allocation ``relay`` (``core``: the client
     machine's Core; ``intro``: the introduction of the session)."""
 
@@ -302,11 +302,3 @@ class RelayWatch:
         self.core.emit({"event": "relay-recovered", "server": "%s:%d" % relay.server, "recover_ms": took,
                         "peer": str(pair.address)})
         self.on_recovered(pair, relay)
-
-    def _cancel_pending(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        req, self._req = self._req, None
-        if req is not None:
-            req.cancel()

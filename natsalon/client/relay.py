@@ -235,7 +235,23 @@ def peer_relay(core, intro, response) -> Tuple[Optional[bytes], Optional[Address
     return None, None
 
 
-class RelayRace:
+class Pending:
+    """What a relay helper waits for: one timer (``_call``) and one request
+    to the salon (``_req``), cancelled together."""
+
+    _call = None
+    _req = None
+
+    def _cancel_pending(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        req, self._req = self._req, None
+        if req is not None:
+            req.cancel()
+
+
+class RelayRace(Pending):
     """The relay's side of the race against direct punching (data of the
     machine's ``Punch``): after ``delay`` seconds without a verified pair
     it allocates (at ``core.turn`` if given, else at the salon with the
@@ -351,13 +367,6 @@ class RelayRace:
             return None
         return relay
 
-    def _cancel_pending(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        req, self._req = self._req, None
-        if req is not None:
-            req.cancel()
 
     def stop(self) -> None:
         """Cancel the pending work and release the allocation."""
