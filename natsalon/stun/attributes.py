@@ -64,7 +64,7 @@ def _pack_address(addr: Address, xor: bool, txid: bytes) -> bytes:
     if xor:
         port ^= 0x2112
         mask = MAGIC_COOKIE_BYTES + txid if family == _FAMILY_V6 else MAGIC_COOKIE_BYTES
-        raw = bytes(a ^ b for a, b in zip(raw, mask))
+        raw = (int.from_bytes(raw, "big") ^ int.from_bytes(mask, "big")).to_bytes(len(raw), "big")
     return struct.pack("!BBH", 0, family, port) + raw
 
 

@@ -125,20 +125,22 @@ def parse_join_request(msg: Message) -> JoinRequest:
         raise WireError("not a JOIN request")
     if msg.classic:
         raise WireError("JOIN without the magic cookie")
-    room = msg.get(Attr.NS_ROOM)
-    nonce = msg.get(Attr.NS_NONCE)
+    attrs = dict(reversed(msg.attributes))  # one pass; the first of a repeated attribute wins, as msg.get
+    room = attrs.get(Attr.NS_ROOM)
+    nonce = attrs.get(Attr.NS_NONCE)
     if room is None:
         raise WireError("JOIN without NS-ROOM")
     if nonce is None or len(nonce) != NONCE_SIZE:
         raise WireError("JOIN without a %d-byte NS-NONCE" % NONCE_SIZE)
-    if not msg.has(Attr.MESSAGE_INTEGRITY_SHA256):
+    if Attr.MESSAGE_INTEGRITY_SHA256 not in attrs:
         raise WireError("JOIN without MESSAGE-INTEGRITY-SHA256")
-    cands = unpack_candidates(msg.get(Attr.NS_CANDIDATES, b""))
-    leave = msg.get(Attr.NS_LEAVE)
+    cands = unpack_candidates(attrs.get(Attr.NS_CANDIDATES, b""))
+    leave = attrs.get(Attr.NS_LEAVE)
     if leave is not None and len(leave) != LEAVE_HASH_SIZE:
         raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
-    return JoinRequest(room, nonce, cands, msg.get(Attr.NS_COOKIE), leave, msg.get(Attr.NS_STATUS, 0),
-                       unpack_nat(msg.get(NS_NAT)), _relay(msg.get(NS_RELAY)), unpack_rtt(msg.get(NS_SALON_RTT)))
+    return JoinRequest(room, nonce, cands, attrs.get(Attr.NS_COOKIE), leave, attrs.get(Attr.NS_STATUS, 0),
+                       unpack_nat(attrs.get(NS_NAT)), _relay(attrs.get(NS_RELAY)),
+                       unpack_rtt(attrs.get(NS_SALON_RTT)))
 
 
 class PeerJoin(NamedTuple):

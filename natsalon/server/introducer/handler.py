@@ -260,11 +260,11 @@ class Introducer:
             return Reply(received_on, to, waiting_answer(txid, source, self._tails))
         if outcome is not Outcome.INTRODUCED:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
+        turn = self._turn(req.room_id)
         if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
             # a newcomer, or a member's updated JOIN (its NAT summary, measured
             # after it registered): the others are told at once
-            self._announce(req.room_id, member, result.others, update=not result.newcomer)
-        turn = self._turn(req.room_id)
+            self._announce(req.room_id, member, result.others, update=not result.newcomer, turn=turn)
         head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
         listed = fitting(head, result.others, int(self.clock.seconds()))
         if not listed:
@@ -280,13 +280,13 @@ class Introducer:
             return None
         return self.turn_credentials(room_id, self.clock.seconds())
 
-    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member], update: bool = False) -> None:
+    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member], update: bool = False,
+                  turn: Optional[tuple] = None) -> None:
         """Push each of ``others`` an introduction listing ``newcomer``
         first, then the rest of the room (``update``: a member's updated
         JOIN, counted as ``updates_pushed``, not as an introduction)."""
         if self.push is None:
             return
-        turn = self._turn(room_id)
         for peer in others:
             size = _head_size(peer.address, room_id, peer.nonce) + _listed_size(newcomer) + _turn_size(turn)
             if size > MAX_INTRODUCTION:
