@@ -199,8 +199,9 @@ class LeanCommands:
     """Mixed into txredisapi's ``RedisProtocol``: a plain command (no
     keyword options, no pipelining, no MULTI) costs one Deferred, queued
     directly for its reply, where txredisapi's ``execute_command`` makes
-    two Deferreds, two closures and three callbacks (a tenth of a Redis
-    JOIN's CPU time on the salon's core).  The same semantics: the reply
+    two Deferreds, two closures and three callbacks (measured: 1-2% more
+    Redis JOINs per CPU-second of the salon, 6% more pairings; see
+    bench/results/introducer.md).  The same semantics: the reply
     fires the Deferred (an error reply as its exception, by txredisapi's
     ``handle_reply``), in the order sent; a lost connection fails the
     waiting ones (txredisapi's ``connectionLost``); a cancelled one
