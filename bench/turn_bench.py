@@ -19,7 +19,9 @@ is scraped every second meanwhile; its per-direction TURN counters are
 checked against what the generator sent and received, and the server's CPU
 time per relayed packet is compared with the same runtime without metrics
 (``ours-cpython-before`` runs the code from ``--before-tree``, a checkout
-from before the counters, to price the counting itself);
+from before the counters, to price the counting itself; ``ours-pypy-nursery``
+runs PyPy with ``PYPY_GC_NURSERY=--pypy-nursery``, 8M by default, a setting
+of the runtime that lowers PyPy's CPU per relayed packet by about a fifth);
 
 then it makes --allocations allocations (each: Allocate, 401, Allocate with
 credentials, from its own socket) for allocations/s, and reads the
