@@ -608,10 +608,11 @@ def main() -> int:
     ap.add_argument("--latency-duration", type=float, default=2.0)
     ap.add_argument("--allocations", type=int, default=10000, help="allocations made per round (0: skip)")
     ap.add_argument("--alloc-window", type=int, default=256)
-    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,ours-pypy-nursery",
+    ap.add_argument("--servers",
+                    default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,ours-pypy-nursery",
                     help="comma list of coturn, ours-cpython, ours-pypy (-metrics: with --metrics, scraped "
-                         "every second), ours-pypy-nursery (PyPy with PYPY_GC_NURSERY=--pypy-nursery), ours-cpython-before (with "
-                         "--before-tree)")
+                         "every second), ours-pypy-nursery (PyPy with PYPY_GC_NURSERY=--pypy-nursery), "
+                         "ours-cpython-before (with --before-tree)")
     ap.add_argument("--before-tree", type=Path, help="a checkout holding the natsalon package to compare with "
                     "(ours-cpython-before), e.g. `git archive COMMIT natsalon twisted | tar -x -C DIR`")
     ap.add_argument("--cpython-venv", type=Path, default=ROOT / ".venv")

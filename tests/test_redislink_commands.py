@@ -31,7 +31,8 @@ def test_replies_fire_in_the_order_sent():
     a = _results(proto.execute_command(b"GET", b"a"))
     b = _results(proto.execute_command(b"EVALSHA", b"f" * 40, 1, b"k", b"v"))
     assert transport.value() == (b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"
-                                 b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + b"f" * 40 + b"\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\nv\r\n")
+                                 b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n" + b"f" * 40
+                                 + b"\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\nv\r\n")
     proto.dataReceived(b"$2\r\nA!\r\n*2\r\n$1\r\nx\r\n:3\r\n")
     assert a == [b"A!"]
     assert b == [[b"x", 3]]
