@@ -89,9 +89,7 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
-                # TURN ChannelData (first byte 0x40-0x7F, as CHANNEL_FIRST;
-                # tested on the byte: no slice, no set look-up): not rate limited
-                if channel is not None and data and 0x40 <= data[0] < 0x80:
+                if channel is not None and data and 0x40 <= data[0] < 0x80:  # TURN ChannelData: not rate limited
                     alloc = allocs.get(addr) if allocs is not None else None
                     if alloc is not None and len(data) >= 4:
                         number, length = unpack(data)
