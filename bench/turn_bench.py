@@ -19,7 +19,9 @@ is scraped every second meanwhile; its per-direction TURN counters are
 checked against what the generator sent and received, and the server's CPU
 time per relayed packet is compared with the same runtime without metrics
 (``ours-cpython-before`` runs the code from ``--before-tree``, a checkout
-from before the counters, to price the counting itself);
+from before the counters, to price the counting itself; ``ours-pypy-nursery``
+runs PyPy with ``PYPY_GC_NURSERY=--pypy-nursery``, 8M by default, a setting
+of the runtime that lowers PyPy's CPU per relayed packet by about a fifth);
 
 then it makes --allocations allocations (each: Allocate, 401, Allocate with
 credentials, from its own socket) for allocations/s, and reads the
@@ -65,7 +67,7 @@ CHANNEL = 0x4000
 #: relayed ports: below Linux's ephemeral range (32768-60999), where the
 #: harness's client sockets live
 RELAY_PORTS = (12000, 31999)
-TARGETS = {"ours-cpython": 0.8, "ours-pypy": 1.0}
+TARGETS = {"ours-cpython": 0.8, "ours-pypy": 1.0, "ours-pypy-nursery": 1.0}
 
 OURS = (
     "{venv}/bin/twistd -n --pidfile= natsalon --interface 127.0.0.1 --port {port} --alt-port {alt_port}"
@@ -75,6 +77,15 @@ OURS = (
 #: the allocations/s runs make 10,000 allocations from 127.0.0.1: no
 #: per-source quota (the code before it had none, and no such option)
 NO_SOURCE_QUOTA = " --turn-source-quota 0"
+
+
+def with_env(argv_fn, *assignments: str):
+    """``argv_fn``'s command run under ``env`` with ``assignments``
+    (``NAME=VALUE``), e.g. a PyPy GC setting."""
+    def argv(port: int, alt_port: int, tmp: Path) -> list[str]:
+        return ["env", *assignments] + argv_fn(port, alt_port, tmp)
+
+    return argv
 
 
 def coturn_argv(port: int, alt_port: int, tmp: Path) -> list[str]:
@@ -597,15 +608,19 @@ def main() -> int:
     ap.add_argument("--latency-duration", type=float, default=2.0)
     ap.add_argument("--allocations", type=int, default=10000, help="allocations made per round (0: skip)")
     ap.add_argument("--alloc-window", type=int, default=256)
-    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics",
+    ap.add_argument("--servers",
+                    default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,ours-pypy-nursery",
                     help="comma list of coturn, ours-cpython, ours-pypy (-metrics: with --metrics, scraped "
-                         "every second), ours-cpython-before (with --before-tree)")
+                         "every second), ours-pypy-nursery (PyPy with PYPY_GC_NURSERY=--pypy-nursery), "
+                         "ours-cpython-before (with --before-tree)")
     ap.add_argument("--before-tree", type=Path, help="a checkout holding the natsalon package to compare with "
                     "(ours-cpython-before), e.g. `git archive COMMIT natsalon twisted | tar -x -C DIR`")
     ap.add_argument("--cpython-venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--pypy-venv", type=Path,
                     default=Path(os.environ.get("NATSALON_PYPY_VENV", ROOT / ".venv-pypy")))  # fmt: skip
     ap.add_argument("--no-pypy-setup", action="store_true")
+    ap.add_argument("--pypy-nursery", default="8M", help="PyPy's GC nursery for ours-pypy-nursery "
+                    "(PYPY_GC_NURSERY; the plain PyPy rows keep PyPy's default)")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0 or args.window < 1 or not 12 <= args.payload <= 1400:
@@ -641,7 +656,7 @@ def main() -> int:
                 ap.error("ours-cpython-before needs --before-tree DIR (holding the natsalon package)")
             kinds.append(ServerKind(name, "natsalon before the counters", "CPython",
                                     ours_argv_fn(args.cpython_venv, args.before_tree.resolve()), 30))
-        elif name in ("ours-pypy", "ours-pypy-metrics"):
+        elif name in ("ours-pypy", "ours-pypy-metrics", "ours-pypy-nursery"):
             why = None if args.no_pypy_setup else rb.ensure_pypy_venv(args.pypy_venv)
             if why is None and not (args.pypy_venv / "bin" / "python").exists():
                 why = f"{args.pypy_venv} does not exist"
@@ -651,8 +666,12 @@ def main() -> int:
             else:
                 venvs["PyPy venv"] = args.pypy_venv
                 metrics = name.endswith("-metrics")
-                kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "PyPy",
-                                        ours_argv_fn(args.pypy_venv), 60, metrics))
+                argv_fn = ours_argv_fn(args.pypy_venv)
+                label = "natsalon --metrics" if metrics else "natsalon"
+                if name == "ours-pypy-nursery":
+                    argv_fn = with_env(argv_fn, f"PYPY_GC_NURSERY={args.pypy_nursery}")
+                    label = f"natsalon, `PYPY_GC_NURSERY={args.pypy_nursery}`"
+                kinds.append(ServerKind(name, label, "PyPy", argv_fn, 60, metrics))
         else:
             ap.error(f"unknown server kind {name!r}")
 

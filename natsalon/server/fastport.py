@@ -44,7 +44,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD, fast_response6
-from natsalon.server.reflector import CHANNEL_FIRST
 
 _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _REFUSED = (errno.ECONNREFUSED,)
@@ -90,7 +89,7 @@ class ReflectorPort(udp.Port):
                     raise
                 if v6:
                     addr = addr[:2]
-                if channel is not None and data[:1] in CHANNEL_FIRST:  # TURN ChannelData: not rate limited
+                if channel is not None and data and 0x40 <= data[0] < 0x80:  # TURN ChannelData: not rate limited
                     alloc = allocs.get(addr) if allocs is not None else None
                     if alloc is not None and len(data) >= 4:
                         number, length = unpack(data)
