@@ -260,3 +260,25 @@ def test_listen_relay_binds_reads_and_closes_on_a_real_reactor():
         relay.stopListening()
         relay.stopListening()  # idempotent
     assert relay not in reactor.getReaders() and relay.fileno() == -1
+
+
+def test_an_ipv6_relayed_socket_on_the_wildcard_takes_ipv6_alone():
+    from twisted.internet import reactor
+
+    from natsalon.server.fastport import listen_relay
+
+    class Proto:
+        pass
+
+    try:
+        relay = listen_relay(reactor, 0, Proto(), "::")
+    except Exception as e:  # a machine without IPv6
+        pytest.skip("no IPv6 here: %s" % e)
+    try:
+        assert relay.getHandle().getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        # so the same port number stays free for an IPv4 relayed address
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        v4.bind(("0.0.0.0", relay.getHost().port))
+        v4.close()
+    finally:
+        relay.stopListening()

@@ -244,6 +244,11 @@ def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_s
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if family == socket.AF_INET6:
+            # an IPv6 relayed address relays IPv6 alone (on '::' the same port
+            # number stays free for an IPv4 allocation, and no IPv4-mapped
+            # peer can sneak past the per-family permissions)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((interface, port))
     except OSError as e:
         sock.close()
