@@ -97,7 +97,10 @@ def test_symmetric_ipv4_pair_connects_directly_over_ipv6(natlab: Lab) -> None:
                      stderr=subprocess.PIPE, text=True) for h in (ha, hb)]
     for rc, events, err in [_events(p, 30) for p in procs]:
         assert rc == 1 and _last(events, "connected") is None, (rc, events, err)
-        assert "PunchFailed" in _last(events, "failed")["reason"], events
+        # no path: the strategy says so (PunchFailed), or, when a NAT summary
+        # came late and the pair punched plainly, the 8 s run out while punching
+        reason = _last(events, "failed")["reason"]
+        assert reason.startswith(("PunchFailed", "ConnectTimeout: timed out after 8s while punching")), events
 
 
 def test_when_both_families_can_punch_through_ipv6_is_chosen(natlab: Lab) -> None:
