@@ -71,6 +71,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError("redis-server exited with %s" % self.proc.returncode)
             time.sleep(0.02)
+        self.cleanup()  # not left running behind the failed test
         raise RuntimeError("redis-server did not answer within 10 s")
 
     def ping(self) -> bool:

@@ -94,18 +94,21 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def sentinel_setup():
-    master = RedisServer(tcp=True).start()
-    replica = RedisServer(tcp=True, extra=["--replicaof", "127.0.0.1", str(master.port)]).start()
-    sentinel = Sentinel(master)
+    started = []  # each ended however far the setup got
     try:
+        master = RedisServer(tcp=True).start()
+        started.append(master.cleanup)
+        replica = RedisServer(tcp=True, extra=["--replicaof", "127.0.0.1", str(master.port)]).start()
+        started.append(replica.cleanup)
+        sentinel = Sentinel(master)
+        started.append(sentinel.stop)
         wait_for(lambda: sentinel.master() == ("127.0.0.1", master.port), "the sentinel names the master")
         # the sentinel learns the replica from the master's INFO (every 10 s)
         wait_for(lambda: b"127.0.0.1" in sentinel.replicas(), "the sentinel knows the replica", 30)
         yield master, replica, sentinel
     finally:
-        sentinel.stop()
-        replica.cleanup()
-        master.cleanup()
+        for end in reversed(started):
+            end()
 
 
 @pytest_twisted.inlineCallbacks
