@@ -56,7 +56,7 @@ def test_allocate_sends_the_family_attributes(version, both, family, additional)
 def dual_salon():
     if not _has_ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
-    turn = TurnConfig(secrets=(SECRET,), allow_peer=("127.0.0.1/32", "::1/128"), relay_ip="127.0.0.1",
+    turn = TurnConfig(secrets=(SECRET,), allow_peer=("127.0.0.0/8", "::1/128"), relay_ip="127.0.0.1",
                       second_relay_ip="::1")
     svc = SalonService(reactor, SalonConfig(interface="127.0.0.1", port=0, alt_port=0, rcvbuf=0, rate_limit=0,
                                             second=Family("::1"), turn=turn))

@@ -82,27 +82,26 @@ class Quiet(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-@pytest.fixture
-def turn_peer():
-    """coturn's turnutils_peer (a UDP echo server) on loopback."""
+def echo_peer(host: str, port: int):
+    """coturn's turnutils_peer (a UDP echo server) on ``host``; yields its
+    port once it answers, ends it after."""
     need("turnutils_peer")
-    port = free_udp_port()
     proc = Quiet()
     transport = reactor.spawnProcess(proc, shutil.which("turnutils_peer"),
-                                     ["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)], env=os.environ)
+                                     ["turnutils_peer", "-L", host, "-p", str(port)], env=os.environ)
     probe = Queue()
-    listening = reactor.listenUDP(0, probe, interface="127.0.0.1")
+    listening = reactor.listenUDP(0, probe, interface=host)
 
     @defer.inlineCallbacks
     def wait_up():
         for _ in range(50):
-            probe.transport.write(b"ping", ("127.0.0.1", port))
+            probe.transport.write(b"ping", (host, port))
             try:
                 yield probe.get(0.1)
                 return
             except defer.TimeoutError:
                 pass
-        raise RuntimeError("turnutils_peer did not answer")
+        raise RuntimeError("turnutils_peer did not answer on %s" % host)
 
     try:
         pytest_twisted.blockon(wait_up())
@@ -111,6 +110,12 @@ def turn_peer():
         listening.stopListening()
         transport.signalProcess("TERM")
         pytest_twisted.blockon(proc.ended)
+
+
+@pytest.fixture
+def turn_peer():
+    """coturn's turnutils_peer (a UDP echo server) on loopback."""
+    yield from echo_peer("127.0.0.1", free_udp_port())
 
 
 def uclient_totals(out: str):
