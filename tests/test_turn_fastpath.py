@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 
 import pytest
 import pytest_twisted
@@ -282,3 +283,42 @@ def test_an_ipv6_relayed_socket_on_the_wildcard_takes_ipv6_alone():
         v4.close()
     finally:
         relay.stopListening()
+
+
+def _segmenting_sendmsg(self, buffers, ancdata, flags, addr):
+    """A FakeSocket's ``sendmsg`` as the kernel does UDP_SEGMENT: the
+    buffer cut into datagrams of the segment size."""
+    from natsalon.server.gso import SOL_UDP, UDP_SEGMENT
+
+    [(level, kind, raw)] = ancdata
+    assert (level, kind) == (SOL_UDP, UDP_SEGMENT)
+    (size,) = struct.unpack("=H", raw)
+    data = b"".join(buffers)
+    self.runs_sent = getattr(self, "runs_sent", 0) + 1
+    for i in range(0, len(data), size):
+        self.sendto(data[i:i + size], addr)
+    return len(data)
+
+
+def test_a_burst_read_in_one_batch_goes_out_in_runs_the_same_as_the_slow_path(monkeypatch):
+    monkeypatch.setattr(BoundSocket, "sendmsg", _segmenting_sendmsg, raising=False)
+    worlds = [World(fast, bandwidth=0) for fast in (False, True)]
+    to_peer = [b"\x40\x01\x00\x64" + i.to_bytes(4, "big") * 25 for i in range(150)]
+    to_peer[100] = b"\x40\x05\x00\x04ping"  # no such channel: the slow path, between two runs
+    from_peer = [(i.to_bytes(4, "big") * 25, PEER) for i in range(150)]
+    from_peer[70] = (b"data", PEER_SAME_IP)  # a Data indication to the same client, in order
+    slow, fast = worlds
+    for data in to_peer:
+        slow.from_client(data)
+    for data, addr in from_peer:
+        slow.from_peer(data, addr)
+    fast.port.socket.inbox.extend((data, CLIENT) for data in to_peer)
+    fast.port.doRead()
+    fast.relay.socket.inbox.extend(from_peer)
+    fast.relay.doRead()
+    assert fast.outputs() == slow.outputs() and fast.counters() == slow.counters()
+    # 64 + 36 before the unknown channel, 49 after it; 64 + 6 before the
+    # Data indication, 64 + 15 after it
+    assert fast.relay.socket.runs_sent == 3 and fast.port.socket.runs_sent == 4
+    # every datagram reached the client (the Data indication too), all but the unknown channel the peer
+    assert fast.svc.core.to_peer_packets == 149 and fast.svc.core.to_client_packets == 150

@@ -35,6 +35,7 @@ import errno
 import socket
 
 import struct
+from typing import Optional
 
 from twisted.internet import udp
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -44,6 +45,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from natsalon.server.binding import PLAIN_REQUEST_PREFIX, RESPONSE_HEAD, fast_response6
+from natsalon.server.gso import Runs
 
 _IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _REFUSED = (errno.ECONNREFUSED,)
@@ -62,6 +64,11 @@ def _turn_core(channel):
 
 
 class ReflectorPort(udp.Port):
+    def __init__(self, *args, runs: Optional[Runs] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        #: relayed ChannelData payloads, sent in runs (:mod:`natsalon.server.gso`)
+        self.runs = runs if runs is not None else Runs()
+
     def _loop_locals(self) -> tuple:
         """What the read loop keeps in locals, looked up once per batch."""
         proto = self.protocol
@@ -73,11 +80,12 @@ class ReflectorPort(udp.Port):
                 channel, proto.key, core, core.channel_table(proto.key) if core is not None else None,
                 limiter.allow if limiter is not None else None, self.addressFamily == socket.AF_INET6,
                 PLAIN_REQUEST_PREFIX if state.fast_plain else None, self.maxPacketSize, _HH.unpack_from,
-                RESPONSE_HEAD)
+                RESPONSE_HEAD, self.runs)
 
     def doRead(self) -> None:
         (proto, recvfrom, sendto, tails, tail_for, answer, channel, key, core, allocs, allow, v6, plain, size,
-         unpack, head) = self._loop_locals()
+         unpack, head, runs) = self._loop_locals()
+        send, flush = runs.send, runs.flush
         answered = limited = failed = other = read = 0
         try:
             for read in range(_BATCH):  # read: the datagrams read before this one
@@ -96,13 +104,10 @@ class ReflectorPort(udp.Port):
                         peer = alloc.channels.get(number)
                         credit = alloc.credit - length
                         if peer is not None and credit >= 0 and len(data) >= 4 + length:
-                            try:
-                                alloc.relay_sendto(data[4:4 + length], peer)
-                                alloc.credit = credit  # paid once sent: credit used is bytes relayed
-                            except OSError:
-                                alloc.dropped += 1  # as a router would
-                                other += 1
+                            alloc.credit = credit  # given back if it cannot be sent
+                            send(alloc.relay_sendto, data[4:4 + length], peer, alloc)
                             continue
+                    flush()  # in order with what the slow path sends
                     channel(data, addr, key)  # counts and drops it
                     other += 1
                     continue
@@ -120,11 +125,14 @@ class ReflectorPort(udp.Port):
                         except OSError:
                             failed += 1  # e.g. ENOBUFS: the client retransmits
                         continue
+                flush()
                 answer(data, addr)
                 other += 1
             read = _BATCH
         finally:
-            _fold(proto, answered, limited, failed, core, read - answered - limited - failed - other)
+            flush()
+            lost, runs.failed = runs.failed, 0
+            _fold(proto, answered, limited, failed, core, read - answered - limited - failed - other - lost)
 
 
 def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0) -> None:
@@ -152,8 +160,11 @@ class RelayPort:
     protocol must be a :class:`natsalon.server.turn.relay.RelayProtocol`;
     :func:`listen_relay` makes one."""
 
-    def __init__(self, reactor, sock: socket.socket, protocol, max_packet_size: int) -> None:
+    def __init__(self, reactor, sock: socket.socket, protocol, max_packet_size: int,
+                 runs: Optional[Runs] = None) -> None:
         self.reactor = reactor
+        #: datagrams to the client, sent in runs (shared by the relayed ports)
+        self.runs = runs if runs is not None else Runs()
         self.socket = sock
         self.protocol = protocol
         self.maxPacketSize = max_packet_size
@@ -198,6 +209,8 @@ class RelayPort:
         v6 = self._v6
         size = self.maxPacketSize
         credit0, bytes0 = alloc.credit, core.to_client_bytes
+        runs = self.runs
+        send, flush = runs.send, runs.flush
         other = read = 0
         try:
             for read in range(_BATCH):  # read: the datagrams read before this one
@@ -213,13 +226,10 @@ class RelayPort:
                 if number is not None and client_sendto is not None:
                     credit = alloc.credit - len(data)
                     if credit >= 0:
-                        try:
-                            client_sendto(pack(number, len(data)) + data, client)
-                            alloc.credit = credit  # paid once sent: credit used is bytes relayed
-                        except OSError:
-                            alloc.dropped += 1  # as a router would
-                            other += 1
+                        alloc.credit = credit  # given back if it cannot be sent
+                        send(client_sendto, pack(number, len(data)) + data, client, alloc, 4)
                         continue
+                flush()  # in order with what the slow path sends
                 try:
                     from_peer(alloc, data, addr)  # Data indication, TCP client, or counted and dropped
                 except Exception:
@@ -230,11 +240,14 @@ class RelayPort:
             # counted per batch, nothing per datagram: relayed inline is what
             # was read less what the core saw (it counts its own); the bytes,
             # both ways, are the credit the batch used
-            core.to_client_packets += read - other
+            flush()
+            lost, runs.failed = runs.failed, 0
+            core.to_client_packets += read - other - lost
             core.to_client_bytes = bytes0 + (credit0 - alloc.credit)
 
 
-def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192):
+def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_size: int = 8192,
+                 runs: Optional[Runs] = None):
     """A :class:`RelayPort` bound to ``(interface, port)``; raises
     ``CannotListenError`` as ``reactor.listenUDP`` does, and falls back to
     it on reactors that are not file-descriptor based."""
@@ -253,7 +266,7 @@ def listen_relay(reactor, port: int, protocol, interface: str = "", max_packet_s
     except OSError as e:
         sock.close()
         raise CannotListenError(interface, port, e) from None
-    relay = RelayPort(reactor, sock, protocol, max_packet_size)
+    relay = RelayPort(reactor, sock, protocol, max_packet_size, runs)
     reactor.addReader(relay)
     return relay
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from natsalon.server.binding import Reply
 from natsalon.server.fastport import listen_relay
+from natsalon.server.gso import Runs
 from natsalon.server.turn.auth import RoomAuth
 from natsalon.server.turn.core import Allocation, TurnConfig, TurnCore
 from natsalon.server.turn.stream import TurnStreamFactory
@@ -130,6 +131,8 @@ class UdpRelays:
         self.core: Optional[TurnCore] = None
         #: via -> write(data, addr) of the TCP connections (see .stream)
         self.writers: dict = {}
+        #: what the relayed ports' read loops send to clients, in runs
+        self.runs = Runs()
 
     def open(self, alloc: Allocation, even: bool = False, version: int = 0) -> Optional[Address]:
         interface, relay_ip = self.by_version.get(version) or (self.interface, self.relay_ip)
@@ -169,7 +172,7 @@ class UdpRelays:
                 if not lo <= port <= hi:
                     return None
             try:
-                listening = listen_relay(self.reactor, port, proto, interface, MAX_RELAYED)
+                listening = listen_relay(self.reactor, port, proto, interface, MAX_RELAYED, self.runs)
             except CannotListenError as e:
                 if getattr(e.socketError, "errno", errno.EADDRINUSE) != errno.EADDRINUSE:
                     self.log.warn("cannot open a relayed socket: {err}", err=e.socketError)
