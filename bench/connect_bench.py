@@ -44,8 +44,20 @@ The relayed session's lifecycle (``--part lifecycle``, its own section of
 the report): on fresh S-S pairs forwarding through the relay, a flow of
 fixed-size datagrams at each offered rate, then site A's NAT becomes a full
 cone (``Site.set_nat``): the time until both sides report ``upgraded``,
-then the same flows direct.  ``--part matrix`` keeps the lifecycle section
-the report has; ``--part all`` (the default) runs both.
+then the same flows direct.
+
+IPv6 (``--part ipv6``, its own section, issue 15): the same figures for
+pairs of dual-stack sites whose IPv6 is a stateful firewall, open, or
+NAT66 (``PAIRS6``; the headline: random symmetric IPv4 on both sides, so
+the only direct path is IPv6), a dual-stack site against an IPv6-only one,
+and, in the same lab and run, the IPv4 path of comparable sites
+(port-restricted cones, ``--no-ipv6``) that every row is divided by.  The
+salon serves both families; each side's ``connected`` family, strategy and
+path are counted.
+
+Each part replaces only its own section of the report (sections start at
+an HTML comment line; one written by hand under its own mark is kept);
+``--part all`` (the default) runs the three.
 
 Both times are expressed in path RTTs, the unit being the pair's median
 natsalon ``rtt_ms`` (one reference for both tools).  Results go to
@@ -56,10 +68,12 @@ from __future__ import annotations
 
 from benchinfo import cpu_model
 import argparse
+import collections
 import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -95,8 +109,6 @@ TURN_SECRET = "bench turn secret, lab only"
 #: the salon runs its TURN relay; the lab's sites are in 192.0.2.0/24 (a
 #: documentation range, refused as a peer by default)
 TURN_ARGS = ["--turn-secret", TURN_SECRET, "--turn-allow-peer", "192.0.2.0/24"]
-SHORT = {"open": "o", "full_cone": "f", "restricted_cone": "r", "port_restricted_cone": "p",
-         "symmetric_udp_firewall": "w", "symmetric_random": "s", "symmetric_sequential": "q"}
 
 ICE_PEER = r"""
 import asyncio, json, os, statistics, sys, time
@@ -203,6 +215,15 @@ def pair_kinds(pair: str) -> str:
     return "%s → %s" % (parts[0], parts[3]) if len(parts) >= 5 else pair
 
 
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command() -> str:
+    """How this run was started, for the report."""
+    return " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
 def fmt_ratio(v) -> str:
     return fmt(v, ".1f" if v is not None and v < 10 else ".0f")
 
@@ -226,30 +247,37 @@ def last_json(text: str) -> dict | None:
     return None
 
 
-def run_natsalon(lab, ha, hb, room: str, head_start: float) -> dict:
+def run_natsalon(lab, ha, hb, room: str, head_start: float, servers=(("--server", SERVER),) * 2) -> dict:
+    """One natsalon pair; ``servers``: the salon options of A and of B
+    (``--server`` and ``--server6``, ``--no-ipv6``)."""
     from natlab import Lab
 
-    def client(h):
-        return h.spawn([Lab.bin("natsalon"), "connect", "--server", SERVER, "--room", room, "--secret", SECRET,
+    def client(h, salon):
+        return h.spawn([Lab.bin("natsalon"), "connect", *salon, "--room", room, "--secret", SECRET,
                         "--json", "--timeout", "20", "--punch-timeout", "10"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    pa = client(ha)
+    pa = client(ha, servers[0])
     time.sleep(head_start)
-    pb = client(hb)
+    pb = client(hb, servers[1])
     sides = []
     for p in (pa, pb):
         rc, out, err = communicate(p, 40)
         ev = last_json(out) or {}
         conn = next((json.loads(l) for l in out.splitlines() if '"connected"' in l), None)
-        sides.append({"rc": rc, "conn": conn, "last": ev, "err": err.strip()[-300:]})
+        # the hard-NAT plan (IPv4), announced unless plain
+        plan = next((e["strategy"] for e in map(last_json, out.splitlines()) if e and e.get("event") == "strategy"),
+                    "plain")
+        sides.append({"rc": rc, "conn": conn, "plan": plan, "last": ev, "err": err.strip()[-300:]})
     if not all(s["conn"] for s in sides):
         return {"ok": False, "why": "; ".join("%s rc=%s %s %s" % (n, s["rc"], s["last"], s["err"])
                                               for n, s in zip("AB", sides))}
     a, b = sides[0]["conn"], sides[1]["conn"]
     return {"ok": True, "both_ms": max(a["punch_ms"], b["punch_ms"]), "punch_a": a["punch_ms"],
             "punch_b": b["punch_ms"], "rtt_ms": statistics.mean([a["rtt_ms"], b["rtt_ms"]]),
-            "elapsed_b": b["elapsed_ms"], "path": a["path"]}
+            "elapsed_b": b["elapsed_ms"], "path": a["path"],
+            "sides": [dict({k: s["conn"].get(k) for k in ("path", "family", "strategy")}, plan=s["plan"])
+                      for s in sides]}
 
 
 def turn_credentials() -> list:
@@ -281,18 +309,24 @@ def run_aioice(lab, ha, hb, head_start: float, relay: bool = False) -> dict:
 
 
 def build(lab, pairs, delays):
-    from natlab import Nat
+    """The sites of every pair at every delay: (host A, host B) by (label,
+    delay).  A pair's sites are a NAT name (IPv4 alone) or (IPv4 NAT name
+    or None for IPv6-only, IPv6 behaviour or None); site B "same" puts
+    both hosts behind A's router."""
+    from natlab import V6, Nat
+
+    def site(name, spec, delay, hosts=1):
+        nat, v6 = spec if isinstance(spec, tuple) else (spec, None)
+        return lab.add_site(name, nat and Nat(nat), hosts=hosts, delay_ms=delay, v6=v6 and V6(v6))
+
     hosts = {}
     for delay in delays:
-        for i, (label, na, nb) in enumerate(pairs):
-            tag = "%s%d%s" % ("d" if delay else "n", i, SHORT[na])
+        for i, (label, na, nb, *_) in enumerate(pairs):
+            tag = "%s%d" % ("d" if delay else "n", i)
             if nb == "same":
-                site = lab.add_site(tag + "l", Nat(na), hosts=2, delay_ms=delay)
-                hosts[(label, delay)] = (site.hosts[0], site.hosts[1])
+                hosts[(label, delay)] = tuple(site(tag + "l", na, delay, hosts=2).hosts)
             else:
-                sa = lab.add_site(tag + "a", Nat(na), delay_ms=delay)
-                sb = lab.add_site(tag + SHORT[nb] + "b", Nat(nb), delay_ms=delay)
-                hosts[(label, delay)] = (sa.hosts[0], sb.hosts[0])
+                hosts[(label, delay)] = (site(tag + "a", na, delay).hosts[0], site(tag + "b", nb, delay).hosts[0])
     return hosts
 
 
@@ -337,13 +371,13 @@ def report(pairs, delays, results, args, notes) -> str:
         "natsalon's salon + punch beside aioice (ICE) in the NAT lab, our salon being aioice's STUN server. "
         "Generated by `bench/connect_bench.py` (method in its docstring).",
         "",
-        "- date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "- date: %s" % utc_now(),
         "- machine: %s, nproc %s, %s, Linux %s" % (platform.node(), os.cpu_count(), cpu, platform.release()),
         "- load average when the run started: %s (anything else running shares the cores)" % LOAD_AT_START,
         "- Python %s, Twisted %s, aioice %s" % (platform.python_version(), twisted.__version__, aioice_version),
         "- %d repetitions per pair and tool, pairs one at a time, tools alternating which goes first; "
         "B starts %.1f s after A" % (args.reps, args.head_start),
-        "- command: `%s`" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "- command: `%s`" % command(),
         "",
         "Pairs: P port-restricted cone, F full cone, O open (public address), R restricted cone, "
         "W symmetric UDP firewall (public address, stateful filter), S symmetric (random ports), "
@@ -417,8 +451,9 @@ def main() -> int:
     ap.add_argument("--output", type=Path, default=RESULTS)
     ap.add_argument("--raw", type=Path, default=RAW, help="where every run's figures are saved")
     ap.add_argument("--from-raw", action="store_true", help="only re-render the report from --raw")
-    ap.add_argument("--part", choices=("all", "matrix", "lifecycle"), default="all",
-                    help="the connect matrix, the relayed session's lifecycle (upgrade, throughput), or both")
+    ap.add_argument("--part", choices=("all", "matrix", "ipv6", "lifecycle"), default="all",
+                    help="the connect matrix, the IPv6 pairs, the relayed session's lifecycle (upgrade, "
+                    "throughput), or all three")
     ap.add_argument("--lifecycle-delays", default="0", help="comma list of one-way delays per site for the "
                     "lifecycle part, ms")
     ap.add_argument("--flow-seconds", type=float, default=2.0, help="seconds of each throughput flow")
@@ -427,6 +462,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
+    if args.from_raw and args.part == "ipv6":
+        saved = json.loads(IPV6_RAW.read_text())
+        results = {(label, d): v for label, d, v in saved["results"]}
+        args.reps, args.head_start, sys.argv = saved["reps"], saved["head_start"], saved["argv"]
+        write(merge_section(args.output, IPV6_MARK, ipv6_report(results, saved["delays"], args, saved["load"])),
+              args.output)
+        return 0
     if args.from_raw:
         saved = json.loads(args.raw.read_text())
         global LOAD_AT_START
@@ -434,7 +476,7 @@ def main() -> int:
         results = {(label, d): v for label, d, v in saved["results"]}
         args.reps, args.head_start = saved["reps"], saved["head_start"]
         sys.argv = saved["argv"]
-        write(merge_lifecycle_into(report(PAIRS, saved["delays"], results, args, saved["notes"]), args.output),
+        write(merge_section(args.output, None, report(PAIRS, saved["delays"], results, args, saved["notes"])),
               args.output)
         return 0
 
@@ -450,6 +492,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
     if args.part == "lifecycle":
         return lifecycle_main(args)
+    if args.part == "ipv6":
+        return ipv6_main(args)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     notes = []
     if "aioice" in tools:
@@ -490,16 +534,146 @@ def main() -> int:
     args.raw.write_text(json.dumps({"results": [[label, d, v] for (label, d), v in results.items()],
                                     "delays": delays, "reps": args.reps, "head_start": args.head_start,
                                     "argv": sys.argv, "notes": notes, "load": LOAD_AT_START}))
-    write(merge_lifecycle_into(report(PAIRS, delays, results, args, notes), args.output), args.output)
+    write(merge_section(args.output, None, report(PAIRS, delays, results, args, notes)), args.output)
     log("took %.0f s" % (time.monotonic() - t0))
-    return lifecycle_main(args) if args.part == "all" else 0
+    if args.part == "all":
+        ipv6_main(args)
+        return lifecycle_main(args)
+    return 0
 
 
-def merge_lifecycle_into(matrix: str, output: Path) -> str:
-    """The matrix report followed by the lifecycle section ``output`` has now."""
+def merge_section(output: Path, mark: str | None, section: str) -> str:
+    """The report at ``output`` with one part replaced by ``section``: the
+    part under ``mark`` (a section runs from its mark, an HTML comment
+    line, to the next one; a mark not there yet appends the section), or
+    with ``mark`` None the matrix at the head, before the first mark.
+    Sections written by hand under a mark of their own are kept."""
     text = output.read_text() if output.exists() else ""
-    _, mark, section = text.partition(LIFECYCLE_MARK)
-    return matrix + ("\n" + mark + section if mark else "")
+    head, *marked = re.split(r"(?m)^(?=<!-- )", text)
+    if mark is None:
+        head = section
+    else:
+        at = next((k for k, part in enumerate(marked) if part.startswith(mark)), len(marked))
+        marked[at:at + 1] = [section]
+    return "\n\n".join(part.strip("\n") for part in [head, *marked] if part.strip()) + "\n"
+
+
+# -- IPv6 pairs: time to a verified path over IPv6, beside IPv4 (issue 15) --
+
+IPV6_MARK = "<!-- IPv6 pairs (bench/connect_bench.py --part ipv6) -->"
+IPV6_RAW = BENCH / "build" / "connect_ipv6_raw.json"
+
+#: label, site A, site B: (IPv4 NAT, or None for an IPv6-only site; IPv6
+#: behaviour), and the clients' families: "both" (--server and --server6; an
+#: IPv6-only site's client gets the salon's IPv6 address alone) or "ipv4"
+#: (--no-ipv6)
+PAIRS6 = [
+    ("S-S + W6-W6", ("symmetric_random", "firewall"), ("symmetric_random", "firewall"), "both"),
+    ("S-S + O6-W6", ("symmetric_random", "open"), ("symmetric_random", "firewall"), "both"),
+    ("S-S + N66-W6", ("symmetric_random", "nat66"), ("symmetric_random", "firewall"), "both"),
+    ("P+W6 – W6 only", ("port_restricted_cone", "firewall"), (None, "firewall"), "both"),
+    ("P-P + W6-W6", ("port_restricted_cone", "firewall"), ("port_restricted_cone", "firewall"), "both"),
+    ("P-P + W6-W6, --no-ipv6", ("port_restricted_cone", "firewall"), ("port_restricted_cone", "firewall"), "ipv4"),
+]
+#: the IPv4 pair every row is divided by (same delay, same run)
+IPV4_REFERENCE = "P-P + W6-W6, --no-ipv6"
+
+
+def salon_options(pair) -> tuple:
+    """The salon options of A's and B's ``natsalon connect`` for a PAIRS6 row."""
+    from natlab import SERVER_IPS6
+    server6 = "[%s]:3478" % SERVER_IPS6[0]
+    if pair[3] == "ipv4":
+        return (("--server", SERVER, "--no-ipv6"),) * 2
+    return tuple(("--server", server6) if nat is None else ("--server", SERVER, "--server6", server6)
+                 for nat, _ in pair[1:3])
+
+
+def ipv6_main(args) -> int:
+    from natlab import Lab
+    from natlab.salon import start_salon
+    load = " / ".join("%.2f" % x for x in os.getloadavg())
+    delays = [float(d) for d in args.delays.split(",") if d.strip()]
+    results = {(pair[0], d): [] for d in delays for pair in PAIRS6}
+    with Lab() as lab:
+        hosts = build(lab, PAIRS6, delays)
+        start_salon(lab, ipv6=True, extra_args=TURN_ARGS)
+        k = 0
+        for rep in range(args.reps):
+            for delay in delays:
+                for pair in PAIRS6:
+                    k += 1
+                    r = run_natsalon(lab, *hosts[(pair[0], delay)], "v6-%d" % k, args.head_start,
+                                     salon_options(pair))
+                    results[(pair[0], delay)].append(r)
+                    log("ipv6 rep %d %s %g ms: %s" % (rep + 1, pair[0], delay, "%.1f ms rtt %.2f ms %s" % (
+                        r["both_ms"], r["rtt_ms"], r["sides"]) if r["ok"] else "FAILED " + r["why"]))
+    IPV6_RAW.parent.mkdir(parents=True, exist_ok=True)
+    IPV6_RAW.write_text(json.dumps({"results": [[label, d, v] for (label, d), v in results.items()],
+                                    "delays": delays, "reps": args.reps, "head_start": args.head_start,
+                                    "argv": sys.argv, "load": load}))
+    write(merge_section(args.output, IPV6_MARK, ipv6_report(results, delays, args, load)), args.output)
+    return 0
+
+
+def tally(runs, key: str) -> str:
+    """How often each side of the successful runs said each ``key``: "6 ×10"."""
+    counts = collections.Counter(side[key] for r in runs for side in r["sides"])
+    return ", ".join("%s ×%d" % kv for kv in counts.most_common()) or "–"
+
+
+def ipv6_rows(results: dict, delays) -> list:
+    rows = ["| pair | delay/site | ok | family (sides) | strategy (sides) | path (sides) | IPv4 plan (sides) "
+            "| 2nd join → verified, ms | path RTT ms | in RTTs | B's connect() → verified, ms "
+            "| ÷ IPv4 P-P: 2nd join → verified | ÷ IPv4 P-P: B's connect() → verified |", "|" + "---|" * 13]
+    for delay in delays:
+        ref = [r for r in results[(IPV4_REFERENCE, delay)] if r["ok"]]
+        ref_both, ref_b = med([r["both_ms"] for r in ref]), med([r["elapsed_b"] for r in ref])
+        for pair in PAIRS6:
+            runs = results[(pair[0], delay)]
+            ok = [r for r in runs if r["ok"]]
+            both, rtt, el_b = (med([r[k] for r in ok]) for k in ("both_ms", "rtt_ms", "elapsed_b"))
+            in_rtts = both / rtt if both is not None and rtt else None
+            ratios = [x / y if x is not None and y else None for x, y in ((both, ref_both), (el_b, ref_b))]
+            rows.append("| %s | %s ms | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                pair[0], fmt(delay, "g"), len(ok), len(runs), *(tally(ok, k) for k in (
+                    "family", "strategy", "path", "plan")), fmt(both), fmt(rtt, ".2f"), fmt_ratio(in_rtts),
+                fmt(el_b), *(fmt(x, ".2f") + ("x" if x is not None else "") for x in ratios)))
+    return rows
+
+
+def ipv6_report(results: dict, delays, args, load: str) -> str:
+    failures = ["%s %g ms: %s" % (label, d, r["why"]) for (label, d), runs in results.items() for r in runs
+                if not r["ok"]]
+    text = [IPV6_MARK, "", "## IPv6: time to a verified path over IPv6, beside IPv4 (issue 15)", "",
+            "- date: %s; load average at its start: %s (other work shares the two cores)" % (
+                utc_now(), load),
+            "- %d runs per pair and delay, pairs one at a time, B starts %.1f s after A; one lab, the salon "
+            "dual-stack (`--interface` 203.0.113.10 and 2001:db8::10, an RFC 5780 grid per family) with its "
+            "TURN relay; natsalon only (aioice is not run here)" % (args.reps, args.head_start),
+            "- command: `%s`" % command(),
+            "",
+            "Sites: IPv4 behaviour as in the matrix above (S random symmetric, P port-restricted cone), then "
+            "the IPv6 one: W6 stateful firewall (global address, endpoint-independent mapping, "
+            "address-and-port-dependent filtering: the IPv6 analogue of P), O6 open (global address, no "
+            "filter), N66 NAT66 masquerade; \"W6 only\" is an IPv6-only site (no IPv4 at all) behind a "
+            "firewall. The clients are dual-stack (`--server` IPv4 and `--server6` IPv6; the IPv6-only one "
+            "`--server [2001:db8::10]:3478` alone), except the last row's, the IPv4 reference: the same "
+            "sites as the row above with `--no-ipv6` on both clients.",
+            "", *ipv6_rows(results, delays), "",
+            "Medians over the successful runs; the figures are those of the matrix above. **2nd join → "
+            "verified**: max of the two sides' `punch_ms` (introduction to a path verified both ways). "
+            "**path RTT**: the verified path's probe RTT, the unit of *in RTTs*. **B's connect() → verified**: "
+            "B's `elapsed_ms` (its cookie and join round trips to the salon, over both families when "
+            "dual-stack, and its interface scan included). **family / strategy / path (sides)**: what each "
+            "side's `connected` event said, counted over the successful runs (two sides a run); **IPv4 plan**: "
+            "each side's hard-NAT plan for IPv4 (its `strategy` event; plain when none was announced). **÷ IPv4 "
+            "P-P**: the row's median divided by the IPv4 reference's at the same delay, in the same run. "
+            "S-S pairs have no direct IPv4 path (their IPv4 strategy says `none` and they allocate on the "
+            "salon's relay), so their direct path is the IPv6 one or nothing."]
+    if failures:
+        text += ["", "Failed runs:", ""] + ["- " + f for f in failures]
+    return "\n".join(text) + "\n"
 
 
 # -- the relayed session's lifecycle: upgrade to direct, relay vs direct throughput --
@@ -730,12 +904,12 @@ def lifecycle_report(results: dict, rates, args, recovery: dict) -> str:
     text = [LIFECYCLE_MARK, "", "## Relayed pairs: upgrade to direct, a forwarded flow over relay against direct, relay lost",
             "",
             "- date: %s; load average at its start: %s (other work shares the two cores)" % (
-                datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), LOAD_AT_START),
+                utc_now(), LOAD_AT_START),
             "- %d runs per delay, each on a fresh pair of random symmetric sites (S-S: relayed through the salon's "
             "TURN); flows of %g s, %d-byte datagrams, into A's forward port at each offered rate, one way (A → B), "
             "first relayed, then (after the upgrade) direct, same hosts" % (args.reps, args.flow_seconds,
                                                                             args.flow_size),
-            "- command: `%s`" % " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+            "- command: `%s`" % command(),
             "", *up, "", *flows, "",
             "Medians. Each run: both `natsalon connect --forward` report `connected` with path relay; the flows "
             "go through the relay; then site A's router becomes a full cone (`natlab` `Site.set_nat`, one nft "
@@ -761,15 +935,6 @@ def lifecycle_report(results: dict, rates, args, recovery: dict) -> str:
     if failures:
         text += ["", "Failed runs:", ""] + ["- " + f for f in failures]
     return "\n".join(text) + "\n"
-
-
-def merge_lifecycle(output: Path, section: str | None) -> str:
-    """The report at ``output`` with its lifecycle section replaced by
-    ``section`` (None: the section it has, kept)."""
-    text = output.read_text() if output.exists() else ""
-    head, _, old = text.partition(LIFECYCLE_MARK)
-    keep = section if section is not None else (LIFECYCLE_MARK + old if old else "")
-    return head.rstrip("\n") + ("\n\n" + keep if keep else "\n")
 
 
 def lifecycle_main(args) -> int:
@@ -798,7 +963,8 @@ def lifecycle_main(args) -> int:
     LIFECYCLE_RAW.parent.mkdir(parents=True, exist_ok=True)
     LIFECYCLE_RAW.write_text(json.dumps({"results": [[d, v] for d, v in results.items()],
                                          "recovery": [[d, v] for d, v in recovery.items()], "argv": sys.argv}))
-    write(merge_lifecycle(args.output, lifecycle_report(results, rates, args, recovery)), args.output)
+    write(merge_section(args.output, LIFECYCLE_MARK, lifecycle_report(results, rates, args, recovery)),
+          args.output)
     return 0
 
 
