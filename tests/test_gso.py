@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from natsalon.server.gso import MAX_SEGMENTS, SOL_UDP, UDP_SEGMENT, Runs
+from natsalon.server.gso import MAX_SEGMENTS, MAX_SIZE, SOL_UDP, UDP_SEGMENT, Runs
 
 
 class Owner:
@@ -169,3 +169,22 @@ def test_on_loopback_the_receiver_gets_each_datagram_as_it_was_queued(family, ho
         assert {a[:2] for _, a in got} == {tx.getsockname()[:2]}
         # the kernel segmented (Linux 4.18+): 64 + 6, 3 and 5 in four sendmsg, the one alone
         assert tx.runs_sent == 4 and runs.enabled and runs.failed == 0
+
+
+def test_datagrams_over_the_mtu_bound_go_alone_and_a_run_refused_for_its_size_lowers_it():
+    sock, runs = SegmentingSocket(), Runs(enabled=True)
+    for p in payloads(3, MAX_SIZE + 1):  # might not fit a 1500-byte MTU as one segment
+        runs.send(sock.send, p, A, Owner())
+    runs.flush()
+    assert sock.calls == [("sendto", 1)] * 3
+    sock.calls, sock.wire, sock.refuse = [], [], errno.EINVAL  # EMSGSIZE-like: the way out has a smaller MTU
+    sent = payloads(4, 1400)
+    for p in sent:
+        runs.send(sock.send, p, A, Owner())
+    runs.flush()
+    assert sock.wire == [(p, A) for p in sent] and runs.enabled and runs.max_size == 1399
+    sock.refuse, sock.calls = None, []
+    for p in payloads(4, 1400) + payloads(4, 1300, 1):
+        runs.send(sock.send, p, A, Owner())
+    runs.flush()
+    assert sock.calls == [("sendto", 1)] * 4 + [("sendmsg", 4)]

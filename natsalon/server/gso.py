@@ -18,8 +18,12 @@ A run of one is sent with a plain ``sendto``.  Where the socket has no
 ``sendmsg`` (test fakes) or is not one whose ``sendto`` can be traced
 back (a dual allocation's writer), datagrams are sent one by one.  When
 the kernel refuses segmentation (no checksum offload on the device: EIO;
-an old kernel: ENOPROTOOPT, EINVAL), the run is sent again one by one and
-segmentation is off for good in this process (:attr:`Runs.enabled`).
+an old kernel: EINVAL for a run of small datagrams), the run is sent again
+one by one and segmentation is off for good for this :class:`Runs`
+(:attr:`Runs.enabled`).  Each segment must fit the MTU of the way out:
+datagrams over :data:`MAX_SIZE` bytes are sent alone, and a run refused
+with EINVAL for its size is sent one by one and lowers that bound
+(:attr:`Runs.max_size`) below its size.
 
 Credit is paid when a datagram is queued; a run that cannot be sent gives
 its credit back to its owner (the allocation) and counts its datagrams in
@@ -43,8 +47,15 @@ UDP_SEGMENT = 103
 MAX_SEGMENTS = 64
 #: a run's bytes: an IP datagram's limit less the UDP and IPv6 headers
 MAX_RUN_BYTES = 65535 - 8 - 40
+#: the largest datagram sent in runs to begin with: a segment must fit the
+#: path's MTU (1500 less the IPv6 and UDP headers), else the kernel refuses
+#: the run (EINVAL), where a lone datagram would have been fragmented
+MAX_SIZE = 1452
+#: no MTU is below 576 bytes (RFC 791): a run of datagrams this small that
+#: is refused with EINVAL means the kernel does not know UDP_SEGMENT
+SURELY_FITS = 576 - 60 - 8
 #: errors that say the kernel or the device cannot segment
-_NO_GSO = (errno.EIO, errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP)
+_NO_GSO = (errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 _SEGMENT = struct.Struct("=H")
 
 log = Logger()
@@ -58,7 +69,7 @@ def _sendmsg_of(sendto):
 class Runs:
     """Datagrams queued by a read loop, sent in runs (see the module)."""
 
-    __slots__ = ("enabled", "failed", "_sendto", "_dest", "_size", "_limit", "_parts", "_owner", "_header")
+    __slots__ = ("enabled", "failed", "max_size", "_sendto", "_dest", "_size", "_limit", "_parts", "_owner", "_header")
 
     def __init__(self, enabled: bool = sys.platform.startswith("linux")) -> None:
         #: False: every datagram is sent alone (set for good on the first
@@ -67,6 +78,9 @@ class Runs:
         #: datagrams that could not be sent since the read loop last took
         #: this count (it resets it)
         self.failed = 0
+        #: datagrams larger than this are sent alone (lowered when a run of
+        #: them is refused as larger than the path's MTU)
+        self.max_size = MAX_SIZE
         self._sendto = None
         self._dest = None
         self._size = 0
@@ -89,7 +103,7 @@ class Runs:
             parts = self._parts
         size = len(data)
         self._sendto, self._dest, self._size, self._owner, self._header = sendto, dest, size, owner, header
-        self._limit = min(MAX_SEGMENTS, MAX_RUN_BYTES // size) if (self.enabled and size) else 1
+        self._limit = min(MAX_SEGMENTS, MAX_RUN_BYTES // size) if (self.enabled and 0 < size <= self.max_size) else 1
         parts.append(data)
 
     def flush(self) -> None:
@@ -113,7 +127,10 @@ class Runs:
         try:
             sendmsg([b"".join(parts)], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(self._size))], 0, dest)
         except OSError as e:
-            if e.errno in _NO_GSO:
+            if e.errno == errno.EINVAL and self._size > SURELY_FITS:
+                self.max_size = self._size - 1  # larger than the MTU of the way out: such sizes go alone
+                self._one_by_one(sendto, parts, dest, owner)
+            elif e.errno in _NO_GSO or e.errno == errno.EINVAL:
                 self.enabled = False
                 log.info("UDP segmentation offload refused ({error}): relaying one datagram per send",
                          error=e.strerror)
