@@ -130,16 +130,19 @@ class ReflectorPort(udp.Port):
                 other += 1
             read = _BATCH
         finally:
-            flush()
-            lost, runs.failed = runs.failed, 0
-            _fold(proto, answered, limited, failed, core, read - answered - limited - failed - other - lost)
+            _fold(proto, runs, answered, limited, failed, core, read - answered - limited - failed - other)
 
 
-def _fold(proto, answered: int, limited: int, failed: int, core=None, relayed: int = 0) -> None:
-    """Add a batch's counts to the protocol's and the TURN core's (kept out
-    of the loop).  ``relayed``, the ChannelData relayed inline, is not
-    counted per datagram: it is what the loop read less everything else it
-    counted; the bytes relayed are the credit the allocations used."""
+def _fold(proto, runs: Runs, answered: int, limited: int, failed: int, core=None, relayed: int = 0) -> None:
+    """Send what the batch left in ``runs``, and add the batch's counts to
+    the protocol's and the TURN core's (kept out of the loop).
+    ``relayed``, the ChannelData relayed inline, is not counted per
+    datagram: it is what the loop read less everything else it counted
+    (less what ``runs`` could not send); the bytes relayed are the credit
+    the allocations used."""
+    runs.flush()
+    relayed -= runs.failed
+    runs.failed = 0
     if relayed:
         core.to_peer_packets += relayed
     proto.fast_answers += answered
