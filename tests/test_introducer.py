@@ -339,7 +339,7 @@ def test_every_member_is_told_of_a_newcomer_listed_first():
 
 
 def test_introductions_stay_small_and_no_member_is_left_out_of_every_one():
-    from natsalon.server.introducer.handler import MAX_INTRODUCTION
+    from natsalon.server.introducer.introductions import MAX_INTRODUCTION
 
     clock, intro, pushed = make()
     keys = derive("room", "s3cret")
@@ -452,17 +452,70 @@ def test_the_salon_answers_leave():
     svc.stopService()
 
 
-def test_the_size_reckoning_is_the_encoded_size():
-    from natsalon.server.introducer.handler import _head_size, _listed_size
+def test_introductions_from_parts_are_the_codecs_byte_for_byte():
+    """The salon puts its introductions together from prepared attributes
+    (natsalon.wire.introparts, Introductions): the same bytes as
+    natsalon.wire.introduction for IPv4 and IPv6 recipients and members,
+    one or several members, with and without TURN credentials, answer or
+    indication, JOINs of every length modulo 4, cached address attributes
+    or not."""
+    import os
+    import random
+
+    from natsalon.server.introducer.introductions import Introductions
+    from natsalon.server.introducer.rooms import Member
+
+    rng = random.Random(5)
+    keys = derive("room", "s")
+    addresses = [A, B, Address("2001:db8::1", 5), Address("2001:db8:ffff::abcd", 65535), Address("0.0.0.0", 0)]
+    tails = {}
+    for i in range(60):
+        members = [Member(new_nonce(), rng.choice(addresses), os.urandom(rng.randrange(60, 200)))
+                   for _ in range(rng.randrange(1, 4))]
+        turn = rng.choice([None, ("1700000000:room-0011223344556677", "p" * rng.randrange(20, 31))])
+        intros = Introductions(keys.room_id, turn, tails if i % 2 else None)
+        to, nonce, indication = rng.choice(addresses), new_nonce(), bool(i % 3)
+        for _ in range(2):  # the second time with the members' entries kept
+            txid = os.urandom(12)
+            if indication:
+                first, rest = members[0], members[1:]
+            else:
+                first, rest = None, members
+            got = intros.message(txid, to, nonce, first, rest, 1000, indication)
+            want = wire.introduction(txid, to, nonce, keys.room_id, members[0].blob, members[0].address,
+                                     indication, [(m.blob, m.address) for m in members[1:]], turn)
+            assert got == want
+    assert tails  # IPv4 address attributes were cached
+
+
+def test_an_introduction_from_parts_leaves_out_what_does_not_fit_as_before():
+    """Members that do not fit within MAX_INTRODUCTION are left out, the
+    list rotated by the second; a first member that does not fit means no
+    introduction at all."""
+    import os
+
+    from natsalon.server.introducer.introductions import MAX_INTRODUCTION, Introductions, fitting
     from natsalon.server.introducer.rooms import Member
 
     keys = derive("room", "s")
-    for observed, n in ((A, 1), (Address("2001:db8::1", 5), 3)):
-        members = [Member(new_nonce(), Address("2001:db8::%d" % i if i % 2 else "192.0.2.%d" % i, i),
-                          wire.join_request(keys.room_id, new_nonce(), (A,) * i, keys.k_join)[1]) for i in range(n)]
-        data = wire.introduction(b"t" * 12, observed, b"n" * 16, keys.room_id, members[0].blob, members[0].address,
-                                 others=[(m.blob, m.address) for m in members[1:]])
-        assert len(data) == _head_size(observed, keys.room_id, b"n" * 16) + sum(map(_listed_size, members))
+    members = [Member(new_nonce(), Address("192.0.2.%d" % (i + 1), 7), os.urandom(300)) for i in range(4)]
+    intros = Introductions(keys.room_id, None)
+    for now in range(4):
+        data = intros.message(b"t" * 12, A, b"n" * 16, None, members, now)
+        ans = wire.parse_join_answer(decode(data))
+        assert len(data) <= MAX_INTRODUCTION and len(ans.peers) == 2
+        assert ans.peers[0][1] == members[now % 4].address  # rotated by the second
+    assert intros.message(b"t" * 12, A, b"n" * 16, Member(new_nonce(), B, os.urandom(1000)), members, 0) is None
+    assert fitting(0, [("a", 600), ("b", 600), ("c", 300)], 0) == ["a", "c"]
+    assert fitting(0, [("a", 600), ("b", 600), ("c", 300)], 1) == ["b", "c"]
+
+
+def test_the_pushed_indications_transaction_ids_are_random_and_distinct():
+    from natsalon.server.introducer.introductions import TransactionIds
+
+    txids = TransactionIds(batch=4)
+    got = [txids() for _ in range(1000)]
+    assert all(len(t) == 12 for t in got) and len(set(got)) == 1000
 
 
 def test_a_copied_nonce_does_not_take_the_members_place():
