@@ -162,6 +162,32 @@ def test_malformed_join_400():
     assert reply is not None and len(reply.data) <= 1.6 * len(bare)
 
 
+def test_a_cookie_is_the_truncated_hmac_of_bucket_port_address_and_room():
+    """The jar keeps each secret's keyed HMAC and copies it per cookie: the
+    cookies are still HMAC-SHA256(secret, bucket | port | IP | room)[:16],
+    as any salon sharing the secret computes them; a previous secret's
+    cookies (this bucket or the one before) are accepted, others not."""
+    import hashlib
+    import hmac
+    import socket
+    import struct
+
+    old, new = b"o" * 32, b"n" * 32
+    jar = CookieJar(new, previous=[old])
+    for src in (A, Address("2001:db8::5", 7)):
+        family = socket.AF_INET6 if ":" in src.host else socket.AF_INET
+        for now in (60.0, 89.9, 90.0, 1e9 + 0.5):
+            bucket = int(now // 30)
+            bound = struct.pack("!H", src.port) + socket.inet_pton(family, src.host) + b"r" * 16
+            want = hmac.new(new, struct.pack("!Q", bucket) + bound, hashlib.sha256).digest()[:16]
+            assert jar.issue(src, b"r" * 16, now) == want
+            by_old = hmac.new(old, struct.pack("!Q", bucket - 1) + bound, hashlib.sha256).digest()[:16]
+            assert jar.check(by_old, src, b"r" * 16, now)
+            too_old = hmac.new(old, struct.pack("!Q", bucket - 2) + bound, hashlib.sha256).digest()[:16]
+            assert not jar.check(too_old, src, b"r" * 16, now)
+            assert not jar.check(want, src, b"s" * 16, now)
+
+
 def test_cookie_for_scoped_ipv6_source():
     clock, intro, pushed = make()
     from natsalon.server.introducer.cookies import CookieJar
