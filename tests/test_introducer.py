@@ -536,6 +536,58 @@ def test_an_introduction_from_parts_leaves_out_what_does_not_fit_as_before():
     assert fitting(0, [("a", 600), ("b", 600), ("c", 300)], 1) == ["b", "c"]
 
 
+def test_the_salons_join_check_refuses_exactly_what_the_full_parse_refuses():
+    """check_join_request (the salon's) and parse_join_request (the
+    client's) over random JOINs, most of them malformed somewhere: the
+    same WireError reason, or the same room, nonce, cookie, leave hash and
+    flags."""
+    import os
+    import random
+
+    from natsalon.stun import Attr, Message, encode
+    from natsalon.wire.join import NS_RELAY, check_join_request
+    from natsalon.wire.nat import NS_NAT, NS_SALON_RTT
+
+    rng = random.Random(8)
+
+    def blob(*sizes):
+        return os.urandom(rng.choice(sizes))
+
+    def candidates():
+        parts = []
+        for _ in range(rng.randrange(0, 10)):
+            family = rng.choice((4, 6, 4, 4, 6, 5)) if rng.random() < 0.1 else rng.choice((4, 6))
+            parts.append(bytes([family]) + os.urandom(2 + (4 if family == 4 else 16)))
+        return b"".join(parts)[:rng.choice((None,) * 8 + (5, 12))]
+
+    choices = [
+        (Attr.NS_ROOM, lambda: b"r" * 16), (Attr.NS_NONCE, lambda: blob(16, 16, 15)),
+        (Attr.NS_CANDIDATES, candidates), (Attr.NS_LEAVE, lambda: blob(16, 16, 3)),
+        (Attr.NS_STATUS, lambda: rng.randrange(4)), (NS_NAT, lambda: blob(8, 8, 4, 12)),
+        (NS_RELAY, lambda: rng.choice((candidates(), b"\x04\x00\x01\x7f\x00\x00\x01"))),
+        (NS_SALON_RTT, lambda: blob(4, 2)), (Attr.NS_COOKIE, lambda: blob(16)),
+    ]
+    outcomes = set()
+    for i in range(3000):
+        attrs = tuple((t, make()) for t, make in choices if rng.random() < 0.9)
+        msg = Message(Method.JOIN, rng.choice((Class.REQUEST,) * 9 + (Class.INDICATION,)), os.urandom(12), attrs)
+        raw = encode(msg, sha256_key=b"k" * 32 if rng.random() < 0.95 else None)
+        msg = decode(raw)
+        try:
+            full = wire.parse_join_request(msg)
+        except wire.WireError as e:
+            with pytest.raises(wire.WireError) as got:
+                check_join_request(msg)
+            assert str(got.value) == str(e)
+            outcomes.add("".join(c for c in str(e) if not c.isdigit()))
+            continue
+        light = check_join_request(msg)
+        assert light == (full.room_id, full.nonce, full.cookie, full.leave_hash, full.flags)
+        outcomes.add("ok")
+    assert len(outcomes) >= 12 and {"ok", "more than  candidates", "NS-RELAY with  addresses (want )",
+                                    "JOIN with a -byte NS-LEAVE (want )", "truncated candidate address"} <= outcomes
+
+
 def test_the_pushed_indications_transaction_ids_are_random_and_distinct():
     from natsalon.server.introducer.introductions import TransactionIds
 

@@ -6,7 +6,7 @@ for ``Method.LEAVE``; :meth:`Introducer.handlers` gives both) and returns
 a :class:`natsalon.server.binding.Reply` (or None), or a Deferred firing
 with one when the room registry answers later.  For a JOIN it
 
-1. checks the JOIN's shape (:func:`natsalon.wire.parse_join_request`);
+1. checks the JOIN's shape (:func:`natsalon.wire.join.check_join_request`);
 2. checks the return-routability cookie: without a valid one it answers
    401 with a fresh cookie, ``HMAC(server secret, time bucket, source IP,
    source port, room id)``, an answer smaller than the request (no
@@ -162,7 +162,7 @@ class Introducer:
         to = (source.host, source.port)
         txid = msg.transaction_id
         try:
-            req = wire.parse_join_request(msg)
+            req = wire.join.check_join_request(msg)
         except wire.WireError as e:
             self.stats["join_bad"] += 1
             return self._bad(msg, to, received_on, e)
@@ -196,7 +196,7 @@ class Introducer:
         self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
-    def _joined(self, result: JoinResult, txid: bytes, req: wire.JoinRequest, member: Member) -> Reply:
+    def _joined(self, result: JoinResult, txid: bytes, req: wire.join.SalonJoin, member: Member) -> Reply:
         """The answer to ``member``'s JOIN once the registry has placed it;
         a newcomer is announced to the room's other members too."""
         outcome = result.outcome
