@@ -237,6 +237,38 @@ class _RefusingTransport(FakeDatagramTransport):
         super().write(packet, addr)
 
 
+def test_answers_go_out_through_the_sockets_sendto_and_a_refused_one_through_port_write():
+    """ServerState.write sends with the UDP port's socket directly; a send
+    the kernel refuses is tried again through Port.write, so its checks
+    and its error handling still decide (counted, or raised as before)."""
+    import errno
+
+    from twisted.internet import udp
+    from twisted.internet.error import InvalidAddressError
+
+    from natsalon.server.reflector import ServerState
+
+    class Sock:
+        def __init__(self, refuse: int) -> None:
+            self.sent, self.refuse = [], refuse
+
+        def sendto(self, data, addr):
+            if self.refuse:
+                self.refuse -= 1
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            self.sent.append((data, addr))
+
+    state, port, to = ServerState(), udp.Port(0, None, "127.0.0.1"), ("192.0.2.1", 5)
+    for refuse, sent in ((0, True), (1, True), (2, False)):
+        port.socket = Sock(refuse)
+        assert state.write(port, b"x", to) is sent
+        assert port.socket.sent == ([(b"x", to)] if sent else [])
+    assert state.stats["send_failed"] == 1
+    port.socket = Sock(1)
+    with pytest.raises(InvalidAddressError):  # Port.write's check, once the kernel refused
+        state.write(port, b"x", ("2001:db8::1", 5))
+
+
 def test_refused_push_is_counted_and_the_joiner_still_answered():
     svc = SalonService(Clock(), SalonConfig(rate_limit=0))
     proto = svc.protocols[0]
