@@ -643,10 +643,11 @@ def test_a_copied_nonce_does_not_take_the_members_place():
 
 
 def test_the_waiting_answer_is_the_codecs_byte_for_byte():
-    """The introducer puts its most frequent answer together from cached
-    parts (natsalon.server.introducer.handler.waiting_answer): the same
-    bytes as natsalon.wire.waiting_response, IPv4 and IPv6, cached or not,
-    and the cache stays bounded."""
+    """The introducer puts its most frequent answers together from cached
+    parts (natsalon.server.introducer.handler.waiting_answer and
+    cookie_answer): the same bytes as natsalon.wire.waiting_response and
+    cookie_response, IPv4 and IPv6, cached or not, and the cache stays
+    bounded."""
     import os
     import random
 
@@ -662,6 +663,10 @@ def test_the_waiting_answer_is_the_codecs_byte_for_byte():
             txid = os.urandom(12)
             assert handler.waiting_answer(txid, src, tails) == wire.waiting_response(txid, src)
     assert len(tails) == 202  # IPv6 is not cached
+    for src in sources[:20]:
+        txid, cookie = os.urandom(12), os.urandom(16)
+        assert handler.cookie_answer(txid, cookie) == wire.cookie_response(txid, cookie)
+    assert handler.cookie_answer(b"t" * 12, b"c" * 7) == wire.cookie_response(b"t" * 12, b"c" * 7)
     small = {}
     for src in sources[:25]:
         txid = os.urandom(12)

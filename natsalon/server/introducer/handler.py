@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from natsalon import wire
 from natsalon.server.binding import Reply, error_response
-from natsalon.server.introducer.cookies import CookieJar
+from natsalon.server.introducer.cookies import COOKIE_SIZE, CookieJar
 from natsalon.server.introducer.errors import RegistryUnavailable
 from natsalon.server.introducer.introductions import TAILS, Introductions, TransactionIds, mapped_attribute
 from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, MemoryRooms, Outcome
@@ -74,6 +74,19 @@ def waiting_answer(txid: bytes, source: Address, tails: Dict[tuple, bytes], limi
     :func:`~natsalon.server.introducer.introductions.mapped_attribute`)."""
     mapped = mapped_attribute(source, txid, tails, limit)
     return (_WAITING_HEAD if len(mapped) == 12 else _WAITING_HEAD6) + txid + mapped + _WAITING_STATUS
+
+
+# The 401 with a cookie, likewise: the header without its transaction id,
+# ERROR-CODE and NS-COOKIE's header, then the cookie (16 bytes, no padding).
+_COOKIE_SAMPLE = wire.cookie_response(bytes(12), bytes(COOKIE_SIZE))
+_COOKIE_HEAD, _COOKIE_MIDDLE = _COOKIE_SAMPLE[:8], _COOKIE_SAMPLE[20:-COOKIE_SIZE]
+
+
+def cookie_answer(txid: bytes, cookie: bytes) -> bytes:
+    """:func:`natsalon.wire.cookie_response`, byte for byte, from parts."""
+    if len(cookie) != COOKIE_SIZE or len(txid) != 12:
+        return wire.cookie_response(txid, cookie)
+    return _COOKIE_HEAD + txid + _COOKIE_MIDDLE + cookie
 
 
 class Introducer:
@@ -169,10 +182,10 @@ class Introducer:
         now = self.clock.seconds()
         if not self.cookies.check(req.cookie, source, req.room_id, now):
             self.stats["join_cookie_sent"] += 1
-            return Reply(received_on, to, wire.cookie_response(txid, self.cookies.issue(source, req.room_id, now)))
+            return Reply(received_on, to, cookie_answer(txid, self.cookies.issue(source, req.room_id, now)))
         member = Member(req.nonce, source, msg.raw, received_on, req.leave_hash)
         result = self.rooms.join(req.room_id, member, now)
-        if isinstance(result, Deferred):
+        if result.__class__ is not JoinResult and isinstance(result, Deferred):
             return result.addCallbacks(self._joined, self._join_failed, callbackArgs=(txid, req, member),
                                        errbackArgs=(txid, to, received_on))
         return self._joined(result, txid, req, member)
