@@ -12,7 +12,10 @@ Method:
   ``bench/build/joinload`` (C, ``bench/joinload.c``), runs on core 1 too: it
   replays prepared datagrams from two UDP sockets with at most ``--window``
   requests outstanding (closed loop) and counts answers by STUN class, and
-  the indications the salon pushes.
+  the indications the salon pushes.  With nothing to read it keeps polling
+  (yielding its core) for ``--spin-us`` before it sleeps: on loopback the
+  sender of a datagram pays, in its own system time, for waking a sleeping
+  receiver, which the salon does not towards clients on other hosts.
 - The salon is given a ``--cookie-secret-file``; the harness knows the
   secret, so it prepares JOINs that carry valid cookies for the generator's
   two source ports (a client fetches its cookie with a JOIN without one: the
@@ -30,6 +33,9 @@ Method:
 - Binding answers per second, for scale: ``bench/build/stunload`` against the
   same salon right after the JOIN kinds (2 s, window 1024).
 - Rounds alternate memory and Redis; medians over rounds.
+- ``--salon-tree DIR`` runs the salon from another copy of the code (say
+  ``git archive`` of an earlier commit, unpacked), with this venv: before and
+  after figures from one machine and one generator.
 - Memory: a fresh salon, 100,000 members registered (each its own room);
   salon RSS growth (``VmRSS``) with memory, Redis ``used_memory`` growth with
   Redis (and the salon's RSS growth beside it), divided by the members.
@@ -77,10 +83,16 @@ def log(msg: str) -> None:
     print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
-def spawn(argv, logfile: Path, cpu: str) -> subprocess.Popen:
+#: the salon's code when not this tree's (``--salon-tree``)
+SALON_TREE = None
+#: joinload's ``--spin-us``
+SPIN_US = 2000
+
+
+def spawn(argv, logfile: Path, cpu: str, env=None) -> subprocess.Popen:
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True, env=env)
     _children.append(proc)
     return proc
 
@@ -176,7 +188,10 @@ class Salon:
         if redis is not None:
             argv += ["--rooms", "unix:" + str(redis.sock), "--instance-id", "bench"]
         self.logfile = tmp / ("salon-%s.log" % ("redis" if redis else "memory"))
-        self.proc = spawn(argv, self.logfile, SALON_CPU)
+        env = None
+        if SALON_TREE is not None:
+            env = dict(os.environ, PYTHONPATH=str(SALON_TREE))
+        self.proc = spawn(argv, self.logfile, SALON_CPU, env)
         if not binding_answers(self.port):
             stop(self.proc)
             raise RuntimeError("salon did not start:\n" + self.logfile.read_text()[-2000:])
@@ -210,7 +225,8 @@ def write_file(path: Path, records) -> None:
 
 def replay(salon: Salon, path: Path, gen_ports, window: int) -> dict:
     r = subprocess.run(["taskset", "-c", LOAD_CPU, str(JOINLOAD), "--port", str(salon.port), "--file", str(path),
-                        "--ports", "%d,%d" % tuple(gen_ports), "--window", str(window), "--timeout-ms", "10000"],
+                        "--ports", "%d,%d" % tuple(gen_ports), "--window", str(window), "--timeout-ms", "10000",
+                        "--spin-us", str(SPIN_US)],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError("joinload failed: " + r.stderr)
@@ -346,6 +362,9 @@ def report(args, rates, bindings, mem) -> str:
         "- %d datagrams per kind per round, window %d, %d rounds alternating memory and Redis; memory: %d members"
         % (args.joins, args.window, args.rounds, args.members),
         "- command: `bench/introducer_bench.py%s`" % ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:])),
+        "- generator: `joinload --window %d --spin-us %d` (polls for %d µs before it sleeps; see the docstring)"
+        % (args.window, SPIN_US, SPIN_US),
+        "- salon code: %s" % ("this tree" if SALON_TREE is None else "`%s` (--salon-tree)" % SALON_TREE),
         "",
         "## Per second (one core for the salon; medians over rounds)",
         "",
@@ -430,16 +449,20 @@ def registry_round(tmp: Path, registry: str, redis, rnd: int, args) -> dict:
 
 
 def main() -> int:
+    global SALON_TREE, SPIN_US
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--joins", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--members", type=int, default=100000)
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--spin-us", type=int, default=2000, help="joinload's --spin-us (0: it sleeps at once)")
+    ap.add_argument("--salon-tree", type=Path, help="run the salon from this copy of the code")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    SALON_TREE, SPIN_US = args.salon_tree, args.spin_us
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     for tool, src in ((JOINLOAD, "joinload.c"), (STUNLOAD, "stunload.c")):
-        if not tool.exists():
+        if not tool.exists() or tool.stat().st_mtime < (BENCH / src).stat().st_mtime:
             tool.parent.mkdir(exist_ok=True)
             subprocess.run(["cc", "-O2", "-Wall", "-o", str(tool), str(BENCH / src)], check=True)
     rates = {r: {k: [] for k in KINDS} for r in ("memory", "redis")}
