@@ -25,9 +25,11 @@ with one when the room registry answers later.  For a JOIN it
 The salon never sees the secret: it cannot check the JOIN's
 MESSAGE-INTEGRITY-SHA256, so it lists every member and the clients keep
 the first whose JOIN verifies.  An introduction stays within
-:data:`~natsalon.server.introducer.introductions.MAX_INTRODUCTION` bytes: members that do not fit are left out, and
-when some are, the list starts at another member every second, so none is
-left out of every answer.
+:data:`~natsalon.server.introducer.introductions.MAX_INTRODUCTION` bytes:
+members that do not fit are left out, and when some are, the list starts
+at another member every second, so none is left out of every answer.  The
+introductions of one JOIN are put together from attributes built once
+(:class:`~natsalon.server.introducer.introductions.Introductions`).
 
 A LEAVE needs no cookie: it reveals the token whose hash the member's JOIN
 carried, which only the member knew.  It is answered (20 bytes, less than
