@@ -12,7 +12,10 @@ Method:
   ``bench/build/joinload`` (C, ``bench/joinload.c``), runs on core 1 too: it
   replays prepared datagrams from two UDP sockets with at most ``--window``
   requests outstanding (closed loop) and counts answers by STUN class, and
-  the indications the salon pushes.
+  the indications the salon pushes.  With nothing to read it keeps polling
+  (yielding its core) for ``--spin-us`` before it sleeps: on loopback the
+  sender of a datagram pays, in its own system time, for waking a sleeping
+  receiver, which the salon does not towards clients on other hosts.
 - The salon is given a ``--cookie-secret-file``; the harness knows the
   secret, so it prepares JOINs that carry valid cookies for the generator's
   two source ports (a client fetches its cookie with a JOIN without one: the
@@ -30,6 +33,11 @@ Method:
 - Binding answers per second, for scale: ``bench/build/stunload`` against the
   same salon right after the JOIN kinds (2 s, window 1024).
 - Rounds alternate memory and Redis; medians over rounds.
+- ``--salon-tree DIR`` runs the salon from another copy of the code (say
+  ``git archive`` of an earlier commit, unpacked), with this venv;
+  ``--compare-tree DIR`` runs that copy too, in every round beside this
+  tree's (both registries), and adds a before / after table: the figures
+  of both from one run, one machine and one generator.
 - Memory: a fresh salon, 100,000 members registered (each its own room);
   salon RSS growth (``VmRSS``) with memory, Redis ``used_memory`` growth with
   Redis (and the salon's RSS growth beside it), divided by the members.
@@ -77,10 +85,16 @@ def log(msg: str) -> None:
     print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
-def spawn(argv, logfile: Path, cpu: str) -> subprocess.Popen:
+#: the salon's code when not this tree's (``--salon-tree``)
+SALON_TREE = None
+#: joinload's ``--spin-us``
+SPIN_US = 2000
+
+
+def spawn(argv, logfile: Path, cpu: str, env=None) -> subprocess.Popen:
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True, env=env)
     _children.append(proc)
     return proc
 
@@ -165,7 +179,7 @@ class Redis:
 
 
 class Salon:
-    def __init__(self, tmp: Path, redis: "Redis | None") -> None:
+    def __init__(self, tmp: Path, redis: "Redis | None", tree: "Path | None" = None) -> None:
         self.port, alt = free_udp_ports(2)
         secret = tmp / "cookie-secret"
         secret.write_bytes(SECRET + b"\n")
@@ -176,7 +190,11 @@ class Salon:
         if redis is not None:
             argv += ["--rooms", "unix:" + str(redis.sock), "--instance-id", "bench"]
         self.logfile = tmp / ("salon-%s.log" % ("redis" if redis else "memory"))
-        self.proc = spawn(argv, self.logfile, SALON_CPU)
+        env = None
+        tree = tree or SALON_TREE
+        if tree is not None:
+            env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = spawn(argv, self.logfile, SALON_CPU, env)
         if not binding_answers(self.port):
             stop(self.proc)
             raise RuntimeError("salon did not start:\n" + self.logfile.read_text()[-2000:])
@@ -210,7 +228,8 @@ def write_file(path: Path, records) -> None:
 
 def replay(salon: Salon, path: Path, gen_ports, window: int) -> dict:
     r = subprocess.run(["taskset", "-c", LOAD_CPU, str(JOINLOAD), "--port", str(salon.port), "--file", str(path),
-                        "--ports", "%d,%d" % tuple(gen_ports), "--window", str(window), "--timeout-ms", "10000"],
+                        "--ports", "%d,%d" % tuple(gen_ports), "--window", str(window), "--timeout-ms", "10000",
+                        "--spin-us", str(SPIN_US)],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError("joinload failed: " + r.stderr)
@@ -346,6 +365,11 @@ def report(args, rates, bindings, mem) -> str:
         "- %d datagrams per kind per round, window %d, %d rounds alternating memory and Redis; memory: %d members"
         % (args.joins, args.window, args.rounds, args.members),
         "- command: `bench/introducer_bench.py%s`" % ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:])),
+        "- generator: `joinload --window %d --spin-us %d` (polls for %d µs before it sleeps; see the docstring)"
+        % (args.window, SPIN_US, SPIN_US),
+        "- salon code: %s%s" % ("this tree" if SALON_TREE is None else "`%s` (--salon-tree)" % SALON_TREE,
+                                "" if not args.compare_tree else "; and `%s` (--compare-tree, the *before* rows)"
+                                % args.compare_tree),
         "",
         "## Per second (one core for the salon; medians over rounds)",
         "",
@@ -380,10 +404,12 @@ def report(args, rates, bindings, mem) -> str:
     lines += ["", "Per round, per CPU-s / wall (JOINs, or rooms for meetings):", "",
               "| registry | kind | " + " | ".join("round %d" % (i + 1) for i in range(args.rounds)) + " |",
               "|---|---|" + "---|" * args.rounds]
-    for r in regs:
+    for r in rates:
         for kind in KINDS:
             lines.append("| %s | %s | %s |" % (r, kind, " | ".join(
                 "{:,.0f} / {:,.0f}".format(v["cpu"], v["wall"]) for v in rates[r][kind])))
+    if "memory-before" in rates:
+        lines += before_after(args, m)
     lines += [
         "",
         "## Memory per waiting member (%s members, each in its own room)" % "{:,}".format(args.members),
@@ -403,10 +429,26 @@ def report(args, rates, bindings, mem) -> str:
     return "\n".join(lines) + "\n"
 
 
+def before_after(args, m) -> list:
+    """The table comparing this tree with ``--compare-tree``'s, per CPU-s."""
+    lines = ["", "## Before / after, in this run", "",
+             "This tree against `%s` (`--compare-tree`), salons of both run in every round, with the same generator: "
+             "medians per CPU-s." % args.compare_tree, "",
+             "| kind | memory: before | memory: after | after / before | Redis: before | Redis: after "
+             "| after / before |", "|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        cells = []
+        for reg in ("memory", "redis"):
+            before, after = m(reg + "-before", kind, "cpu"), m(reg, kind, "cpu")
+            cells += ["{:,.0f}".format(before), "{:,.0f}".format(after), "%.2f×" % (after / before)]
+        lines.append("| %s | %s |" % (kind, " | ".join(cells)))
+    return lines
+
+
 LOAD_AT_START = " / ".join("%.2f" % x for x in os.getloadavg())
 
 
-def registry_round(tmp: Path, registry: str, redis, rnd: int, args) -> dict:
+def registry_round(tmp: Path, registry: str, redis, rnd: int, args, tree=None) -> dict:
     """One round of every kind against a fresh salon (and an empty Redis),
     then its Binding rate.  On a shared machine another program sometimes
     binds the generator's port between two kinds: the round is then run
@@ -414,7 +456,7 @@ def registry_round(tmp: Path, registry: str, redis, rnd: int, args) -> dict:
     for attempt in range(3):
         if registry == "redis":
             redis.cli("FLUSHALL")
-        salon = Salon(tmp, redis if registry == "redis" else None)
+        salon = Salon(tmp, redis if registry == "redis" else None, tree)
         try:
             got = kinds_run(salon, args.joins, tmp, args.window, base=(rnd * 3 + attempt) * 10 * args.joins,
                             redis=redis if registry == "redis" else None)
@@ -429,21 +471,34 @@ def registry_round(tmp: Path, registry: str, redis, rnd: int, args) -> dict:
     raise AssertionError("unreachable")
 
 
+def name(registry: str, tree) -> str:
+    """A variant's key: the registry, and ``-before`` for ``--compare-tree``'s code."""
+    return registry if tree is None else registry + "-before"
+
+
 def main() -> int:
+    global SALON_TREE, SPIN_US
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--joins", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--members", type=int, default=100000)
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--spin-us", type=int, default=2000, help="joinload's --spin-us (0: it sleeps at once)")
+    ap.add_argument("--salon-tree", type=Path, help="run the salon from this copy of the code")
+    ap.add_argument("--compare-tree", type=Path, help="run this copy of the code too, each round (before / after)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    SALON_TREE, SPIN_US = args.salon_tree, args.spin_us
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     for tool, src in ((JOINLOAD, "joinload.c"), (STUNLOAD, "stunload.c")):
-        if not tool.exists():
+        if not tool.exists() or tool.stat().st_mtime < (BENCH / src).stat().st_mtime:
             tool.parent.mkdir(exist_ok=True)
             subprocess.run(["cc", "-O2", "-Wall", "-o", str(tool), str(BENCH / src)], check=True)
-    rates = {r: {k: [] for k in KINDS} for r in ("memory", "redis")}
-    bindings = {"memory": [], "redis": []}
+    variants = [("memory", None), ("redis", None)]
+    if args.compare_tree:
+        variants += [("memory", args.compare_tree), ("redis", args.compare_tree)]
+    rates = {name(r, t): {k: [] for k in KINDS} for r, t in variants}
+    bindings = {name(r, t): [] for r, t in variants}
     mem = {}
     try:
         with tempfile.TemporaryDirectory(prefix="natsalon-ibench-") as t:
@@ -451,15 +506,15 @@ def main() -> int:
             redis = Redis(tmp)
             try:
                 for rnd in range(args.rounds):
-                    order = ("memory", "redis") if rnd % 2 == 0 else ("redis", "memory")
-                    for registry in order:
-                        got = registry_round(tmp, registry, redis, rnd, args)
-                        bindings[registry].append(got.pop("bindings"))
+                    for registry, tree in (variants if rnd % 2 == 0 else variants[::-1]):
+                        key = name(registry, tree)
+                        got = registry_round(tmp, registry, redis, rnd, args, tree)
+                        bindings[key].append(got.pop("bindings"))
                         for k, v in got.items():
-                            rates[registry][k].append(v)
-                        log("round %d %s: %s; bindings %.0f/s" % (rnd + 1, registry, ", ".join(
+                            rates[key][k].append(v)
+                        log("round %d %s: %s; bindings %.0f/s" % (rnd + 1, key, ", ".join(
                             "%s %.0f/s (%.0f per CPU-s)" % (k, v["wall"], v["cpu"]) for k, v in got.items()),
-                            bindings[registry][-1]))
+                            bindings[key][-1]))
             finally:
                 stop(redis.proc)
             for registry in ("memory", "redis"):

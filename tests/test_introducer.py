@@ -162,6 +162,32 @@ def test_malformed_join_400():
     assert reply is not None and len(reply.data) <= 1.6 * len(bare)
 
 
+def test_a_cookie_is_the_truncated_hmac_of_bucket_port_address_and_room():
+    """The jar keeps each secret's keyed HMAC and copies it per cookie: the
+    cookies are still HMAC-SHA256(secret, bucket | port | IP | room)[:16],
+    as any salon sharing the secret computes them; a previous secret's
+    cookies (this bucket or the one before) are accepted, others not."""
+    import hashlib
+    import hmac
+    import socket
+    import struct
+
+    old, new = b"o" * 32, b"n" * 32
+    jar = CookieJar(new, previous=[old])
+    for src in (A, Address("2001:db8::5", 7)):
+        family = socket.AF_INET6 if ":" in src.host else socket.AF_INET
+        for now in (60.0, 89.9, 90.0, 1e9 + 0.5):
+            bucket = int(now // 30)
+            bound = struct.pack("!H", src.port) + socket.inet_pton(family, src.host) + b"r" * 16
+            want = hmac.new(new, struct.pack("!Q", bucket) + bound, hashlib.sha256).digest()[:16]
+            assert jar.issue(src, b"r" * 16, now) == want
+            by_old = hmac.new(old, struct.pack("!Q", bucket - 1) + bound, hashlib.sha256).digest()[:16]
+            assert jar.check(by_old, src, b"r" * 16, now)
+            too_old = hmac.new(old, struct.pack("!Q", bucket - 2) + bound, hashlib.sha256).digest()[:16]
+            assert not jar.check(too_old, src, b"r" * 16, now)
+            assert not jar.check(want, src, b"s" * 16, now)
+
+
 def test_cookie_for_scoped_ipv6_source():
     clock, intro, pushed = make()
     from natsalon.server.introducer.cookies import CookieJar
@@ -209,6 +235,38 @@ class _RefusingTransport(FakeDatagramTransport):
         if tuple(addr) == self.refused:
             raise OSError(105, "No buffer space available")
         super().write(packet, addr)
+
+
+def test_answers_go_out_through_the_sockets_sendto_and_a_refused_one_through_port_write():
+    """ServerState.write sends with the UDP port's socket directly; a send
+    the kernel refuses is tried again through Port.write, so its checks
+    and its error handling still decide (counted, or raised as before)."""
+    import errno
+
+    from twisted.internet import udp
+    from twisted.internet.error import InvalidAddressError
+
+    from natsalon.server.reflector import ServerState
+
+    class Sock:
+        def __init__(self, refuse: int) -> None:
+            self.sent, self.refuse = [], refuse
+
+        def sendto(self, data, addr):
+            if self.refuse:
+                self.refuse -= 1
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            self.sent.append((data, addr))
+
+    state, port, to = ServerState(), udp.Port(0, None, "127.0.0.1"), ("192.0.2.1", 5)
+    for refuse, sent in ((0, True), (1, True), (2, False)):
+        port.socket = Sock(refuse)
+        assert state.write(port, b"x", to) is sent
+        assert port.socket.sent == ([(b"x", to)] if sent else [])
+    assert state.stats["send_failed"] == 1
+    port.socket = Sock(1)
+    with pytest.raises(InvalidAddressError):  # Port.write's check, once the kernel refused
+        state.write(port, b"x", ("2001:db8::1", 5))
 
 
 def test_refused_push_is_counted_and_the_joiner_still_answered():
@@ -339,7 +397,7 @@ def test_every_member_is_told_of_a_newcomer_listed_first():
 
 
 def test_introductions_stay_small_and_no_member_is_left_out_of_every_one():
-    from natsalon.server.introducer.handler import MAX_INTRODUCTION
+    from natsalon.server.introducer.introductions import MAX_INTRODUCTION
 
     clock, intro, pushed = make()
     keys = derive("room", "s3cret")
@@ -452,17 +510,122 @@ def test_the_salon_answers_leave():
     svc.stopService()
 
 
-def test_the_size_reckoning_is_the_encoded_size():
-    from natsalon.server.introducer.handler import _head_size, _listed_size
+def test_introductions_from_parts_are_the_codecs_byte_for_byte():
+    """The salon puts its introductions together from prepared attributes
+    (natsalon.wire.introparts, Introductions): the same bytes as
+    natsalon.wire.introduction for IPv4 and IPv6 recipients and members,
+    one or several members, with and without TURN credentials, answer or
+    indication, JOINs of every length modulo 4, cached address attributes
+    or not."""
+    import os
+    import random
+
+    from natsalon.server.introducer.introductions import Introductions
+    from natsalon.server.introducer.rooms import Member
+
+    rng = random.Random(5)
+    keys = derive("room", "s")
+    addresses = [A, B, Address("2001:db8::1", 5), Address("2001:db8:ffff::abcd", 65535), Address("0.0.0.0", 0)]
+    tails = {}
+    for i in range(60):
+        members = [Member(new_nonce(), rng.choice(addresses), os.urandom(rng.randrange(60, 200)))
+                   for _ in range(rng.randrange(1, 4))]
+        turn = rng.choice([None, ("1700000000:room-0011223344556677", "p" * rng.randrange(20, 31))])
+        intros = Introductions(keys.room_id, turn, tails if i % 2 else None)
+        to, nonce, indication = rng.choice(addresses), new_nonce(), bool(i % 3)
+        for _ in range(2):  # the second time with the members' entries kept
+            txid = os.urandom(12)
+            if indication:
+                first, rest = members[0], members[1:]
+            else:
+                first, rest = None, members
+            got = intros.message(txid, to, nonce, first, rest, 1000, indication)
+            want = wire.introduction(txid, to, nonce, keys.room_id, members[0].blob, members[0].address,
+                                     indication, [(m.blob, m.address) for m in members[1:]], turn)
+            assert got == want
+    assert tails  # IPv4 address attributes were cached
+
+
+def test_an_introduction_from_parts_leaves_out_what_does_not_fit_as_before():
+    """Members that do not fit within MAX_INTRODUCTION are left out, the
+    list rotated by the second; a first member that does not fit means no
+    introduction at all."""
+    import os
+
+    from natsalon.server.introducer.introductions import MAX_INTRODUCTION, Introductions, fitting
     from natsalon.server.introducer.rooms import Member
 
     keys = derive("room", "s")
-    for observed, n in ((A, 1), (Address("2001:db8::1", 5), 3)):
-        members = [Member(new_nonce(), Address("2001:db8::%d" % i if i % 2 else "192.0.2.%d" % i, i),
-                          wire.join_request(keys.room_id, new_nonce(), (A,) * i, keys.k_join)[1]) for i in range(n)]
-        data = wire.introduction(b"t" * 12, observed, b"n" * 16, keys.room_id, members[0].blob, members[0].address,
-                                 others=[(m.blob, m.address) for m in members[1:]])
-        assert len(data) == _head_size(observed, keys.room_id, b"n" * 16) + sum(map(_listed_size, members))
+    members = [Member(new_nonce(), Address("192.0.2.%d" % (i + 1), 7), os.urandom(300)) for i in range(4)]
+    intros = Introductions(keys.room_id, None)
+    for now in range(4):
+        data = intros.message(b"t" * 12, A, b"n" * 16, None, members, now)
+        ans = wire.parse_join_answer(decode(data))
+        assert len(data) <= MAX_INTRODUCTION and len(ans.peers) == 2
+        assert ans.peers[0][1] == members[now % 4].address  # rotated by the second
+    assert intros.message(b"t" * 12, A, b"n" * 16, Member(new_nonce(), B, os.urandom(1000)), members, 0) is None
+    assert fitting(0, [("a", 600), ("b", 600), ("c", 300)], 0) == ["a", "c"]
+    assert fitting(0, [("a", 600), ("b", 600), ("c", 300)], 1) == ["b", "c"]
+
+
+def test_the_salons_join_check_refuses_exactly_what_the_full_parse_refuses():
+    """check_join_request (the salon's) and parse_join_request (the
+    client's) over random JOINs, most of them malformed somewhere: the
+    same WireError reason, or the same room, nonce, cookie, leave hash and
+    flags."""
+    import os
+    import random
+
+    from natsalon.stun import Attr, Message, encode
+    from natsalon.wire.join import NS_RELAY, check_join_request
+    from natsalon.wire.nat import NS_NAT, NS_SALON_RTT
+
+    rng = random.Random(8)
+
+    def blob(*sizes):
+        return os.urandom(rng.choice(sizes))
+
+    def candidates():
+        parts = []
+        for _ in range(rng.randrange(0, 10)):
+            family = rng.choice((4, 6, 4, 4, 6, 5)) if rng.random() < 0.1 else rng.choice((4, 6))
+            parts.append(bytes([family]) + os.urandom(2 + (4 if family == 4 else 16)))
+        return b"".join(parts)[:rng.choice((None,) * 8 + (5, 12))]
+
+    choices = [
+        (Attr.NS_ROOM, lambda: b"r" * 16), (Attr.NS_NONCE, lambda: blob(16, 16, 15)),
+        (Attr.NS_CANDIDATES, candidates), (Attr.NS_LEAVE, lambda: blob(16, 16, 3)),
+        (Attr.NS_STATUS, lambda: rng.randrange(4)), (NS_NAT, lambda: blob(8, 8, 4, 12)),
+        (NS_RELAY, lambda: rng.choice((candidates(), b"\x04\x00\x01\x7f\x00\x00\x01"))),
+        (NS_SALON_RTT, lambda: blob(4, 2)), (Attr.NS_COOKIE, lambda: blob(16)),
+    ]
+    outcomes = set()
+    for i in range(3000):
+        attrs = tuple((t, make()) for t, make in choices if rng.random() < 0.9)
+        msg = Message(Method.JOIN, rng.choice((Class.REQUEST,) * 9 + (Class.INDICATION,)), os.urandom(12), attrs)
+        raw = encode(msg, sha256_key=b"k" * 32 if rng.random() < 0.95 else None)
+        msg = decode(raw)
+        try:
+            full = wire.parse_join_request(msg)
+        except wire.WireError as e:
+            with pytest.raises(wire.WireError) as got:
+                check_join_request(msg)
+            assert str(got.value) == str(e)
+            outcomes.add("".join(c for c in str(e) if not c.isdigit()))
+            continue
+        light = check_join_request(msg)
+        assert light == (full.room_id, full.nonce, full.cookie, full.leave_hash, full.flags)
+        outcomes.add("ok")
+    assert len(outcomes) >= 12 and {"ok", "more than  candidates", "NS-RELAY with  addresses (want )",
+                                    "JOIN with a -byte NS-LEAVE (want )", "truncated candidate address"} <= outcomes
+
+
+def test_the_pushed_indications_transaction_ids_are_random_and_distinct():
+    from natsalon.server.introducer.introductions import TransactionIds
+
+    txids = TransactionIds(batch=4)
+    got = [txids() for _ in range(1000)]
+    assert all(len(t) == 12 for t in got) and len(set(got)) == 1000
 
 
 def test_a_copied_nonce_does_not_take_the_members_place():
@@ -480,10 +643,11 @@ def test_a_copied_nonce_does_not_take_the_members_place():
 
 
 def test_the_waiting_answer_is_the_codecs_byte_for_byte():
-    """The introducer puts its most frequent answer together from cached
-    parts (natsalon.server.introducer.handler.waiting_answer): the same
-    bytes as natsalon.wire.waiting_response, IPv4 and IPv6, cached or not,
-    and the cache stays bounded."""
+    """The introducer puts its most frequent answers together from cached
+    parts (natsalon.server.introducer.handler.waiting_answer and
+    cookie_answer): the same bytes as natsalon.wire.waiting_response and
+    cookie_response, IPv4 and IPv6, cached or not, and the cache stays
+    bounded."""
     import os
     import random
 
@@ -499,6 +663,10 @@ def test_the_waiting_answer_is_the_codecs_byte_for_byte():
             txid = os.urandom(12)
             assert handler.waiting_answer(txid, src, tails) == wire.waiting_response(txid, src)
     assert len(tails) == 202  # IPv6 is not cached
+    for src in sources[:20]:
+        txid, cookie = os.urandom(12), os.urandom(16)
+        assert handler.cookie_answer(txid, cookie) == wire.cookie_response(txid, cookie)
+    assert handler.cookie_answer(b"t" * 12, b"c" * 7) == wire.cookie_response(b"t" * 12, b"c" * 7)
     small = {}
     for src in sources[:25]:
         txid = os.urandom(12)

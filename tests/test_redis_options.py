@@ -71,7 +71,20 @@ def test_shared_rooms_options(tmp_path):
     assert a != b
 
 
+def test_sentinel_password_option(tmp_path):
+    pw = tmp_path / "sentinel-pw"
+    pw.write_text("sentinel-secret\n")
+    config = parse("--rooms", "redis+sentinel://10.0.0.1,10.0.0.2/rooms/2", "--sentinel-password-file", str(pw))
+    assert config.rooms.sentinel_password == b"sentinel-secret" and config.rooms.db == 2
+    assert "sentinel-secret" not in repr(config.rooms) + str(config.rooms)  # never shown
+    assert config.redis_password is None  # the master's is --redis-password-file's
+
+
 @pytest.mark.parametrize("args, reason", [
+    (["--rooms", "redis://x", "--sentinel-password-file", "/dev/null"], "needs --rooms redis\\+sentinel"),
+    (["--sentinel-password-file", "/dev/null"], "--sentinel-password-file needs --rooms"),
+    (["--rooms", "redis+sentinel://s/m", "--sentinel-password-file", "/dev/null"], "no password"),
+    (["--rooms", "redis+sentinel://s/m", "--sentinel-password-file", "/nonexistent"], "--sentinel-password-file"),
     (["--rooms", "redis://x:99999"], "--rooms: bad port"),
     (["--rooms", "redis://x", "--instance-id", "a/b"], "--instance-id"),
     (["--rooms", "redis://x", "--redis-password-file", "/nonexistent"], "--redis-password-file"),

@@ -15,7 +15,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from natsalon.server.introducer.redislink import RedisAddress, parse_redis_url
-from natsalon.server.introducer.sentinel import master_query, parse_master_reply
+from natsalon.server.introducer.sentinel import (
+    SentinelEndpoint, auth_command, master_query, parse_auth_reply, parse_master_reply)
 
 from redis_server import REDIS_SERVER, BlockingLink, RedisServer, free_port
 from test_redis_salons import Peer, make_salon, started, stopped, until
@@ -32,6 +33,16 @@ def test_master_replies():
                 b"*2\r\n:1\r\n"):
         with pytest.raises(ValueError):
             parse_master_reply(bad)
+
+
+def test_auth_replies():
+    assert auth_command(b"pw") == b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+    whole = b"+OK\r\n*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n"
+    assert parse_auth_reply(whole) == whole[5:] and parse_auth_reply(b"+OK") is None
+    with pytest.raises(ValueError, match="refused the password: WRONGPASS invalid"):
+        parse_auth_reply(b"-WRONGPASS invalid username-password pair\r\n")
+    with pytest.raises(ValueError, match="--sentinel-password-file"):
+        parse_master_reply(b"-NOAUTH Authentication required.\r\n")
 
 
 def test_sentinel_urls():
@@ -188,3 +199,75 @@ def test_a_demoted_redis_is_dropped_so_the_link_asks_the_sentinels_again():
     link.protocol = Proto("NOSCRIPT No matching script")
     link.call(b"EVALSHA", b"x", 0).addErrback(failures.append)
     assert failures[1].check(txredisapi.ResponseError) and link.protocol.transport.closed == 0
+
+
+class AuthSentinel(Sentinel):
+    """A sentinel with a password of its own (``requirepass``) watching a
+    master with another one (``auth-pass``)."""
+
+    PASSWORD = "sentinel-pw-0123456789"
+
+    def __init__(self, master: RedisServer) -> None:
+        self.port = free_port()
+        conf = master.dir / "sentinel.conf"
+        conf.write_text("port %d\nbind 127.0.0.1\ndir %s\nrequirepass %s\n"
+                        "sentinel monitor rooms 127.0.0.1 %d 1\nsentinel auth-pass rooms %s\n"
+                        % (self.port, master.dir, self.PASSWORD, master.port, master.password))
+        self.proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def master(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(auth_command(self.PASSWORD.encode()) + master_query("rooms"))
+            buf = b""
+            while True:
+                buf += s.recv(4096)
+                rest = parse_auth_reply(buf)
+                found = parse_master_reply(rest) if rest is not None else None
+                if found is not None:
+                    return found
+
+
+@pytest.fixture
+def auth_sentinel_setup():
+    started = []  # each ended however far the setup got
+    try:
+        master = RedisServer(tcp=True, password="master-pw-0123456789").start()
+        started.append(master.cleanup)
+        sentinel = AuthSentinel(master)
+        started.append(sentinel.stop)
+        wait_for(lambda: sentinel.master() == ("127.0.0.1", master.port), "the sentinel names the master")
+        yield master, sentinel
+    finally:
+        for end in reversed(started):
+            end()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sentinels_with_a_password(auth_sentinel_setup):
+    """Sentinels with requirepass: without their password, or with a wrong
+    one, no sentinel names the master (the reason says why); with it, the
+    salon finds the master (whose own password is another) and members
+    meet there."""
+    from twisted.internet.error import ConnectError
+
+    master, sentinel = auth_sentinel_setup
+    where = (("127.0.0.1", sentinel.port),)
+    for password, reason in ((None, "wants a password"), (b"wrong", "refused the password")):
+        with pytest.raises(ConnectError, match=reason):
+            yield SentinelEndpoint(reactor, where, "rooms", timeout=5, password=password).master()
+
+    class Where:  # what make_salon needs of a Redis
+        address = RedisAddress(sentinels=where, service="rooms", sentinel_password=AuthSentinel.PASSWORD.encode())
+
+    salon = make_salon(Where, "one", redis_password=master.password.encode())
+    a, b = Peer(), Peer()
+    try:
+        yield started(salon)
+        assert salon.shared.link.protocol.transport.getPeer().port == master.port
+        ia, ib = yield defer.gatherResults([a.join(salon), b.join(salon)])
+        assert ia.peer.nonce == b.nonce and ib.peer.nonce == a.nonce
+    finally:
+        yield a.close()
+        yield b.close()
+        yield stopped(salon)

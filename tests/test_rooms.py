@@ -28,6 +28,35 @@ class TestMemoryRooms(RoomRegistryContract):
         self.rooms.prune(100)
         assert len(self.rooms) == 0 and self.rooms._per_source == {}
 
+    def test_a_prune_removes_exactly_the_expired_members_in_any_order_of_time(self):
+        """The registry prunes from its expiry order; against a reference
+        that looks at every member, over random joins, polls, leaves and
+        prunes, with the clock now and then set back."""
+        import random
+
+        from natsalon.stun import Address
+
+        rng = random.Random(11)
+        rooms = MemoryRooms(max_rooms=10 ** 6, max_per_source=10 ** 6, member_timeout=3.5)
+        names = [bytes([i]) for i in range(60)]
+        now = 0.0
+        for step in range(3000):
+            now += rng.choice((0.0, 0.1, 0.5, 1.0)) if rng.random() > 0.01 else -rng.uniform(0, 5)
+            r = rng.random()
+            name = rng.choice(names)
+            room = bytes([name[0] % 7]) * 16
+            if r < 0.7:
+                rooms.join(room, member(name, Address("192.0.2.%d" % (name[0] % 30 + 1), 1000 + name[0])), now)
+            elif r < 0.8:
+                rooms.leave(room, (name * 16)[:16], b"x" * 16, now)
+            else:
+                held = [(rid, m) for rid, rm in rooms._rooms.items() for m in rm.values()]
+                expired = {id(m) for _, m in held if m.seen + 3.5 <= now}
+                assert rooms.prune(now) == len(expired), step
+                left = {id(m) for rm in rooms._rooms.values() for m in rm.values()}
+                assert left == {id(m) for _, m in held} - expired and rooms.members() == len(left)
+                assert sum(rooms._per_source.values()) == len(left)
+
 
 class TestLaterRooms(RoomRegistryContract):
     """Every call answers through a Deferred that fires later."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -36,9 +37,20 @@ def _member_timeout(o) -> float:
     return seconds
 
 
+def _sentinel_password(address, path: str):
+    """``address`` (redis+sentinel://) with the sentinels' password, the
+    first line of ``path``."""
+    if not address.sentinels:
+        raise usage.UsageError("--sentinel-password-file needs --rooms redis+sentinel://...")
+    lines = secret_lines(path, "--sentinel-password-file")
+    if not lines:
+        raise usage.UsageError("--sentinel-password-file: no password in %s" % path)
+    return dataclasses.replace(address, sentinel_password=lines[0])
+
+
 def _shared_rooms(o) -> dict:
     """The SalonConfig fields of --rooms, --redis-password-file,
-    --instance-id and --cookie-secret-file."""
+    --sentinel-password-file, --instance-id and --cookie-secret-file."""
     out = {}
     if o["cookie-secret-file"]:
         secrets = secret_lines(o["cookie-secret-file"], "--cookie-secret-file")
@@ -48,7 +60,7 @@ def _shared_rooms(o) -> dict:
             raise usage.UsageError("--cookie-secret-file: a secret is shorter than 16 bytes")
         out["cookie_secrets"] = tuple(secrets)
     if o["rooms"] == "memory":
-        for name in ("redis-password-file", "instance-id"):
+        for name in ("redis-password-file", "sentinel-password-file", "instance-id"):
             if o[name]:
                 raise usage.UsageError("--%s needs --rooms redis://... or unix:..." % name)
         return out
@@ -65,6 +77,8 @@ def _shared_rooms(o) -> dict:
         if not lines:
             raise usage.UsageError("--redis-password-file: no password in %s" % o["redis-password-file"])
         out["redis_password"] = lines[0]
+    if o["sentinel-password-file"]:
+        out["rooms"] = _sentinel_password(out["rooms"], o["sentinel-password-file"])
     instance = o["instance-id"] or "%s-%s" % (socket.gethostname(), os.urandom(4).hex())
     if "/" in instance or not instance.isprintable() or " " in instance:
         raise usage.UsageError("--instance-id: %r: use letters, digits, '-', '.', ':'" % instance)
@@ -147,6 +161,8 @@ class Options(OpsOptionsMixin, TurnOptionsMixin, usage.Options):
         ["rooms", None, "memory", "Where rooms live: 'memory' (this salon alone), or a Redis shared by several "
                                   "salons: redis://HOST[:PORT][/DB] or unix:/PATH[?db=N]."],
         ["redis-password-file", None, None, "File holding the Redis password (its first line)."],
+        ["sentinel-password-file", None, None, "File holding the Redis Sentinels' own password (their "
+         "requirepass; its first line), for --rooms redis+sentinel://..."],
         ["instance-id", None, None, "This salon's name among the salons sharing --rooms (unique per running "
                                     "salon; default: host name and a random suffix)."],
         ["cookie-secret-file", None, None, "File of cookie secrets, one a line: the first issues cookies, every "

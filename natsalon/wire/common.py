@@ -64,3 +64,27 @@ def unpack_candidates(raw: bytes) -> Tuple[Address, ...]:
         if len(out) > MAX_CANDIDATES:
             raise WireError("more than %d candidates" % MAX_CANDIDATES)
     return tuple(out)
+
+
+def check_candidates(raw: bytes) -> int:
+    """How many candidates ``raw`` packs; raises :class:`WireError` exactly
+    where :func:`unpack_candidates` does, with the same reason, without
+    making the addresses (the salon only hands the JOIN on)."""
+    pos, count, end = 0, 0, len(raw)
+    while pos < end:
+        if pos + 3 > end:
+            raise WireError("truncated candidate")
+        fam = raw[pos]
+        pos += 3
+        if fam == 4:
+            pos += 4
+        elif fam == 6:
+            pos += 16
+        else:
+            raise WireError("candidate of unknown family %d" % fam)
+        if pos > end:
+            raise WireError("truncated candidate address")
+        count += 1
+        if count > MAX_CANDIDATES:
+            raise WireError("more than %d candidates" % MAX_CANDIDATES)
+    return count

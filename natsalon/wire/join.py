@@ -34,7 +34,8 @@ from natsalon.stun import Address, Attr, Class, ErrorCode, Message, Method, Stun
 from natsalon.stun.client import new_transaction_id
 from natsalon.stun.constants import REASONS
 from natsalon.wire.common import (
-    LEAVE_HASH_SIZE, LEAVE_TOKEN_SIZE, NONCE_SIZE, Status, WireError, pack_candidates, unpack_candidates,
+    LEAVE_HASH_SIZE, LEAVE_TOKEN_SIZE, NONCE_SIZE, Status, WireError, check_candidates, pack_candidates,
+    unpack_candidates,
 )
 from natsalon.wire.nat import NS_NAT, NS_SALON_RTT, UNKNOWN_NAT, NatSummary, pack_nat, pack_rtt, unpack_nat, unpack_rtt
 
@@ -119,28 +120,70 @@ def _relay(value: Optional[bytes]) -> Optional[Address]:
     return addresses[0]
 
 
-def parse_join_request(msg: Message) -> JoinRequest:
-    """Check a JOIN request's shape (the salon cannot check its MAC)."""
+def _join_attributes(msg: Message) -> dict:
+    """A JOIN request's attributes by type (the first of a repeated one
+    wins, as ``msg.get``), after the checks of its shape that come before
+    its candidates."""
     if msg.method != Method.JOIN or msg.cls != Class.REQUEST:
         raise WireError("not a JOIN request")
     if msg.classic:
         raise WireError("JOIN without the magic cookie")
-    attrs = dict(reversed(msg.attributes))  # one pass; the first of a repeated attribute wins, as msg.get
-    room = attrs.get(Attr.NS_ROOM)
+    attrs = dict(reversed(msg.attributes))  # one pass
     nonce = attrs.get(Attr.NS_NONCE)
-    if room is None:
+    if Attr.NS_ROOM not in attrs:
         raise WireError("JOIN without NS-ROOM")
     if nonce is None or len(nonce) != NONCE_SIZE:
         raise WireError("JOIN without a %d-byte NS-NONCE" % NONCE_SIZE)
     if Attr.MESSAGE_INTEGRITY_SHA256 not in attrs:
         raise WireError("JOIN without MESSAGE-INTEGRITY-SHA256")
-    cands = unpack_candidates(attrs.get(Attr.NS_CANDIDATES, b""))
+    return attrs
+
+
+def _leave_hash(attrs: dict) -> Optional[bytes]:
     leave = attrs.get(Attr.NS_LEAVE)
     if leave is not None and len(leave) != LEAVE_HASH_SIZE:
         raise WireError("JOIN with a %d-byte NS-LEAVE (want %d)" % (len(leave), LEAVE_HASH_SIZE))
-    return JoinRequest(room, nonce, cands, attrs.get(Attr.NS_COOKIE), leave, attrs.get(Attr.NS_STATUS, 0),
-                       unpack_nat(attrs.get(NS_NAT)), _relay(attrs.get(NS_RELAY)),
+    return leave
+
+
+def parse_join_request(msg: Message) -> JoinRequest:
+    """Check a JOIN request's shape (the salon cannot check its MAC)."""
+    attrs = _join_attributes(msg)
+    cands = unpack_candidates(attrs.get(Attr.NS_CANDIDATES, b""))
+    leave = _leave_hash(attrs)
+    return JoinRequest(attrs[Attr.NS_ROOM], attrs[Attr.NS_NONCE], cands, attrs.get(Attr.NS_COOKIE), leave,
+                       attrs.get(Attr.NS_STATUS, 0), unpack_nat(attrs.get(NS_NAT)), _relay(attrs.get(NS_RELAY)),
                        unpack_rtt(attrs.get(NS_SALON_RTT)))
+
+
+class SalonJoin(NamedTuple):
+    """What the salon reads of a JOIN request: it hands the rest on verbatim."""
+
+    room_id: bytes
+    nonce: bytes
+    cookie: Optional[bytes]
+    leave_hash: Optional[bytes] = None
+    flags: int = 0
+
+
+def check_join_request(msg: Message) -> SalonJoin:
+    """The salon's :func:`parse_join_request`: the same checks in the same
+    order (a :class:`WireError` with the same reason for exactly the same
+    requests), without making objects of what it only hands on (the
+    candidates)."""
+    attrs = _join_attributes(msg)
+    check_candidates(attrs.get(Attr.NS_CANDIDATES, b""))
+    leave = _leave_hash(attrs)
+    for attr_type, check in _OPTIONAL_CHECKS:
+        value = attrs.get(attr_type)
+        if value is not None:
+            check(value)
+    return SalonJoin(attrs[Attr.NS_ROOM], attrs[Attr.NS_NONCE], attrs.get(Attr.NS_COOKIE), leave,
+                     attrs.get(Attr.NS_STATUS, 0))
+
+
+#: the optional attributes a JOIN's parse checks, in its order
+_OPTIONAL_CHECKS = ((NS_NAT, unpack_nat), (NS_RELAY, _relay), (NS_SALON_RTT, unpack_rtt))
 
 
 class PeerJoin(NamedTuple):

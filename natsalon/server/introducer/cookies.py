@@ -30,13 +30,19 @@ class CookieJar:
         self.secret = secret or os.urandom(32)
         self.lifetime = lifetime
         self.previous = tuple(previous)
+        #: each secret's HMAC with its key already absorbed: a cookie is a copy fed the rest
+        self._keyed = tuple(_keyed(s) for s in (self.secret,) + self.previous)
 
-    def _make(self, bucket: int, source: Address, room_id: bytes, secret: Optional[bytes] = None) -> bytes:
-        return self._digest(secret or self.secret, bucket, _bound(source, room_id))
+    def _make(self, bucket: int, source: Address, room_id: bytes) -> bytes:
+        return self._digest(self._keyed[0], bucket, _bound(source, room_id))
 
     @staticmethod
-    def _digest(secret: bytes, bucket: int, bound: bytes) -> bytes:
-        return hmac.digest(secret, _BUCKET.pack(bucket) + bound, "sha256")[:COOKIE_SIZE]
+    def _digest(keyed, bucket: int, bound: bytes) -> bytes:
+        """HMAC-SHA256(secret, bucket | bound), truncated; ``keyed`` is
+        the secret's :func:`_keyed` HMAC."""
+        mac = keyed.copy()
+        mac.update(_BUCKET.pack(bucket) + bound)
+        return mac.digest()[:COOKIE_SIZE]
 
     def issue(self, source: Address, room_id: bytes, now: float) -> bytes:
         return self._make(int(now // self.lifetime), source, room_id)
@@ -46,11 +52,24 @@ class CookieJar:
             return False
         bucket = int(now // self.lifetime)
         bound = _bound(source, room_id)
-        for secret in (self.secret,) + self.previous:
+        for keyed in self._keyed:
             for b in (bucket, bucket - 1):
-                if hmac.compare_digest(cookie, self._digest(secret, b, bound)):
+                if hmac.compare_digest(cookie, self._digest(keyed, b, bound)):
                     return True
         return False
+
+
+try:  # CPython with OpenSSL: the C HMAC object, copied in C
+    from _hashlib import hmac_new as _openssl_hmac
+except ImportError:  # pragma: no cover (PyPy)
+    _openssl_hmac = None
+
+
+def _keyed(secret: bytes):
+    """An HMAC-SHA256 object keyed with ``secret``, nothing fed yet (to copy)."""
+    if _openssl_hmac is not None:
+        return _openssl_hmac(secret, digestmod="sha256")
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 _BUCKET = struct.Struct("!Q")

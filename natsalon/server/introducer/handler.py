@@ -6,7 +6,7 @@ for ``Method.LEAVE``; :meth:`Introducer.handlers` gives both) and returns
 a :class:`natsalon.server.binding.Reply` (or None), or a Deferred firing
 with one when the room registry answers later.  For a JOIN it
 
-1. checks the JOIN's shape (:func:`natsalon.wire.parse_join_request`);
+1. checks the JOIN's shape (:func:`natsalon.wire.join.check_join_request`);
 2. checks the return-routability cookie: without a valid one it answers
    401 with a fresh cookie, ``HMAC(server secret, time bucket, source IP,
    source port, room id)``, an answer smaller than the request (no
@@ -25,9 +25,11 @@ with one when the room registry answers later.  For a JOIN it
 The salon never sees the secret: it cannot check the JOIN's
 MESSAGE-INTEGRITY-SHA256, so it lists every member and the clients keep
 the first whose JOIN verifies.  An introduction stays within
-:data:`MAX_INTRODUCTION` bytes: members that do not fit are left out, and
-when some are, the list starts at another member every second, so none is
-left out of every answer.
+:data:`~natsalon.server.introducer.introductions.MAX_INTRODUCTION` bytes:
+members that do not fit are left out, and when some are, the list starts
+at another member every second, so none is left out of every answer.  The
+introductions of one JOIN are put together from attributes built once
+(:class:`~natsalon.server.introducer.introductions.Introductions`).
 
 A LEAVE needs no cookie: it reveals the token whose hash the member's JOIN
 carried, which only the member knew.  It is answered (20 bytes, less than
@@ -37,24 +39,19 @@ otherwise.
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from natsalon import wire
-from natsalon.server.binding import Reply, error_response, xor_mapped_tail
-from natsalon.server.introducer.cookies import CookieJar
+from natsalon.server.binding import Reply, error_response
+from natsalon.server.introducer.cookies import COOKIE_SIZE, CookieJar
 from natsalon.server.introducer.errors import RegistryUnavailable
+from natsalon.server.introducer.introductions import TAILS, Introductions, TransactionIds, mapped_attribute
 from natsalon.server.introducer.rooms import IRoomRegistry, JoinResult, Member, MemoryRooms, Outcome
 from natsalon.ops.stats import Stats
 from natsalon.stun import Address, Class, Message, Method
-
-#: the largest introduction sent: IPv6's minimum MTU (1280) leaves 1232
-#: bytes of UDP payload; this keeps clear of it.  It lists two members with
-#: eight IPv6 candidates each, or four with two IPv4 candidates.
-MAX_INTRODUCTION = 1024
 
 _ERRORS = {
     Outcome.FULL: 409,
@@ -64,70 +61,34 @@ _ERRORS = {
 #: the stats key counting each outcome
 _COUNTED = {outcome: "join_" + outcome.value for outcome in Outcome}
 
-# The WAITING answer to an IPv4 member, the most frequent answer there is
-# (every poll), put together from bytes: the header without its
-# transaction id, the XOR-MAPPED-ADDRESS (which for IPv4 does not depend on
-# the transaction id) and NS-STATUS, taken once from the codec's own answer.
+# The WAITING answer, the most frequent answer there is (every poll), put
+# together from bytes: the header without its transaction id, the
+# XOR-MAPPED-ADDRESS (which for IPv4 does not depend on the transaction id,
+# cached per source) and NS-STATUS, taken once from the codec's own answer.
 _WAITING_SAMPLE = wire.waiting_response(bytes(12), Address("0.0.0.0", 0))
 _WAITING_HEAD, _WAITING_STATUS = _WAITING_SAMPLE[:8], _WAITING_SAMPLE[32:]
-#: cached XOR-MAPPED-ADDRESS attributes at most (then the cache starts over)
-_TAILS = 65536
+_WAITING_HEAD6 = _WAITING_HEAD[:2] + b"\x00\x20" + _WAITING_HEAD[4:]  # its length with an IPv6 address
 
 
-def waiting_answer(txid: bytes, source: Address, tails: Dict[tuple, bytes], limit: int = _TAILS) -> bytes:
-    """:func:`natsalon.wire.waiting_response`, byte for byte; for IPv4
-    sources from cached parts (``tails``: source -> its XOR-MAPPED-ADDRESS,
-    at most ``limit`` of them)."""
-    key = (source.host, source.port)
-    tail = tails.get(key)
-    if tail is None:
-        if ":" in source.host:
-            return wire.waiting_response(txid, source)
-        if len(tails) >= limit:
-            tails.clear()
-        tail = tails[key] = xor_mapped_tail(source.host, source.port)
-    return _WAITING_HEAD + txid + tail + _WAITING_STATUS
+def waiting_answer(txid: bytes, source: Address, tails: Dict[tuple, bytes], limit: int = TAILS) -> bytes:
+    """:func:`natsalon.wire.waiting_response`, byte for byte, from parts
+    (``tails``: source -> its XOR-MAPPED-ADDRESS, see
+    :func:`~natsalon.server.introducer.introductions.mapped_attribute`)."""
+    mapped = mapped_attribute(source, txid, tails, limit)
+    return (_WAITING_HEAD if len(mapped) == 12 else _WAITING_HEAD6) + txid + mapped + _WAITING_STATUS
 
 
-def _attr_size(n: int) -> int:
-    return 4 + (n + 3) // 4 * 4
+# The 401 with a cookie, likewise: the header without its transaction id,
+# ERROR-CODE and NS-COOKIE's header, then the cookie (16 bytes, no padding).
+_COOKIE_SAMPLE = wire.cookie_response(bytes(12), bytes(COOKIE_SIZE))
+_COOKIE_HEAD, _COOKIE_MIDDLE = _COOKIE_SAMPLE[:8], _COOKIE_SAMPLE[20:-COOKIE_SIZE]
 
 
-def _address_size(address: Address) -> int:
-    return _attr_size(20 if ":" in address.host else 8)
-
-
-def _listed_size(member: Member) -> int:
-    """What listing ``member`` adds to an introduction."""
-    return _address_size(member.address) + _attr_size(len(member.blob))
-
-
-def _head_size(observed: Address, room_id: bytes, nonce: bytes) -> int:
-    """An introduction's size before its list of members."""
-    return 20 + _address_size(observed) + _attr_size(4) + _attr_size(len(room_id)) + _attr_size(len(nonce))
-
-
-def _turn_size(turn: Optional[tuple]) -> int:
-    """What TURN credentials add to an introduction."""
-    return 0 if turn is None else _attr_size(len(wire.join.pack_turn(turn)))
-
-
-def fitting(size: int, members: Sequence[Member], turn: int = 0) -> List[Member]:
-    """The ``members`` an introduction of ``size`` bytes so far can list
-    within :data:`MAX_INTRODUCTION`, in order, leaving out those that do not
-    fit.  When not all fit, the order is first rotated by ``turn`` (the
-    clock's second: each poll starts at another member)."""
-    costs = [_listed_size(m) for m in members]
-    order = list(zip(members, costs))
-    if order and size + sum(costs) > MAX_INTRODUCTION:
-        k = turn % len(order)
-        order = order[k:] + order[:k]
-    out = []
-    for member, cost in order:
-        if size + cost <= MAX_INTRODUCTION:
-            out.append(member)
-            size += cost
-    return out
+def cookie_answer(txid: bytes, cookie: bytes) -> bytes:
+    """:func:`natsalon.wire.cookie_response`, byte for byte, from parts."""
+    if len(cookie) != COOKIE_SIZE or len(txid) != 12:
+        return wire.cookie_response(txid, cookie)
+    return _COOKIE_HEAD + txid + _COOKIE_MIDDLE + cookie
 
 
 class Introducer:
@@ -159,6 +120,7 @@ class Introducer:
         #: relay, added to every introduction; None: no relay
         self.turn_credentials: Optional[Callable[[bytes, float], tuple]] = None
         self._tails: Dict[tuple, bytes] = {}  #: for :func:`waiting_answer`
+        self._txid = TransactionIds()  #: the pushed indications' transaction ids
 
     def handlers(self) -> Dict[int, Callable]:
         """The method handlers to register in ``ServerState.handlers``."""
@@ -215,17 +177,17 @@ class Introducer:
         to = (source.host, source.port)
         txid = msg.transaction_id
         try:
-            req = wire.parse_join_request(msg)
+            req = wire.join.check_join_request(msg)
         except wire.WireError as e:
             self.stats["join_bad"] += 1
             return self._bad(msg, to, received_on, e)
         now = self.clock.seconds()
         if not self.cookies.check(req.cookie, source, req.room_id, now):
             self.stats["join_cookie_sent"] += 1
-            return Reply(received_on, to, wire.cookie_response(txid, self.cookies.issue(source, req.room_id, now)))
+            return Reply(received_on, to, cookie_answer(txid, self.cookies.issue(source, req.room_id, now)))
         member = Member(req.nonce, source, msg.raw, received_on, req.leave_hash)
         result = self.rooms.join(req.room_id, member, now)
-        if isinstance(result, Deferred):
+        if result.__class__ is not JoinResult and isinstance(result, Deferred):
             return result.addCallbacks(self._joined, self._join_failed, callbackArgs=(txid, req, member),
                                        errbackArgs=(txid, to, received_on))
         return self._joined(result, txid, req, member)
@@ -249,7 +211,7 @@ class Introducer:
         self.log.failure("the room registry failed a {call}", failure, call=call.upper())
         return None
 
-    def _joined(self, result: JoinResult, txid: bytes, req: wire.JoinRequest, member: Member) -> Reply:
+    def _joined(self, result: JoinResult, txid: bytes, req: wire.join.SalonJoin, member: Member) -> Reply:
         """The answer to ``member``'s JOIN once the registry has placed it;
         a newcomer is announced to the room's other members too."""
         outcome = result.outcome
@@ -260,19 +222,16 @@ class Introducer:
             return Reply(received_on, to, waiting_answer(txid, source, self._tails))
         if outcome is not Outcome.INTRODUCED:
             return Reply(received_on, to, wire.join_error(txid, _ERRORS[outcome]))
-        turn = self._turn(req.room_id)
+        intros = Introductions(req.room_id, self._turn(req.room_id), self._tails)
+        now = int(self.clock.seconds())
         if result.others and (result.newcomer or req.flags & wire.join.JOIN_FLAG_UPDATE):
             # a newcomer, or a member's updated JOIN (its NAT summary, measured
             # after it registered): the others are told at once
-            self._announce(req.room_id, member, result.others, update=not result.newcomer, turn=turn)
-        head = _head_size(source, req.room_id, req.nonce) + _turn_size(turn)
-        listed = fitting(head, result.others, int(self.clock.seconds()))
-        if not listed:
+            self._announce(intros, member, result.others, now, update=not result.newcomer)
+        data = intros.message(txid, source, req.nonce, None, result.others, now)
+        if data is None:
             return Reply(received_on, to, waiting_answer(txid, source, self._tails))
-        first, rest = listed[0], listed[1:]
-        return Reply(received_on, to, wire.introduction(
-            txid, source, req.nonce, req.room_id, first.blob, first.address,
-            others=[(m.blob, m.address) for m in rest], turn=turn))
+        return Reply(received_on, to, data)
 
     def _turn(self, room_id: bytes) -> Optional[tuple]:
         """The room's TURN credentials (only ever for members past the cookie check)."""
@@ -280,22 +239,21 @@ class Introducer:
             return None
         return self.turn_credentials(room_id, self.clock.seconds())
 
-    def _announce(self, room_id: bytes, newcomer: Member, others: Sequence[Member], update: bool = False,
-                  turn: Optional[tuple] = None) -> None:
+    def _announce(self, intros: Introductions, newcomer: Member, others: Sequence[Member], now: int,
+                  update: bool = False) -> None:
         """Push each of ``others`` an introduction listing ``newcomer``
         first, then the rest of the room (``update``: a member's updated
         JOIN, counted as ``updates_pushed``, not as an introduction)."""
         if self.push is None:
             return
+        counted = "updates_pushed" if update else "introductions_pushed"
         for peer in others:
-            size = _head_size(peer.address, room_id, peer.nonce) + _listed_size(newcomer) + _turn_size(turn)
-            if size > MAX_INTRODUCTION:
+            rest = [m for m in others if m is not peer] if len(others) > 1 else ()
+            data = intros.message(self._txid(), peer.address, peer.nonce, newcomer, rest, now, indication=True)
+            if data is None:
                 return  # a JOIN too large to hand on: nobody is told of it
-            rest = fitting(size, [m for m in others if m is not peer], int(self.clock.seconds()))
-            self.push(Reply(peer.via, (peer.address.host, peer.address.port), wire.introduction(
-                os.urandom(12), peer.address, peer.nonce, room_id, newcomer.blob, newcomer.address,
-                indication=True, others=[(m.blob, m.address) for m in rest], turn=turn)))
-            self.stats["updates_pushed" if update else "introductions_pushed"] += 1
+            self.push(Reply(peer.via, (peer.address.host, peer.address.port), data))
+            self.stats[counted] += 1
 
     def handle_leave(self, msg: Message, source: Address, received_on) -> Union[Reply, None, Deferred]:
         """A LEAVE: the member whose JOIN carried the hash of the revealed

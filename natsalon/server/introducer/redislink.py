@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -54,12 +54,16 @@ class RedisAddress:
     db: int = 0
     sentinels: Tuple[Tuple[str, int], ...] = ()
     service: Optional[str] = None
+    #: the sentinels' own password (their ``requirepass``; the master's is
+    #: the link's), from ``--sentinel-password-file``; never shown
+    sentinel_password: Optional[bytes] = field(default=None, repr=False)
 
     def endpoint(self, reactor, timeout: float = 5.0):
         if self.sentinels:
             from natsalon.server.introducer.sentinel import SentinelEndpoint
 
-            return SentinelEndpoint(reactor, self.sentinels, self.service, timeout=timeout)
+            return SentinelEndpoint(reactor, self.sentinels, self.service, timeout=timeout,
+                                    password=self.sentinel_password)
         if self.path is not None:
             return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)

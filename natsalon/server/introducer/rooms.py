@@ -54,8 +54,11 @@ class Outcome(enum.Enum):
     TOO_MANY_FROM_SOURCE = "too_many_from_source"  #: this IP already holds too many members
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Member:
+    """One member of a room; a member is itself (compared and hashed by
+    identity: the registry keeps it in its expiry order)."""
+
     nonce: bytes
     address: Address  #: public endpoint, as the salon saw it
     blob: bytes  #: the member's JOIN request, handed to the others verbatim
@@ -134,7 +137,15 @@ _Room = Dict[Tuple[bytes, Address], Member]
 
 @implementer(IRoomRegistry)
 class MemoryRooms:
-    """The in-memory registry: answers every call at once."""
+    """The in-memory registry: answers every call at once.
+
+    Besides the rooms it keeps every member in the order of its latest
+    JOIN, which is the order in which members expire while the clock only
+    moves on: a prune takes the expired ones off the front, at a cost in
+    the members it removes, not in all it holds.  Should a JOIN come with
+    an earlier time than one before it (the clock was set back), the next
+    prune looks at every member, as a prune of no order would, and puts
+    the order right."""
 
     def __init__(self, max_rooms: int = 10000, member_timeout: float = MEMBER_TIMEOUT,
                  max_members: int = MAX_MEMBERS, max_per_source: int = 16) -> None:
@@ -144,12 +155,16 @@ class MemoryRooms:
         self.max_per_source = max_per_source
         self._rooms: Dict[bytes, _Room] = {}
         self._per_source: Dict[str, int] = {}
+        #: every member -> its room id, in the order of the members' latest JOINs
+        self._order: Dict[Member, bytes] = {}
+        self._latest = float("-inf")  #: the latest time a member was seen at
+        self._ordered = True  #: ``_order`` is by ``seen`` (no JOIN came with an earlier time)
 
     def __len__(self) -> int:
         return len(self._rooms)
 
     def members(self) -> int:
-        return sum(len(r) for r in self._rooms.values())
+        return len(self._order)
 
     def _count(self, host: str, n: int) -> None:
         key = source_key(host)
@@ -161,24 +176,42 @@ class MemoryRooms:
 
     def _remove(self, room_id: bytes, key: Tuple[bytes, Address]) -> None:
         room = self._rooms[room_id]
-        self._count(room.pop(key).address.host, -1)
+        member = room.pop(key)
+        del self._order[member]
+        self._count(member.address.host, -1)
         if not room:
             del self._rooms[room_id]
 
+    def _seen(self, member: Member, room_id: bytes, now: float) -> None:
+        """``member`` (in ``room_id``) is seen at ``now``: last in the order."""
+        order = self._order
+        order.pop(member, None)
+        order[member] = room_id
+        member.seen = now
+        if now >= self._latest:
+            self._latest = now
+        else:
+            self._ordered = False
+
     def _expire(self, room_id: bytes, now: float) -> int:
-        room = self._rooms.get(room_id, {})
-        old = [k for k, m in room.items() if m.seen + self.member_timeout <= now]
+        room = self._rooms.get(room_id)
+        if room is None:
+            return 0
+        timeout = self.member_timeout
+        old = [k for k, m in room.items() if m.seen + timeout <= now]
         for key in old:
             self._remove(room_id, key)
         return len(old)
 
     def join(self, room_id: bytes, member: Member, now: float) -> JoinResult:
-        self._expire(room_id, now)
         room = self._rooms.get(room_id)
+        if room is not None:
+            if self._expire(room_id, now):
+                room = self._rooms.get(room_id)
         if room is not None:
             held = room.get((member.nonce, member.address))
             if held is not None:
-                return self._refresh(room, held, member, now)
+                return self._refresh(room_id, room, held, member, now)
             for key in [k for k, m in room.items() if m.address == member.address]:
                 self._remove(room_id, key)  # that socket joined again
             room = self._rooms.get(room_id)
@@ -188,8 +221,8 @@ class MemoryRooms:
         if room is None:
             room = self._rooms[room_id] = {}
         self._count(member.address.host, 1)
-        member.seen = now
         room[member.nonce, member.address] = member
+        self._seen(member, room_id, now)
         return self._result(room, member, newcomer=True)
 
     def _refuse(self, room: Optional[_Room], member: Member) -> Optional[Outcome]:
@@ -202,15 +235,26 @@ class MemoryRooms:
             return Outcome.TOO_MANY_FROM_SOURCE
         return None
 
-    def _refresh(self, room: _Room, held: Member, member: Member, now: float) -> JoinResult:
+    def _refresh(self, room_id: bytes, room: _Room, held: Member, member: Member, now: float) -> JoinResult:
         """The same member again (a poll or a retransmission)."""
-        held.via, held.blob, held.seen = member.via, member.blob, now
+        held.via, held.blob = member.via, member.blob
+        self._seen(held, room_id, now)
         if held.leave_hash is None:
             held.leave_hash = member.leave_hash
         return self._result(room, held, newcomer=False)
 
-    def _result(self, room: _Room, member: Member, newcomer: bool) -> JoinResult:
-        others = newest_first(m for m in room.values() if m.nonce != member.nonce)
+    @staticmethod
+    def _result(room: _Room, member: Member, newcomer: bool) -> JoinResult:
+        """``member``'s outcome in ``room`` (which holds it); the common
+        rooms of one and two members without sorting."""
+        if len(room) == 1:
+            return JoinResult(Outcome.WAITING, member)
+        if len(room) == 2:
+            a, b = room.values()
+            other = b if a is member else a
+            others: Tuple[Member, ...] = (other,) if other.nonce != member.nonce else ()
+        else:
+            others = newest_first(m for m in room.values() if m.nonce != member.nonce)
         if not others:
             return JoinResult(Outcome.WAITING, member)
         return JoinResult(Outcome.INTRODUCED, member, others, newcomer)
@@ -224,4 +268,21 @@ class MemoryRooms:
         return bool(proven)
 
     def prune(self, now: float) -> int:
-        return sum(self._expire(room_id, now) for room_id in list(self._rooms))
+        if not self._ordered:
+            return self._prune_all(now)
+        timeout = self.member_timeout
+        expired = []
+        for member in self._order:  # the front of the order, up to the first still current
+            if member.seen + timeout > now:
+                break
+            expired.append(member)
+        for member in expired:
+            self._remove(self._order[member], (member.nonce, member.address))
+        return len(expired)
+
+    def _prune_all(self, now: float) -> int:
+        """Prune every room, then order the members by ``seen`` again."""
+        n = sum(self._expire(room_id, now) for room_id in list(self._rooms))
+        self._order = dict(sorted(self._order.items(), key=lambda item: item[0].seen))
+        self._ordered = True
+        return n

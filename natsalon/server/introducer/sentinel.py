@@ -10,7 +10,12 @@ each new connection (a demoted master still named by a slow sentinel is
 refused) and drops a connection whose writes meet ``READONLY`` (its Redis
 became a replica), which makes it ask the sentinels again.
 
-The reply parsing is sans-IO (:func:`parse_master_reply`).
+Sentinels that require a password (their ``requirepass``) are sent
+``AUTH`` first, with the password of ``--sentinel-password-file`` (the
+master's own password is ``--redis-password-file``'s, sent by the link).
+
+The reply parsing is sans-IO (:func:`parse_master_reply`,
+:func:`parse_auth_reply`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,24 @@ def master_query(service: str) -> bytes:
     return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
 
 
+def auth_command(password: bytes) -> bytes:
+    """``AUTH password`` in RESP."""
+    return b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password)
+
+
+def parse_auth_reply(buf: bytes) -> Optional[bytes]:
+    """What follows a sentinel's ``+OK`` to AUTH in ``buf``; None while
+    ``buf`` holds only part of the answer; ValueError with the sentinel's
+    reason when it refused the password."""
+    if b"\r\n" not in buf:
+        return None
+    head, _, rest = buf.partition(b"\r\n")
+    if head != b"+OK":
+        raise ValueError("the sentinel refused the password: %s"
+                         % head.lstrip(b"-+").decode("ascii", "replace")[:200])
+    return rest
+
+
 def parse_master_reply(buf: bytes) -> Optional[Tuple[str, int]]:
     """The master's ``(host, port)`` from a sentinel's reply; None while
     ``buf`` holds only part of it; ValueError when the sentinel knows no
@@ -43,6 +66,8 @@ def parse_master_reply(buf: bytes) -> Optional[Tuple[str, int]]:
     head, _, rest = buf.partition(b"\r\n")
     if head in (b"*-1", b"$-1"):
         raise ValueError("the sentinel knows no such master")
+    if head.startswith(b"-NOAUTH"):
+        raise ValueError("the sentinel wants a password (--sentinel-password-file)")
     if head != b"*2":
         raise ValueError("unexpected sentinel reply %r" % head[:80])
     values = []
@@ -66,17 +91,25 @@ def parse_master_reply(buf: bytes) -> Optional[Tuple[str, int]]:
 class _MasterQuery(Protocol):
     """One question to one sentinel; ``answer`` fires with the master."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, password: Optional[bytes] = None) -> None:
         self.service = service
+        self.password = password
+        self.authenticated = password is None
         self.buf = b""
         self.answer = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(master_query(self.service))
+        auth = b"" if self.password is None else auth_command(self.password)
+        self.transport.write(auth + master_query(self.service))
 
     def dataReceived(self, data: bytes) -> None:
         self.buf += data
         try:
+            if not self.authenticated:
+                rest = parse_auth_reply(self.buf)
+                if rest is None:
+                    return
+                self.buf, self.authenticated = rest, True
             master = parse_master_reply(self.buf)
         except ValueError as e:
             self._done(e)
@@ -103,11 +136,13 @@ class SentinelEndpoint:
 
     log = Logger()
 
-    def __init__(self, reactor, sentinels: Sequence[Tuple[str, int]], service: str, timeout: float = 5.0) -> None:
+    def __init__(self, reactor, sentinels: Sequence[Tuple[str, int]], service: str, timeout: float = 5.0,
+                 password: Optional[bytes] = None) -> None:
         self.reactor = reactor
         self.sentinels = tuple(sentinels)
         self.service = service
         self.timeout = timeout
+        self.password = password  #: the sentinels' (None: they need none)
 
     def connect(self, factory) -> defer.Deferred:
         d = self.master()
@@ -130,7 +165,7 @@ class SentinelEndpoint:
         raise ConnectError("no sentinel named the master of %r (%s)" % (self.service, "; ".join(reasons)))
 
     def _ask(self, host: str, port: int) -> defer.Deferred:
-        query = _MasterQuery(self.service)
+        query = _MasterQuery(self.service, self.password)
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
         d = connectProtocol(endpoint, query)
         d.addCallback(lambda _: query.answer)
