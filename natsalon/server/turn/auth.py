@@ -41,7 +41,7 @@ def _b(secret: Secret) -> bytes:
 
 def rest_password(secret: Secret, username: str) -> str:
     """coturn's REST API password for ``username``."""
-    mac = hmac.new(_b(secret), username.encode("utf-8"), hashlib.sha1).digest()
+    mac = hmac.digest(_b(secret), username.encode("utf-8"), "sha1")
     return base64.b64encode(mac).decode("ascii")
 
 
