@@ -490,6 +490,7 @@ class Live:
         self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
                                    lambda silent: self._dead(machine, core, silent))
         core.connection.attach(session.puncher, session.keys, session.path)
+        session.puncher.on_moved = self._moved
         self.keepalive.start()
         self.upgrade: Optional[Upgrade] = None
         self.watch: Optional[RelayWatch] = None
@@ -509,6 +510,18 @@ class Live:
         self.session = self.session._replace(path=path, relay=relay)
         self.core.connection.move(path)
         self.keepalive.address = path.address
+
+    def _moved(self, path: Path) -> None:
+        """The peer nominated another direct pair (we are the controlled
+        side, :mod:`natsalon.client.punch.nomination`): the path follows."""
+        core = self.core
+        self.session = self.session._replace(path=path)
+        core.connection.move(path)
+        self.keepalive.address = path.address
+        family = 6 if ":" in path.address.host else 4
+        core.log.info("moved to the peer's {kind} path over IPv{family}", kind=path.kind, family=family)
+        core.emit({"event": "moved", "path": path.kind, "peer": str(path.address), "family": family,
+                   "rtt_ms": round(path.rtt * 1000, 1)})
 
     def _upgraded(self, pair) -> None:
         """A direct pair verified while relayed: traffic moves to it now,
