@@ -211,6 +211,15 @@ class Puncher:
         if self._lifecycle.owns("tick"):
             self._lifecycle.call_later("tick", self.interval, self._tick)
 
+    def probe_new(self) -> None:
+        """While punching, probe every pair not probed yet now rather than
+        at the next round (candidates of a plan that joins the punching)."""
+        if not self._lifecycle.owns("tick"):
+            return
+        for pair in list(self.pairs.values()):
+            if pair.state is PairState.WAITING and pair.scheduled:
+                self._send_probe(pair.local, pair.address, pair)
+
     def _arm_grace(self) -> None:
         # a LAN path, if there is one, answers faster than the public one;
         # the controlled side awaiting a nomination gives the peer its own
