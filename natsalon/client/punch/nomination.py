@@ -11,35 +11,36 @@ does with its controlling agent, one side decides:
   it keeps a path alive, its probes and answers on the selected pair carry
   :data:`FLAG_NOMINATED`;
 - the other side is *controlled*: a verified pair the peer nominated is
-  its best pair; while punching, as long as direct pairs of both families
-  are in play and no nomination came, it waits for one (the puncher's
-  NOMINATED phase, bounded: ``lan_grace`` plus twice the best RTT; then
-  its own best, for a peer that nominates nothing); once connected, a
+  its best pair (while punching it takes it at once); otherwise it chooses
+  as before, by its own measurements and at once, and once connected a
   nomination of another verified pair moves its path there
-  (:attr:`Puncher.on_moved <natsalon.client.punch.Puncher.on_moved>`).
+  (:attr:`Puncher.on_moved <natsalon.client.punch.Puncher.on_moved>`), half
+  a round trip after the controlling side chose.  It does not wait for the
+  nomination before choosing: both sides verify at about the same moment,
+  so waiting would cost the controlled side half a round trip on every
+  connection, where the sides disagree on a few (the controlled side's
+  frames on the other path are taken meanwhile: an encrypted frame from
+  any source, a plain one from any verified pair, see
+  :meth:`Connection.frame_received <natsalon.client.connection.Connection.frame_received>`).
 
 Relayed pairs stay out of it: the relay race and the upgrade to direct
 have their own rules, so a relayed pair's nomination is not followed, nor
 is any while the selected path is relayed.
 
 Pure data, no clock: the puncher feeds it (:meth:`Nomination.heard`) and
-asks it (:meth:`chosen`, :meth:`awaited`, :meth:`flag`).
+asks it (:meth:`chosen`, :meth:`flag`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
-from natsalon.client.punch.candidates import CandidatePair, PairState
+from natsalon.client.punch.candidates import CandidatePair
 
 #: PUNCH flag (NS-STATUS, beside :data:`~natsalon.wire.FLAG_CONNECTED` 0x1
 #: and :data:`~natsalon.wire.FLAG_LEAVING` 0x2): the controlling side's
 #: message on the pair it selected.  An older peer ignores it.
 FLAG_NOMINATED = 0x4
-
-
-def _is_v6(pair: CandidatePair) -> bool:
-    return ":" in pair.address.host
 
 
 class Nomination:
@@ -58,15 +59,6 @@ class Nomination:
     def chosen(self) -> Optional[CandidatePair]:
         """The nominated pair once it verified here too (controlled side)."""
         return self.pair if self.pair is not None and self.pair.verified else None
-
-    def awaited(self, pairs: Iterable[CandidatePair]) -> bool:
-        """Should the controlled side wait for the nomination before
-        choosing: none verified yet, and direct pairs of both families in
-        play (the only case where the sides were seen to disagree)."""
-        if self.controlling or self.chosen() is not None:
-            return False
-        families = {_is_v6(p) for p in pairs if not p.relayed and p.state is not PairState.FAILED}
-        return len(families) == 2
 
     def flag(self, pair: Optional[CandidatePair], selected: Optional[CandidatePair]) -> int:
         """The flag our message through ``pair`` carries (the controlling

@@ -38,7 +38,7 @@ _MAX_PEER_REFLEXIVE = 4  #: candidates learnt from the source of a probe
 
 #: seconds of RTT within which an IPv6 pair and an IPv4 pair tie (IPv6
 #: wins the tie, as happy eyeballs prefers it) ...
-V6_TIE = 0.002
+V6_TIE = 0.005
 #: ... or this share of the IPv6 pair's RTT when that is more (noise on a
 #: long path should not flip the choice)
 V6_TIE_SHARE = 0.1
@@ -221,15 +221,9 @@ class Puncher:
                 self._send_probe(pair.local, pair.address, pair)
 
     def _arm_grace(self) -> None:
-        # a LAN path, if there is one, answers faster than the public one;
-        # the controlled side awaiting a nomination gives the peer its own
-        # grace and the way here
+        # a LAN path, if there is one, answers faster than the public one
         best = self.best()
-        rtt = best.rtt or 0.0
-        if self.nomination.awaited(self.pairs.values()):
-            grace = self.lan_grace + 2 * rtt
-        else:
-            grace = min(self.lan_grace, max(0.05, 2 * rtt))
+        grace = min(self.lan_grace, max(0.05, 2 * (best.rtt or 0.0)))
         self._lifecycle.call_later("grace", grace, lambda: self._lifecycle.fire(PhaseEvent.SELECT))
 
     def _deliver(self) -> None:
@@ -444,16 +438,12 @@ class Puncher:
     def _consider(self) -> None:
         """A verified host pair, or the best verified pair when no host pair
         is pending, ends the punching; otherwise the LAN grace runs.  The
-        controlled side takes the peer's nomination at once, and waits for
-        it while both families are in play (:mod:`.nomination`)."""
+        controlled side takes the peer's nomination at once (:mod:`.nomination`)."""
         best = self.best()
         if best is None:
             return
         if self.nomination.chosen() is not None:
             self._lifecycle.fire(PhaseEvent.SELECT)
-            return
-        if self.nomination.awaited(self.pairs.values()):
-            self._lifecycle.fire(PhaseEvent.NOMINATE)
             return
         host_pending = any(p.kind is CandidateKind.HOST and p.pending for p in self.pairs.values())
         # happy eyeballs: an IPv4 path waits the grace for a pending IPv6 one
@@ -472,7 +462,7 @@ def is_v6(pair: CandidatePair) -> bool:
 def preference(pair: CandidatePair) -> Tuple[int, float]:
     """Sort key among verified pairs, best first: host before the rest,
     relayed last (:attr:`CandidatePair.rank`), then the lower RTT, an IPv6
-    pair counting :data:`V6_TIE` (2 ms) or :data:`V6_TIE_SHARE` (10 %) of
+    pair counting :data:`V6_TIE` (5 ms) or :data:`V6_TIE_SHARE` (10 %) of
     its RTT less, whichever is more (IPv6 wins a tie)."""
     rtt = pair.rtt if pair.rtt is not None else 1e9
     return pair.rank, rtt - max(V6_TIE, V6_TIE_SHARE * rtt) if is_v6(pair) else rtt
