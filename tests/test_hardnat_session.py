@@ -305,3 +305,36 @@ def test_after_a_hold_ipv4_joins_the_ipv6_punching():
     assert ca.connection.path.address == Address(*B) and cb.connection.path.address == Address(*A)
     a.stop()
     b.stop()
+
+
+def test_the_controlled_side_follows_the_peers_path_and_says_so():
+    """Both families open (no hard-NAT kit): both sides take IPv6; when the
+    controlling side's path moves to IPv4 (as an upgrade would move it),
+    its next probe there moves the other side's connection and keepalive."""
+    net = DualStack(drop=None)
+    net.salon()
+    (a, ca, ea), (b, cb, eb) = net.client(A), net.client(B)
+    net.dual(ca, A6)
+    net.dual(cb, B6)
+    a.start()
+    net.run(0.5)
+    b.start()
+    net.run(0.5)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert ca.connection.path.address == Address(*B6) and cb.connection.path.address == Address(*A6)
+    boss, follower = (ca, cb) if ca.connection.puncher.nomination.controlling else (cb, ca)
+    events = eb if follower is cb else ea
+    peer4 = Address(*(B if boss is ca else A))
+    puncher = boss.connection.puncher
+    pair = next(p for p in puncher.pairs.values() if p.address == peer4)
+    assert pair.verified
+    boss.connection.move(puncher.move(pair))
+    puncher.probe(peer4)
+    net.run(0.05)
+    mine4 = Address(*(A if boss is ca else B))
+    assert follower.connection.path.address == mine4 and follower.connection.puncher.selected.address == mine4
+    moved = [e for e in events if e["event"] == "moved"]
+    assert moved == [{"event": "moved", "path": "direct", "peer": str(mine4), "family": 4,
+                      "rtt_ms": moved[0]["rtt_ms"]}]
+    a.stop()
+    b.stop()
