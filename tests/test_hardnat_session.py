@@ -8,9 +8,10 @@ import pytest
 from twisted.internet import defer
 
 from natsalon.client.errors import PunchFailed
+from natsalon.client.families import Families, FamilySocket
 from natsalon.client.session import Phase
 from natsalon.client.strategy import HardNat, StrategySettings
-from natsalon.stun import Class, Method, StunDecodeError, decode
+from natsalon.stun import Address, Class, Method, StunDecodeError, decode
 from natsalon.wire.nat import APD, EI, RANDOM, NatSummary
 
 from test_session import A, B, SALON, Net
@@ -224,5 +225,116 @@ def test_lost_push_the_poll_brings_the_summary():
     net.run(0.6)
     assert net.dropped >= 1
     assert _strategy(ea) == _strategy(eb) == ["birthday"]
+    a.stop()
+    b.stop()
+
+
+# -- a HOLD holds IPv4 only: the IPv6 pairs are punched at the introduction ----
+A6 = ("2001:db8:1::2", 40000)
+B6 = ("2001:db8:2::2", 50000)
+
+
+class DualStack(Net):
+    """A and B each with an IPv6 socket too; ``drop`` (4 or 6) loses that
+    family between them; the first send of each family between them is
+    recorded."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.drop = drop
+        self.first = {4: None, 6: None}
+
+    def send(self, src, dst, data):
+        fam = 6 if {src, dst} == {A6, B6} else 4 if {src, dst} == {A, B} else None
+        if fam is not None:
+            if self.first[fam] is None:
+                self.first[fam] = self.clock.seconds()
+            if fam == self.drop:
+                return
+        super().send(src, dst, data)
+
+    def dual(self, core, addr6):
+        sock = FamilySocket(core.socket, self.clock)
+        self.attach(addr6, sock)
+        core.families = Families(4, sock)
+        core.candidates = [Address(*addr6)]
+
+
+def _dual_pending(net):
+    """a (summary pending) waits; b (random symmetric: a HOLD) arrives."""
+    net.salon()
+    (a, ca, ea), (b, cb, eb) = net.client(A), net.client(B)
+    net.dual(ca, A6)
+    net.dual(cb, B6)
+    ka = Knowledge()
+    ca.hardnat, cb.hardnat = kit(ka), kit(Knowledge(RANDOM_NAT))
+    a.start()
+    net.run(0.5)
+    b.start()
+    net.run(0.2)
+    return (a, ca, ea), (b, cb, eb), ka
+
+
+def test_a_hold_does_not_hold_ipv6():
+    net = DualStack(drop=4)
+    (a, ca, ea), (b, cb, eb), ka = _dual_pending(net)
+    # connected over IPv6 while a's summary is still pending
+    assert not ka.pending[0].called
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert ca.connection.path.address == Address(*B6) and cb.connection.path.address == Address(*A6)
+    assert net.first[4] is None and _strategy(ea) == _strategy(eb) == []
+    ka.pending[0].callback(NatSummary(True, EI, APD, "preserving", None, 40000))
+    net.run(0.3)
+    # a path was there: the exchange ended with it, no plan, no IPv4 work
+    assert _strategy(ea) == _strategy(eb) == []
+    assert net.first[4] is None and ca.phase is cb.phase is Phase.CONNECTED
+    a.stop()
+    b.stop()
+
+
+def test_after_a_hold_ipv4_joins_the_ipv6_punching():
+    net = DualStack(drop=6)
+    (a, ca, ea), (b, cb, eb), ka = _dual_pending(net)
+    assert ca.phase is cb.phase is Phase.PUNCHING
+    assert net.first[6] is not None and net.first[4] is None  # IPv6 since the introduction, IPv4 held
+    decided_at = net.clock.seconds()
+    ka.pending[0].callback(NatSummary(True, EI, APD, "preserving", None, 40000))
+    net.run(0.3)
+    assert net.first[4] >= decided_at and _strategy(ea) == _strategy(eb) == ["birthday"]
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert ca.connection.path.address == Address(*B) and cb.connection.path.address == Address(*A)
+    a.stop()
+    b.stop()
+
+
+def test_the_controlled_side_follows_the_peers_path_and_says_so():
+    """Both families open (no hard-NAT kit): both sides take IPv6; when the
+    controlling side's path moves to IPv4 (as an upgrade would move it),
+    its next probe there moves the other side's connection and keepalive."""
+    net = DualStack(drop=None)
+    net.salon()
+    (a, ca, ea), (b, cb, eb) = net.client(A), net.client(B)
+    net.dual(ca, A6)
+    net.dual(cb, B6)
+    a.start()
+    net.run(0.5)
+    b.start()
+    net.run(0.5)
+    assert ca.phase is cb.phase is Phase.CONNECTED
+    assert ca.connection.path.address == Address(*B6) and cb.connection.path.address == Address(*A6)
+    boss, follower = (ca, cb) if ca.connection.puncher.nomination.controlling else (cb, ca)
+    events = eb if follower is cb else ea
+    peer4 = Address(*(B if boss is ca else A))
+    puncher = boss.connection.puncher
+    pair = next(p for p in puncher.pairs.values() if p.address == peer4)
+    assert pair.verified
+    boss.connection.move(puncher.move(pair))
+    puncher.probe(peer4)
+    net.run(0.05)
+    mine4 = Address(*(A if boss is ca else B))
+    assert follower.connection.path.address == mine4 and follower.connection.puncher.selected.address == mine4
+    moved = [e for e in events if e["event"] == "moved"]
+    assert moved == [{"event": "moved", "path": "direct", "peer": str(mine4), "family": 4,
+                      "rtt_ms": moved[0]["rtt_ms"]}]
     a.stop()
     b.stop()

@@ -22,8 +22,11 @@ from natsalon.client.families import (
     Families, FamilySocket, family, ipv6_candidates, join_candidates, learn_reflexive,
 )
 from natsalon.client.options import DEFAULTS, OptionError, check
-from natsalon.client.punch import DIRECT, CandidateKind, LocalSocket, Puncher
-from natsalon.crypto.aead import Sealer
+from natsalon.client.connection import Connection
+from natsalon.client.punch import DIRECT, Candidate, CandidateKind, CandidatePair, LocalSocket, PairState, Path, Puncher
+from natsalon.client.punch.nomination import FLAG_NOMINATED, Nomination
+from natsalon.client.punch.puncher import preference
+from natsalon.crypto.aead import PlainCodec, Sealer
 from natsalon.crypto.secret import derive, new_nonce, session_keys
 from natsalon.net.interfaces import global_ipv6_addresses, is_global_ipv6
 from natsalon.stun import Address, Attr, Class, Message, Method, decode, encode
@@ -96,13 +99,19 @@ def test_an_ipv6_only_client_drops_ipv4_and_probes_ipv6_as_srflx():
 class Net:
     """Two punchers, each with an IPv4 (default) and an IPv6 socket, wired
     through a fake network: ``delays`` maps a family to the one-way delay
-    (None: that family drops everything)."""
+    (None: that family drops everything), or to a function of the time a
+    datagram leaves and its sender; ``controlling``: the side whose nonce is the lower
+    (None: random nonces); ``starts``: when each side starts punching."""
 
-    def __init__(self, delays):
+    def __init__(self, delays, controlling=None, starts=None):
         self.clock = Clock()
         self.delays = delays
+        self.starts = starts or {}
         keys = derive("room", "s")
         na, nb = new_nonce(), new_nonce()
+        if controlling is not None:
+            lo, hi = b"\x01" + na[1:], b"\x02" + nb[1:]
+            na, nb = (lo, hi) if controlling == "a" else (hi, lo)
         self.six = {}
         self.punchers = {}
         for me, mine, theirs, my4, my6, peer4 in (("a", na, nb, A4, A6, B4), ("b", nb, na, B4, B6, A4)):
@@ -116,6 +125,8 @@ class Net:
 
     def deliver(self, me, src, data, to):
         delay = self.delays[family(to[0])]
+        if callable(delay):
+            delay = delay(self.clock.seconds(), me)
         if delay is not None:
             other = "b" if me == "a" else "a"
             local = self.six[other] if family(to[0]) == 6 else None
@@ -124,7 +135,9 @@ class Net:
     def run(self):
         results = {}
         for name, p in self.punchers.items():
-            p.start().addBoth(lambda r, name=name: results.__setitem__(name, r))
+            def start(p=p, name=name):
+                p.start().addBoth(lambda r: results.__setitem__(name, r))
+            self.clock.callLater(self.starts.get(name, 0.0), start)
         for _ in range(4000):
             if len(results) == 2:
                 break
@@ -155,6 +168,139 @@ def test_ipv6_verified_first_is_taken_at_once():
     net = Net({4: 0.020, 6: 0.010})
     r = net.run()
     assert r["a"].address == B6 and net.clock.seconds() < 0.045
+
+
+# -- one path for both sides (the controlling side nominates) -------------------
+def _v6_slows_down(now, sender):
+    """IPv6 one way: 5 ms, but 40 ms from a to b after t = 4 ms (IPv4: 12 ms
+    all along).  a's first probe and b's answer take 5 ms each: a measures
+    IPv6 at 10 ms (IPv4 24 ms) and prefers it; b's first probe is answered
+    at 5 ms, 40 ms away: b measures IPv6 at 45 ms and prefers IPv4."""
+    return 0.040 if sender == "a" and now >= 0.004 else 0.005
+
+
+def _disagreeing(controlling):
+    return Net({4: 0.012, 6: _v6_slows_down}, controlling=controlling)
+
+
+def test_each_side_choosing_alone_settles_on_different_families():
+    # the defect: both sides decide by their own RTTs (as both did before)
+    net = _disagreeing("a")
+    for p in net.punchers.values():
+        p.nomination = Nomination(controlling=True)
+    r = net.run()
+    assert r["a"].address == B6 and r["b"].address == A4
+
+
+@pytest.mark.parametrize("controlling, expected", [("a", 6), ("b", 4)])
+def test_the_sides_agree_on_the_controlling_sides_choice(controlling, expected):
+    net = _disagreeing(controlling)
+    assert net.punchers[controlling].nomination.controlling
+    other = "b" if controlling == "a" else "a"
+    moved = []
+    net.punchers[other].on_moved = moved.append
+    r = net.run()
+    # each chose at once, by its own RTTs (nothing waits for the nomination) ...
+    assert (family(r["a"].address.host), family(r["b"].address.host)) == (6, 4)
+    net.clock.pump([0.005] * 20)  # ... and the nomination comes half a round trip later
+    a, b = net.punchers["a"].selected, net.punchers["b"].selected
+    assert family(a.address.host) == family(b.address.host) == expected
+    follower = net.punchers[other]
+    assert follower.selected_pair is follower.nomination.pair
+    assert [m.address for m in moved] == [follower.selected.address]
+
+
+def test_a_nomination_known_while_punching_is_taken_at_once():
+    # a (controlling) chose IPv6 before b verified anything: b takes it, even
+    # though b's own measurements prefer IPv4 (as in the test above)
+    net = Net({4: 0.012, 6: _v6_slows_down}, controlling="a", starts={"b": 0.060})
+    r = net.run()
+    assert r["a"].address == B6 and r["b"].address == A6
+    assert net.punchers["b"].selected_pair is net.punchers["b"].nomination.pair
+
+
+def test_the_controlled_side_follows_a_late_nomination_once_connected():
+    # a (controlling) prefers IPv6, b chose IPv4 before hearing it (as with an
+    # older peer, or the nomination lost): a's next probe on its path moves b
+    net = _disagreeing("a")
+    a, b = net.punchers["a"], net.punchers["b"]
+    b.nomination = Nomination(controlling=True)
+    r = net.run()
+    assert r["a"].address == B6 and r["b"].address == A4
+    moved = []
+    b.nomination = Nomination(controlling=False)
+    b.on_moved = moved.append
+    a.probe(B6)  # a keepalive: it carries the nomination
+    net.clock.pump([0.005] * 20)
+    assert [m.address for m in moved] == [A6] and b.selected.address == A6 and b.selected.local.name == "ipv6"
+    a.probe(B6)
+    net.clock.pump([0.005] * 20)
+    assert len(moved) == 1  # the same nomination again moves nothing
+
+
+def test_only_the_controlling_side_nominates_and_only_its_selected_pair():
+    net = Net({4: 0.010, 6: 0.0105}, controlling="a")
+    seen = []
+    for name, p in net.punchers.items():
+        real = p.datagram
+
+        def spy(data, addr, local=None, name=name, real=real):
+            seen.append((name, family(addr[0]), wire.parse_punch(
+                data, net.punchers[name].session.k_punch, net.punchers[name].peer_nonce).flags))
+            return real(data, addr, local)
+        p.datagram = spy
+    net.run()
+    net.clock.pump([0.005] * 10)
+    nominating = {(to, fam) for to, fam, flags in seen if flags & FLAG_NOMINATED}
+    assert nominating == {("b", 6)}  # from a, on its IPv6 path only
+
+
+def test_a_relayed_nomination_is_not_followed_and_the_latest_counts():
+    n = Nomination(controlling=False)
+    relay = LocalSocket(lambda d, a: None, "relay", relayed=("203.0.113.10", 3478))
+    p4 = CandidatePair(LocalSocket(lambda d, a: None), Candidate(B4, CandidateKind.SRFLX))
+    pr = CandidatePair(relay, Candidate(B4, CandidateKind.SRFLX))
+    p6 = CandidatePair(LocalSocket(lambda d, a: None, "ipv6"), Candidate(B6, CandidateKind.SRFLX))
+    n.heard(pr, FLAG_NOMINATED)
+    assert n.pair is None
+    n.heard(p4, 0)
+    assert n.pair is None and n.chosen() is None
+    n.heard(p4, FLAG_NOMINATED | wire.FLAG_CONNECTED)
+    assert n.pair is p4 and n.chosen() is None  # not verified here yet
+    p4.state = PairState.VERIFIED
+    assert n.chosen() is p4
+    n.heard(p6, FLAG_NOMINATED)  # the latest nomination counts
+    assert n.pair is p6 and n.chosen() is None
+    assert Nomination(controlling=True).flag(p4, p4) == FLAG_NOMINATED and n.flag(p4, p4) == 0
+
+
+def test_a_tie_is_a_share_of_the_rtt_on_long_paths():
+    def verified(addr, rtt):
+        pair = CandidatePair(LocalSocket(lambda d, a: None), Candidate(addr, CandidateKind.SRFLX))
+        pair.state, pair.rtt = PairState.VERIFIED, rtt
+        return pair
+    # 5 ms on a short path, 10 % of the IPv6 RTT on a long one
+    assert min([verified(B4, 0.0100), verified(B6, 0.0145)], key=preference).address == B6
+    assert min([verified(B4, 0.0100), verified(B6, 0.0155)], key=preference).address == B4
+    assert min([verified(B4, 0.200), verified(B6, 0.215)], key=preference).address == B6
+    assert min([verified(B4, 0.200), verified(B6, 0.230)], key=preference).address == B4
+
+
+def test_without_encryption_frames_from_another_verified_pair_are_taken():
+    keys = session_keys(derive("room", "s"), new_nonce(), new_nonce())
+    p = _puncher()
+    path = p.add_candidate(B6, CandidateKind.SRFLX)
+    path.state = PairState.VERIFIED
+    other = p.add_candidate(B4, CandidateKind.SRFLX)
+    conn = Connection(Clock(), None, encrypt=False)
+    conn.attach(p, keys, Path(B6, DIRECT, 0.01, CandidateKind.SRFLX))
+    got = []
+    conn.set_receiver(got.append)
+    conn.frame_received(PlainCodec.seal(b"a"), tuple(B4))  # a candidate, not verified: no
+    other.state = PairState.VERIFIED
+    for frame, src in ((b"b", B4), (b"c", B6), (b"d", Address("192.0.2.99", 1))):
+        conn.frame_received(PlainCodec.seal(frame), tuple(src))
+    assert got == [b"b", b"c"] and conn.rejected == 2
 
 
 # -- the IPv6 socket -----------------------------------------------------------

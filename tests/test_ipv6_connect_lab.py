@@ -6,7 +6,8 @@ TURN, so a connection is direct or nothing):
   3,000 forwarded datagrams each way arrive intact;
 - with the salon's TURN relay on too, that pair still takes the direct
   IPv6 path, not the relay;
-- when both families can punch through, IPv6 is chosen;
+- when both families can punch through, IPv6 is chosen, by both sides
+  (with and without encryption, forwarded data checked);
 - a dual-stack site and an IPv6-only site connect (over IPv6, the only
   family they share), and forwarded traffic flows;
 - a connection over IPv6 whose IPv6 goes down moves to IPv4 at the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import pytest
 
@@ -27,7 +28,7 @@ from test_relay_lab import TURN_ARGS
 pytestmark = pytest.mark.nat
 
 SERVER6 = "[%s]:3478" % SERVER_IPS6[0]
-EARLY = ("joined", "waiting", "introduced", "punching", "strategy", "punched", "connected")
+EARLY = ("joined", "waiting", "introduced", "punching", "strategy", "punched", "connected", "moved")
 
 
 def _forwarders(hosts, servers: Sequence[Sequence[str]], room: str) -> List[subprocess.Popen]:
@@ -53,10 +54,11 @@ def _until_forwarding(procs, allowed: Sequence[str] = EARLY) -> List[List[dict]]
     return early
 
 
-def _run(hosts, servers, room: str, count: int, allowed: Sequence[str] = EARLY) -> List[List[dict]]:
+def _run(hosts, servers, room: str, count: int, allowed: Sequence[str] = EARLY, closing: Optional[list] = None
+         ) -> List[List[dict]]:
     """Both forwarders until forwarding, ``count`` datagrams each way,
     then stopped; the early events of each (after checking the exchange
-    and the closing counts)."""
+    and the closing counts); ``closing`` gets the later events of each."""
     procs = _forwarders(hosts, servers, room)
     try:
         early = _until_forwarding(procs, allowed)
@@ -65,6 +67,8 @@ def _run(hosts, servers, room: str, count: int, allowed: Sequence[str] = EARLY) 
         for p in procs:
             p.terminate()
     closed = [_events(p, 10)[1] for p in procs]
+    if closing is not None:
+        closing.extend(closed)
     assert results == [{"received": count, "bad": 0}] * 2, (results, early, closed)
     for events in closed:
         c = _last(events, "closed")
@@ -74,7 +78,7 @@ def _run(hosts, servers, room: str, count: int, allowed: Sequence[str] = EARLY) 
 
 def _direct_v6(early, hosts) -> None:
     for evs, peer in zip(early, reversed(hosts)):
-        conn = _last(evs, "connected")
+        conn = _path_of(evs)
         assert conn is not None and conn["path"] == "direct" and conn["family"] == 6, evs
         assert conn["peer"].startswith("[%s]:" % peer.ip6), (conn, peer.ip6)
 
@@ -103,16 +107,30 @@ def test_symmetric_ipv4_pair_connects_directly_over_ipv6(natlab: Lab) -> None:
         assert reason.startswith(("PunchFailed", "ConnectTimeout: timed out after 8s while punching")), events
 
 
-def test_when_both_families_can_punch_through_ipv6_is_chosen(natlab: Lab) -> None:
+def _path_of(events) -> Optional[dict]:
+    """A side's last word on its path: its ``connected`` event, or its
+    ``moved`` one if it followed the peer's nomination since."""
+    said = [e for e in events if e["event"] in ("connected", "moved")]
+    return said[-1] if said else None
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-encrypt"]], ids=["encrypted", "no-encrypt"])
+def test_when_both_families_can_punch_through_ipv6_is_chosen(natlab: Lab, mode) -> None:
     """Cone NATs and IPv6 firewalls: either family would do, their RTTs
-    are within the 2 ms tie (no delay line): IPv6 is chosen."""
+    are within the tie (no delay line): IPv6 is chosen, and both sides
+    end on it (the controlling one nominates, the other follows).  Without encryption a
+    frame counts only from a pair the receiver verified: the checked
+    data both ways, none rejected, says the sides agree."""
     lab = natlab
     ha = lab.add_site("a", Nat.PORT_RESTRICTED_CONE, v6=V6.FIREWALL).hosts[0]
     hb = lab.add_site("b", Nat.FULL_CONE, v6=V6.OPEN).hosts[0]
     start_salon(lab, ipv6=True)
-    both = ["--server", SERVER, "--server6", SERVER6, "--no-lan"]
-    early = _run((ha, hb), (both, both), "v6-tie", 500)
-    _direct_v6(early, (ha, hb))
+    both = ["--server", SERVER, "--server6", SERVER6, "--no-lan"] + mode
+    closing: list = []
+    early = _run((ha, hb), (both, both), "v6-tie", 500, closing=closing)
+    everything = [e + c for e, c in zip(early, closing)]
+    assert _path_of(everything[0])["family"] == _path_of(everything[1])["family"], everything
+    _direct_v6(everything, (ha, hb))
 
 
 def test_direct_ipv6_is_preferred_over_the_relay(natlab: Lab) -> None:

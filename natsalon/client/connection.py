@@ -145,8 +145,11 @@ class Connection:
         if not self.connected:
             return
         # without encryption the source address is all that tells the peer
-        # apart: only the verified, selected path counts (not mere candidates)
-        if not self.encrypt and Address(addr[0], addr[1]) != self.path.address:
+        # apart: only the selected path, or another pair that verified both
+        # ways (the peer may still send on it for a round trip while the
+        # sides agree on one path, :mod:`natsalon.client.punch.nomination`),
+        # counts, not mere candidates
+        if not self.encrypt and not self._verified_source(Address(addr[0], addr[1])):
             self.rejected += 1
             return
         try:
@@ -158,3 +161,9 @@ class Connection:
         self.received += 1
         self.received_bytes += len(payload)
         self.receiver(payload)
+
+    def _verified_source(self, src: Address) -> bool:
+        if src == self.path.address:
+            return True
+        pairs = self.puncher.pairs.values() if self.puncher is not None else ()
+        return any(p.verified and p.address == src for p in pairs)

@@ -71,6 +71,7 @@ from natsalon.client.errors import SalonUnreachable
 from natsalon.client.join import Introduction, Joiner
 from natsalon.client.keepalive import Keepalive
 from natsalon.client.punch import RELAY, CandidateKind, Path, Puncher
+from natsalon.client.punch import Phase as PunchPhase
 from natsalon.client.options import TurnServer
 from natsalon.client.recovery import RelayWatch
 from natsalon.client.relay import Relay, RelayRace, relay_server
@@ -343,7 +344,10 @@ class Punch:
     summary of the pair is still pending (:func:`~natsalon.client.strategy.table.early`)
     a :class:`SummaryExchange` completes the pair: meanwhile we punch
     plainly and add the strategy's work once it is known, or (HOLD) send
-    nothing until then."""
+    nothing over IPv4 until then.  The IPv6 socket has its own mappings
+    and filter, so a HOLD does not hold it: its pairs are armed and
+    punched at the introduction (``v6_first``), and the IPv4 plan joins
+    them when it is known (:meth:`_join_ipv4`)."""
 
     def __init__(self, machine: ClientInputs, core: Core, intro: Introduction) -> None:
         s, kit = core.settings, core.hardnat
@@ -364,10 +368,14 @@ class Punch:
         self.kickoff = Kickoff(core.clock, self.puncher)
         self.deferred = self.kickoff.deferred
         self.exchange: Optional[SummaryExchange] = None
+        self.v6_first = False  #: HOLD, but the IPv6 pairs punched since the introduction
+        self._v4_call = None  #: the IPv4 plan's start while v6_first
         if self.pending is not Pending.DECIDED:
             self.exchange = SummaryExchange(core, intro, core.own_nat, self._pair, deadline=kit.settings.summary_wait)
         if self.pending is not Pending.HOLD:
             self._adopt(self.plan, intro.nat, intro.peer.nat, coordinated_wait(self.plan, intro, kit))
+        else:
+            self._punch_ipv6_now()
         if self.exchange is not None:
             self.exchange.start()
         self.deferred.addCallbacks(self._found, self._no_path)
@@ -389,8 +397,20 @@ class Punch:
         timed = intro._replace(salon_rtt=ex.my_rtt, peer=intro.peer._replace(salon_rtt=ex.peer_rtt))
         wait = coordinated_wait(plan, timed, self.core.hardnat) if together else 0.0
         self.core.log.debug("NAT summaries complete: {strategy}", strategy=plan.strategy.value)
-        if not self.kickoff.fired or plan.strategy is not Strategy.PLAIN:
+        if not self.kickoff.fired or self.v6_first or plan.strategy is not Strategy.PLAIN:
             self._adopt(plan, mine, peer, wait)
+
+    def _punch_ipv6_now(self) -> None:
+        """HOLD (the IPv4 plan waits for the NAT summaries): the IPv6 pairs,
+        from the IPv6 socket, are armed and punched at once."""
+        core, intro = self.core, self.intro
+        families = core.families
+        if families is None or getattr(families, "second", None) is None:
+            return
+        if families.arm(self.puncher, intro.peer_address, intro.peer.candidates, core.settings.punch_timeout):
+            self.v6_first = True
+            self.puncher.on_stop.append(self._drop_ipv4)
+            self.kickoff.at(0)
 
     def _adopt(self, plan, mine: wire.NatSummary, peer: wire.NatSummary, wait: float) -> None:
         """Punch by ``plan``: from its start if punching has not started
@@ -401,29 +421,67 @@ class Punch:
             self.runner = Runner(core.clock, self.puncher, plan, intro.peer_address, intro.peer.candidates, peer,
                                  kit.pool, kit.settings, my_nat=mine)
         self._announce(plan, wait)
-        if self.kickoff.fired:
+        if self.v6_first:
+            self._join_ipv4(plan, wait)
+        elif self.kickoff.fired:
             self.runner.head_start += wait
             self.runner.prepare()
             self.runner.start()
             return
-        if plan.role is not Role.ORDERED and self.pending is Pending.HOLD:  # as the Puncher's own
-            public = Address(*intro.peer_address)
-            for addr in intro.peer.candidates:
-                if Address(*addr) != public:
-                    self.puncher.add_candidate(addr, CandidateKind.HOST)
-            self.puncher.add_candidate(public, CandidateKind.SRFLX)
-        self.puncher.timeout = self._timeout(plan)
-        if core.families is not None:  # the peer's addresses of each family from our socket of that family
-            core.families.arm(self.puncher, intro.peer_address, intro.peer.candidates, core.settings.punch_timeout)
-        if self.runner is not None:
-            self.runner.prepare()
-            self.kickoff.after = self.runner.start
-        self.kickoff.at(wait)
+        else:
+            self._plain_ipv4(plan)
+            self.puncher.timeout = self._timeout(plan)
+            if core.families is not None:  # the peer's addresses of each family from our socket of that family
+                core.families.arm(self.puncher, intro.peer_address, intro.peer.candidates,
+                                  core.settings.punch_timeout)
+            if self.runner is not None:
+                self.runner.prepare()
+                self.kickoff.after = self.runner.start
+            self.kickoff.at(wait)
         if self.relaying:  # direct punching gets its relay_after from its start, held or not
             self.race = RelayRace(core, self.puncher, intro, self.started)
             # no UDP to the salon: no direct path either, the relay at once
             direct = plan.strategy is not Strategy.NONE and core.salon_transport == "udp"
             self.race.start(core.settings.relay_after if direct else 0.0)
+
+    def _plain_ipv4(self, plan) -> None:
+        """After a HOLD the puncher was built bare: the peer's addresses, as
+        the Puncher's own, unless the plan orders its ports (the runner
+        adds them)."""
+        if plan.role is Role.ORDERED or self.pending is not Pending.HOLD:
+            return
+        public = Address(*self.intro.peer_address)
+        for addr in self.intro.peer.candidates:
+            if Address(*addr) != public:
+                self.puncher.add_candidate(addr, CandidateKind.HOST)
+        self.puncher.add_candidate(public, CandidateKind.SRFLX)
+        if self.core.families is not None:  # IPv6 ones stay with the IPv6 socket
+            self.core.families.arm(self.puncher, self.intro.peer_address, self.intro.peer.candidates)
+
+    def _join_ipv4(self, plan, wait: float) -> None:
+        """The IPv4 plan joins the IPv6 punching (v6_first) in ``wait``
+        seconds: its candidates and the runner's work, probed at once;
+        nothing if a path was chosen (or the punch ended) meanwhile."""
+        def go() -> None:
+            self._v4_call = None
+            if self.puncher.phase not in (PunchPhase.PUNCHING, PunchPhase.NOMINATED):
+                return
+            self._plain_ipv4(plan)
+            if self.runner is not None:
+                self.runner.prepare()
+                self.runner.start()
+            self.puncher.probe_new()
+
+        self._drop_ipv4()
+        if wait > 0:
+            self._v4_call = self.core.clock.callLater(wait, go)
+        else:
+            go()
+
+    def _drop_ipv4(self) -> None:
+        call, self._v4_call = self._v4_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _announce(self, plan, wait: float) -> None:
         if plan.strategy is Strategy.PLAIN:
@@ -490,6 +548,7 @@ class Live:
         self.keepalive = Keepalive(core.clock, session.puncher, session.path.address, s.keepalive, s.dead_after,
                                    lambda silent: self._dead(machine, core, silent))
         core.connection.attach(session.puncher, session.keys, session.path)
+        session.puncher.on_moved = self._moved
         self.keepalive.start()
         self.upgrade: Optional[Upgrade] = None
         self.watch: Optional[RelayWatch] = None
@@ -509,6 +568,18 @@ class Live:
         self.session = self.session._replace(path=path, relay=relay)
         self.core.connection.move(path)
         self.keepalive.address = path.address
+
+    def _moved(self, path: Path) -> None:
+        """The peer nominated another direct pair (we are the controlled
+        side, :mod:`natsalon.client.punch.nomination`): the path follows."""
+        core = self.core
+        self.session = self.session._replace(path=path)
+        core.connection.move(path)
+        self.keepalive.address = path.address
+        family = 6 if ":" in path.address.host else 4
+        core.log.info("moved to the peer's {kind} path over IPv{family}", kind=path.kind, family=family)
+        core.emit({"event": "moved", "path": path.kind, "peer": str(path.address), "family": family,
+                   "rtt_ms": round(path.rtt * 1000, 1)})
 
     def _upgraded(self, pair) -> None:
         """A direct pair verified while relayed: traffic moves to it now,

@@ -87,11 +87,16 @@ Rules:
   pair while host pairs are pending, twice its RTT (at least 50 ms, at most
   ``lan_grace``); among verified pairs host beats the rest, relay comes last,
   then the lowest RTT wins (smoothed: 0.8 old + 0.2 new); an IPv6 pair
-  counts ``V6_TIE`` (2 ms) less, so IPv6 wins a tie, and a verified IPv4
-  pair waits the same grace while an IPv6 pair is pending (happy eyeballs).
-  Pairs never cross families: the client probes IPv6 candidates from its
-  IPv6 socket (:mod:`natsalon.client.families`), and a send to the other
-  family fails like a send with no route.
+  counts ``V6_TIE`` (5 ms) or ``V6_TIE_SHARE`` (10 %) of its RTT less,
+  whichever is more, so IPv6 wins a tie, and a verified IPv4 pair waits the
+  same grace while an IPv6 pair is pending (happy eyeballs).  Pairs never
+  cross families: the client probes IPv6 candidates from its IPv6 socket
+  (:mod:`natsalon.client.families`), and a send to the other family fails
+  like a send with no route;
+- the two sides end on one path (:mod:`.nomination`): the side of the lower
+  nonce (controlling) chooses as above and marks its messages on the path
+  it selected; the other takes that pair as soon as it verifies, and once
+  connected moves its path to it (``on_moved``) if it chose another.
 
 Peer addresses are logged at debug level only.
 """

@@ -24,6 +24,7 @@ from natsalon.client.punch.candidates import (
     PairEvent,
     PairState,
 )
+from natsalon.client.punch.nomination import Nomination
 from natsalon.client.punch.phases import Lifecycle, Phase, PhaseEvent
 from natsalon.crypto.secret import SessionKeys
 from natsalon.stun import Address
@@ -36,8 +37,11 @@ _SEEN_REQUESTS = 256  #: request transaction ids remembered against replays
 _MAX_PEER_REFLEXIVE = 4  #: candidates learnt from the source of a probe
 
 #: seconds of RTT within which an IPv6 pair and an IPv4 pair tie (IPv6
-#: wins the tie, as happy eyeballs prefers it)
-V6_TIE = 0.002
+#: wins the tie, as happy eyeballs prefers it) ...
+V6_TIE = 0.005
+#: ... or this share of the IPv6 pair's RTT when that is more (noise on a
+#: long path should not flip the choice)
+V6_TIE_SHARE = 0.1
 
 #: how far a pair got, to show the most advanced one per address in :attr:`Puncher.paths`
 _PROGRESS = {PairState.FAILED: 0, PairState.WAITING: 1, PairState.IN_PROGRESS: 2,
@@ -102,6 +106,11 @@ class Puncher:
         self.on_heard: Optional[Callable[[Address], None]] = None
         #: called when the peer says it ends the session (a valid LEAVING probe)
         self.on_peer_left: Optional[Callable[[], None]] = None
+        #: who chooses the path (:mod:`.nomination`): the side of the lower nonce
+        self.nomination = Nomination(controlling=session.role == 0)
+        #: called with the new :class:`Path` when, keeping a path alive, we
+        #: follow the peer's nomination to another pair (controlled side)
+        self.on_moved: Optional[Callable[[Path], None]] = None
         self._deferred: Optional[defer.Deferred] = None
         self._lifecycle = Lifecycle(clock, self)
         public = Address(*peer_public) if peer_public is not None else None
@@ -202,6 +211,15 @@ class Puncher:
         if self._lifecycle.owns("tick"):
             self._lifecycle.call_later("tick", self.interval, self._tick)
 
+    def probe_new(self) -> None:
+        """While punching, probe every pair not probed yet now rather than
+        at the next round (candidates of a plan that joins the punching)."""
+        if not self._lifecycle.owns("tick"):
+            return
+        for pair in list(self.pairs.values()):
+            if pair.state is PairState.WAITING and pair.scheduled:
+                self._send_probe(pair.local, pair.address, pair)
+
     def _arm_grace(self) -> None:
         # a LAN path, if there is one, answers faster than the public one
         best = self.best()
@@ -227,6 +245,18 @@ class Puncher:
         self.selected = Path(pair.address, pair.path_kind, pair.rtt or 0.0, pair.kind, pair.local, self.strategy,
                              self.probes_sent, self.sockets_used)
         return self.selected
+
+    def _follow(self) -> None:
+        """Keeping a direct path alive, the controlled side moves to
+        another verified pair the peer nominated (:mod:`.nomination`)."""
+        nominated = self.nomination.chosen()
+        current = self.selected_pair
+        if nominated is None or current is None or nominated is current or current.relayed:
+            return
+        path = self.move(nominated)
+        self.log.debug("following the peer's nomination to {addr}", addr=nominated.address)
+        if self.on_moved is not None:
+            self.on_moved(path)
 
     def _give_up(self) -> None:
         half = sum(1 for p in self.pairs.values() if p.state is PairState.SUCCEEDED_ONE_WAY)
@@ -275,7 +305,8 @@ class Puncher:
                     kind: CandidateKind = CandidateKind.PRFLX) -> None:
         if not self._lifecycle.rules.active:
             return
-        txid, data = wire.punch_request(self.my_nonce, self.session.k_punch, self.flags)
+        flags = self.flags | self.nomination.flag(pair, self.selected_pair)
+        txid, data = wire.punch_request(self.my_nonce, self.session.k_punch, flags)
         now = self.clock.seconds()
         self._pending[txid] = (local, addr, now, pair.kind if pair is not None else kind)
         while len(self._pending) > self.max_pending:
@@ -330,14 +361,16 @@ class Puncher:
                            n=self._reflexive_count(), phase=self.phase.value)
             return
         self._note_flags(punch)
+        flags = self.flags | self.nomination.flag(pair, self.selected_pair)
         try:
-            local.send(wire.punch_response(punch.txid, self.my_nonce, src, self.session.k_punch, self.flags),
+            local.send(wire.punch_response(punch.txid, self.my_nonce, src, self.session.k_punch, flags),
                        tuple(src))
         except OSError:
             pass
         if pair is None:
             self.log.debug("peer-reflexive candidate {src}", src=src)
             pair = self.add_candidate(src, CandidateKind.PRFLX, local)
+        self.nomination.heard(pair, punch.flags)
         now = self.clock.seconds()
         pair.heard(PairEvent.REQUEST, now)
         if not pair.verified:
@@ -357,6 +390,7 @@ class Puncher:
             return  # ours, but stale or from elsewhere: not a proof
         # we probed it, so it is a pair (or an address probed with probe())
         pair = self.pairs.get((local, src)) or self.add_candidate(src, sent[3], local)
+        self.nomination.heard(pair, punch.flags)
         now = self.clock.seconds()
         pair.heard(PairEvent.RESPONSE, now, rtt=now - sent[2])
         self._heard(src)
@@ -379,6 +413,8 @@ class Puncher:
             self.on_heard(src)
         if self._lifecycle.rules.chooses:
             self._consider()
+        elif self._lifecycle.rules.connected:
+            self._follow()
 
     def _reflexive_count(self) -> int:
         return sum(1 for p in self.pairs.values() if p.kind is CandidateKind.PRFLX)
@@ -389,6 +425,11 @@ class Puncher:
 
     # -- choosing ----------------------------------------------------------
     def best(self) -> Optional[CandidatePair]:
+        """The pair the peer nominated once it verified (controlled side),
+        else the preferred verified pair (:func:`preference`)."""
+        nominated = self.nomination.chosen()
+        if nominated is not None:
+            return nominated
         verified = [p for p in self.pairs.values() if p.verified]
         if not verified:
             return None
@@ -396,9 +437,13 @@ class Puncher:
 
     def _consider(self) -> None:
         """A verified host pair, or the best verified pair when no host pair
-        is pending, ends the punching; otherwise the LAN grace runs."""
+        is pending, ends the punching; otherwise the LAN grace runs.  The
+        controlled side takes the peer's nomination at once (:mod:`.nomination`)."""
         best = self.best()
         if best is None:
+            return
+        if self.nomination.chosen() is not None:
+            self._lifecycle.fire(PhaseEvent.SELECT)
             return
         host_pending = any(p.kind is CandidateKind.HOST and p.pending for p in self.pairs.values())
         # happy eyeballs: an IPv4 path waits the grace for a pending IPv6 one
@@ -417,6 +462,7 @@ def is_v6(pair: CandidatePair) -> bool:
 def preference(pair: CandidatePair) -> Tuple[int, float]:
     """Sort key among verified pairs, best first: host before the rest,
     relayed last (:attr:`CandidatePair.rank`), then the lower RTT, an IPv6
-    pair counting :data:`V6_TIE` less (IPv6 wins a tie)."""
+    pair counting :data:`V6_TIE` (5 ms) or :data:`V6_TIE_SHARE` (10 %) of
+    its RTT less, whichever is more (IPv6 wins a tie)."""
     rtt = pair.rtt if pair.rtt is not None else 1e9
-    return pair.rank, rtt - V6_TIE if is_v6(pair) else rtt
+    return pair.rank, rtt - max(V6_TIE, V6_TIE_SHARE * rtt) if is_v6(pair) else rtt
