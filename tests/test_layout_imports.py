@@ -47,3 +47,27 @@ def test_plugins_name_importable_tap_modules():
     for maker in (natsalon_plugins.natsalon, natsalon_plugins.natclient):
         tap = importlib.import_module(maker.module)
         assert callable(tap.makeService) and tap.Options
+
+
+_NEWER_THAN_39 = {"slots", "kw_only", "match_args"}  # dataclass() keywords added in Python 3.10
+
+
+def test_the_code_stays_python_39_for_pypy():
+    """pyproject says Python >= 3.9, and the benchmarks document PyPy 3.9
+    as a runtime: every module parses as 3.9 and asks no dataclass option
+    that 3.9 lacks (``@dataclass(slots=True)`` once stopped the salon from
+    starting on PyPy)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "natsalon"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Match):
+                found.append("%s:%d match" % (path.name, node.lineno))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "dataclass":
+                found += ["%s:%d dataclass(%s=)" % (path.name, node.lineno, k.arg)
+                          for k in node.keywords if k.arg in _NEWER_THAN_39]
+    assert len(list(root.rglob("*.py"))) > 50 and found == []

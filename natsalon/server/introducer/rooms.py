@@ -54,17 +54,25 @@ class Outcome(enum.Enum):
     TOO_MANY_FROM_SOURCE = "too_many_from_source"  #: this IP already holds too many members
 
 
-@dataclass(eq=False, slots=True)
 class Member:
     """One member of a room; a member is itself (compared and hashed by
-    identity: the registry keeps it in its expiry order)."""
+    identity: the registry keeps it in its expiry order).  Slotted by hand,
+    not ``@dataclass(slots=True)``: that needs Python 3.10, and the salon
+    runs on PyPy 3.9 too."""
 
-    nonce: bytes
-    address: Address  #: public endpoint, as the salon saw it
-    blob: bytes  #: the member's JOIN request, handed to the others verbatim
-    via: Any = None  #: the salon socket it joined on (where pushes leave from)
-    leave_hash: Optional[bytes] = None  #: :func:`natsalon.wire.leave_hash` of its LEAVE token
-    seen: float = 0.0  #: when its latest JOIN came (set by the registry)
+    __slots__ = ("nonce", "address", "blob", "via", "leave_hash", "seen")
+
+    def __init__(self, nonce: bytes, address: Address, blob: bytes, via: Any = None,
+                 leave_hash: Optional[bytes] = None, seen: float = 0.0) -> None:
+        self.nonce = nonce
+        self.address = address  #: public endpoint, as the salon saw it
+        self.blob = blob  #: the member's JOIN request, handed to the others verbatim
+        self.via = via  #: the salon socket it joined on (where pushes leave from)
+        self.leave_hash = leave_hash  #: :func:`natsalon.wire.leave_hash` of its LEAVE token
+        self.seen = seen  #: when its latest JOIN came (set by the registry)
+
+    def __repr__(self) -> str:
+        return "Member(nonce=%r, seen=%r)" % (self.nonce, self.seen)
 
 
 @dataclass
