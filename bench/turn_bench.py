@@ -589,6 +589,20 @@ def report(kinds, results, direct, args, notes, venvs, loads) -> tuple[str, bool
     return "\n".join(text) + "\n", bad
 
 
+#: what follows this line in the results file was written by hand: kept
+HAND_MARK = "<!-- written by hand (bench/turn_bench.py keeps what follows) -->"
+
+
+def kept_by_hand(path: Path) -> str:
+    """The hand-written end of the results file, from :data:`HAND_MARK` on."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(HAND_MARK)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -711,7 +725,7 @@ def main() -> int:
     text, bad = report(kinds, results, direct, args, notes, venvs, loads)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.output.with_suffix(args.output.suffix + ".tmp")
-    tmp_out.write_text(text)
+    tmp_out.write_text(text + kept_by_hand(args.output))
     os.replace(tmp_out, args.output)
     print(text)
     log(f"wrote {os.path.relpath(args.output)}")
