@@ -58,7 +58,7 @@ OURS_DEFAULT = (
     "{venv}/bin/twistd -n --pidfile= natsalon --interface {host}"
     " --port {port} --alt-port {alt_port} --rate-limit 0"
 )
-TARGETS = {"ours-cpython": 0.75, "ours-pypy": 1.0}
+TARGETS = {"ours-cpython": 0.75, "ours-pypy": 1.0, "ours-pypy-nursery": 1.0}
 #: the metrics variants (``--metrics``, scraped every METRICS_SCRAPE s during
 #: the runs) against the same runtime without: at most 3% fewer answers
 METRICS_TARGET = 0.97
@@ -580,7 +580,7 @@ def server_kinds(args, ap) -> tuple[list, dict, list]:
     for name in wanted:
         v6 = name.endswith("-v6")
         base_name = name[: -len("-v6")] if v6 else name
-        if v6 and base_name not in ("coturn", "ours-cpython", "ours-pypy"):
+        if v6 and base_name not in ("coturn", "ours-cpython", "ours-pypy", "ours-pypy-nursery"):
             ap.error(f"no IPv6 variant of {base_name!r}")
         added = len(kinds)
         add_kind(base_name, args, kinds, venvs, notes, ap)
@@ -605,7 +605,7 @@ def add_kind(name: str, args, kinds: list, venvs: dict, notes: list, ap) -> None
         metrics = name.endswith("-metrics")
         kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "CPython",
                                 ours_argv_fn(args.ours, venv), 30, metrics))
-    elif name in ("ours-pypy", "ours-pypy-metrics"):
+    elif name in ("ours-pypy", "ours-pypy-metrics", "ours-pypy-nursery"):
         venv = args.pypy_venv
         why = None if args.no_pypy_setup else ensure_pypy_venv(venv)
         if why is None and not (venv / "bin" / "python").exists():
@@ -616,8 +616,11 @@ def add_kind(name: str, args, kinds: list, venvs: dict, notes: list, ap) -> None
         else:
             venvs["PyPy venv"] = venv
             metrics = name.endswith("-metrics")
-            kinds.append(ServerKind(name, "natsalon --metrics" if metrics else "natsalon", "PyPy",
-                                    ours_argv_fn(args.ours, venv), 60, metrics))
+            label, template = "natsalon --metrics" if metrics else "natsalon", args.ours
+            if name == "ours-pypy-nursery":  # as the salon's systemd unit runs it on PyPy
+                label, template = f"natsalon, `PYPY_GC_NURSERY={args.pypy_nursery}`", \
+                    f"env PYPY_GC_NURSERY={args.pypy_nursery} {args.ours}"
+            kinds.append(ServerKind(name, label, "PyPy", ours_argv_fn(template, venv), 60, metrics))
     elif name == "c-ref":
         kinds.append(ServerKind(
             "c-ref", "reference: `stunload --serve` (C, recvmmsg/sendmmsg)",
@@ -651,10 +654,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--latency-rate", type=float, default=20000.0, help="light-load requests/s (0: skip)")
     ap.add_argument("--latency-duration", type=float, default=2.0)
-    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,c-ref,"
-                                         "coturn-v6,ours-cpython-v6,ours-pypy-v6",
-                    help="comma list of coturn, ours-cpython, ours-pypy, c-ref; -metrics: with --metrics, "
-                         "scraped during the runs; -v6 (coturn, ours-*): on ::1")  # fmt: skip
+    ap.add_argument("--servers", default="coturn,ours-cpython,ours-cpython-metrics,ours-pypy,ours-pypy-metrics,"
+                                         "ours-pypy-nursery,c-ref,coturn-v6,ours-cpython-v6,ours-pypy-v6,"
+                                         "ours-pypy-nursery-v6",
+                    help="comma list of coturn, ours-cpython, ours-pypy, ours-pypy-nursery (PyPy with "
+                         "PYPY_GC_NURSERY=--pypy-nursery, as the salon's systemd unit sets it), c-ref; -metrics: "
+                         "with --metrics, scraped during the runs; -v6 (coturn, ours-*): on ::1")  # fmt: skip
+    ap.add_argument("--pypy-nursery", default="8M", help="PyPy's GC nursery for ours-pypy-nursery")
     ap.add_argument("--cpython-venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--pypy-venv", type=Path,
                     default=Path(os.environ.get("NATSALON_PYPY_VENV", ROOT / ".venv-pypy")))  # fmt: skip
