@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-from typing import List, Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 from natsalon.stun import Address
 
@@ -31,6 +31,9 @@ class Status(enum.IntEnum):
     INTRODUCED = 2
 
 
+_FAMILY_PORT = struct.Struct("!BH")
+
+
 def pack_candidates(cands: Sequence[Address]) -> bytes:
     if len(cands) > MAX_CANDIDATES:
         raise WireError("%d candidates (at most %d)" % (len(cands), MAX_CANDIDATES))
@@ -43,13 +46,15 @@ def pack_candidates(cands: Sequence[Address]) -> bytes:
     return b"".join(out)
 
 
-def unpack_candidates(raw: bytes) -> Tuple[Address, ...]:
-    out: List[Address] = []
-    pos = 0
-    while pos < len(raw):
-        if pos + 3 > len(raw):
+def _candidate_spans(raw: bytes) -> Iterator[Tuple[int, int, int]]:
+    """Walk packed candidates: ``(address family, port, offset)`` of each,
+    its address the 4 or 16 bytes at ``offset``; raises :class:`WireError`
+    at the first fault (the one walk behind both readers below)."""
+    pos, count, end = 0, 0, len(raw)
+    while pos < end:
+        if pos + 3 > end:
             raise WireError("truncated candidate")
-        fam, port = struct.unpack_from("!BH", raw, pos)
+        fam, port = _FAMILY_PORT.unpack_from(raw, pos)
         pos += 3
         if fam == 4:
             n, af = 4, socket.AF_INET
@@ -57,34 +62,22 @@ def unpack_candidates(raw: bytes) -> Tuple[Address, ...]:
             n, af = 16, socket.AF_INET6
         else:
             raise WireError("candidate of unknown family %d" % fam)
-        if pos + n > len(raw):
+        if pos + n > end:
             raise WireError("truncated candidate address")
-        out.append(Address(socket.inet_ntop(af, raw[pos:pos + n]), port))
-        pos += n
-        if len(out) > MAX_CANDIDATES:
+        count += 1
+        if count > MAX_CANDIDATES:
             raise WireError("more than %d candidates" % MAX_CANDIDATES)
-    return tuple(out)
+        yield af, port, pos
+        pos += n
+
+
+def unpack_candidates(raw: bytes) -> Tuple[Address, ...]:
+    return tuple(Address(socket.inet_ntop(af, raw[at:at + (4 if af == socket.AF_INET else 16)]), port)
+                 for af, port, at in _candidate_spans(raw))
 
 
 def check_candidates(raw: bytes) -> int:
     """How many candidates ``raw`` packs; raises :class:`WireError` exactly
     where :func:`unpack_candidates` does, with the same reason, without
     making the addresses (the salon only hands the JOIN on)."""
-    pos, count, end = 0, 0, len(raw)
-    while pos < end:
-        if pos + 3 > end:
-            raise WireError("truncated candidate")
-        fam = raw[pos]
-        pos += 3
-        if fam == 4:
-            pos += 4
-        elif fam == 6:
-            pos += 16
-        else:
-            raise WireError("candidate of unknown family %d" % fam)
-        if pos > end:
-            raise WireError("truncated candidate address")
-        count += 1
-        if count > MAX_CANDIDATES:
-            raise WireError("more than %d candidates" % MAX_CANDIDATES)
-    return count
+    return sum(1 for _ in _candidate_spans(raw))
