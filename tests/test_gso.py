@@ -44,15 +44,22 @@ class SegmentingSocket:
     def sendmsg(self, buffers, ancdata, flags, addr) -> int:
         if self.refuse is not None:
             raise OSError(self.refuse, "refused")
-        [(level, kind, raw)] = ancdata
-        assert (level, kind) == (SOL_UDP, UDP_SEGMENT) and flags == 0
-        (size,) = struct.unpack("=H", raw)
-        data = b"".join(buffers)
-        cut = [data[i:i + size] for i in range(0, len(data), size)]
-        assert 1 < len(cut) <= MAX_SEGMENTS and len(data) <= 65535 - 48
+        assert flags == 0
+        cut = segments(buffers, ancdata)
         self.calls.append(("sendmsg", len(cut)))
         self.wire.extend((d, addr) for d in cut)
-        return len(data)
+        return sum(len(d) for d in cut)
+
+
+def segments(buffers, ancdata) -> list:
+    """The datagrams the kernel makes of a ``sendmsg`` with UDP_SEGMENT."""
+    [(level, kind, raw)] = ancdata
+    assert (level, kind) == (SOL_UDP, UDP_SEGMENT)
+    (size,) = struct.unpack("=H", raw)
+    data = b"".join(buffers)
+    cut = [data[i:i + size] for i in range(0, len(data), size)]
+    assert 1 < len(cut) <= MAX_SEGMENTS and len(data) <= 65535 - 48
+    return cut
 
 
 A, B = ("192.0.2.1", 1000), ("192.0.2.2", 2000)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import socket
-import struct
 
 import pytest
 import pytest_twisted
@@ -286,18 +285,11 @@ def test_an_ipv6_relayed_socket_on_the_wildcard_takes_ipv6_alone():
 
 
 def _segmenting_sendmsg(self, buffers, ancdata, flags, addr):
-    """A FakeSocket's ``sendmsg`` as the kernel does UDP_SEGMENT: the
-    buffer cut into datagrams of the segment size."""
-    from natsalon.server.gso import SOL_UDP, UDP_SEGMENT
+    """A FakeSocket's ``sendmsg`` as the kernel does UDP_SEGMENT."""
+    from test_gso import segments
 
-    [(level, kind, raw)] = ancdata
-    assert (level, kind) == (SOL_UDP, UDP_SEGMENT)
-    (size,) = struct.unpack("=H", raw)
-    data = b"".join(buffers)
     self.runs_sent = getattr(self, "runs_sent", 0) + 1
-    for i in range(0, len(data), size):
-        self.sendto(data[i:i + size], addr)
-    return len(data)
+    return sum(self.sendto(d, addr) for d in segments(buffers, ancdata))
 
 
 def test_a_burst_read_in_one_batch_goes_out_in_runs_the_same_as_the_slow_path(monkeypatch):
